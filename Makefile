@@ -1,0 +1,72 @@
+# finetune workbench. `make demo` runs the whole pipeline on the default recipe;
+# `make test` runs the test suite. Both set up .venv on first use.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU wheel is found locally on the build machines; on a CUDA machine pip takes
+# the PyPI build of the same version. TORCH_INDEX_URL picks another build (see README).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+RECIPE ?= recipes/rt-sentiment-smollm2-lora.yaml
+RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep -v '\.partial/$$' | head -1)
+PYTEST_ARGS ?=
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: help setup demo data models train eval report validate test test-fast lint format bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv and install torch (CPU wheel here) and the project with dev tools
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
+	$(PIP) install -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@$(BIN)/python -c "import finetune, transformers, peft, trl; print('finetune installed')"
+	@touch $(STAMP)
+
+demo: setup ## Whole pipeline on the default recipe: data, model, train, eval, report
+	$(BIN)/finetune prepare $(RECIPE)
+	$(BIN)/finetune train $(RECIPE)
+	$(MAKE) --no-print-directory eval report RECIPE=$(RECIPE)
+
+data: setup ## Prepare every shipped dataset into data/<name>/
+	@for r in recipes/*.yaml; do $(BIN)/finetune prepare $$r || exit $$?; done
+
+validate: setup ## Validate every shipped recipe
+	$(BIN)/finetune validate recipes/*.yaml
+
+train: setup ## Train RECIPE (default: the sentiment recipe)
+	$(BIN)/finetune train $(RECIPE)
+
+eval: setup ## Evaluate the latest run of RECIPE (or RUN=runs/...) against its baselines
+	$(BIN)/finetune eval $(RECIPE) --run "$(RUN)"
+
+report: setup ## Write the comparison report for RUN (default: latest run of RECIPE)
+	$(BIN)/finetune report "$(RUN)"
+
+test: setup ## Run the whole test suite (slow real-model tests included)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup ## Run the tests without the slow real-model ones
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## Apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: setup ## Benchmarks against peer tools (not timed tests)
+	@echo "make bench: not implemented yet" >&2; exit 2
+
+clean: ## Remove the venv, prepared data and caches (keeps runs/)
+	rm -rf $(VENV) data/*/ .pytest_cache .ruff_cache

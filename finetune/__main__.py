@@ -1,0 +1,5 @@
+"""`python -m finetune` runs the CLI."""
+
+from finetune.cli import main
+
+main()

@@ -1,0 +1,140 @@
+"""Render the README's recipe reference (from the schema) and CLI reference (from the Typer app).
+
+`python -m finetune.docs` rewrites the marked blocks in README.md; a test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from finetune.recipe.schema import Recipe
+
+BLOCKS = {"recipe-reference": lambda: recipe_reference(), "cli-reference": lambda: cli_reference()}
+
+
+def recipe_reference() -> str:
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    rows += list(_field_rows(Recipe, ""))
+    return "\n".join(rows)
+
+
+def _field_rows(model: type[BaseModel], prefix: str):
+    for name, field in model.model_fields.items():
+        section = _section_of(field.annotation)
+        key = f"{prefix}{name}" + (
+            "[]" if section and typing.get_origin(field.annotation) is list else ""
+        )
+        if section and typing.get_origin(field.annotation) is not list:
+            yield f"| **`{key}`** | section | | {field.description} |"
+        else:
+            yield f"| `{key}` | {_type_name(field)} | {_default(field)} | {field.description} |"
+        if section:
+            yield from _field_rows(section, f"{key}.")
+
+
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _section_of(arg)
+        if found:
+            return found
+    return None
+
+
+BOUND_SYMBOLS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))
+
+
+def _type_name(field: FieldInfo) -> str:
+    return _annotation_text(field.annotation) + _bounds(field.metadata)
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """Render numeric constraints (annotated_types.Gt etc., possibly inside a nested FieldInfo)."""
+    flat = [inner for m in metadata for inner in (m.metadata if isinstance(m, FieldInfo) else [m])]
+    bounds = [
+        f"{sym} {getattr(m, attr)}"
+        for m in flat
+        for attr, sym in BOUND_SYMBOLS
+        if getattr(m, attr, None) is not None
+    ]
+    return f" ({', '.join(bounds)})" if bounds else ""
+
+
+def _annotation_text(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin is typing.Annotated:
+        return _annotation_text(args[0]) + _bounds(list(args[1:]))
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join("null" if a is type(None) else _annotation_text(a) for a in args)
+    if origin is list:
+        return f"list of {_annotation_text(args[0])}"
+    if origin is dict:
+        return f"map {_annotation_text(args[0])} → {_annotation_text(args[1])}"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _default(field: FieldInfo) -> str:
+    if field.is_required():
+        return "**required**"
+    value = field.default
+    if isinstance(value, BaseModel):
+        return ""
+    if isinstance(value, list) and value and isinstance(value[0], BaseModel):
+        return "; ".join(f"`{v.model_dump()}`" for v in value)
+    return "null" if value is None else f"`{value!r}`".replace("|", "\\|").replace("\n", "\\n")
+
+
+def cli_reference() -> str:
+    import typer.main
+
+    from finetune.cli import app
+
+    group = typer.main.get_command(app)
+    rows = ["| command | what it does |", "| --- | --- |"]
+    for name, command in group.commands.items():
+        ctx = command.make_context(name, [], resilient_parsing=True)
+        usage = (
+            " ".join(command.collect_usage_pieces(ctx))
+            .upper()
+            .translate(str.maketrans("", "", "{}"))
+        )
+        options = [
+            f"`{p.opts[0]}`"
+            for p in command.params
+            if getattr(p, "opts", None) and p.opts[0].startswith("--") and p.opts[0] != "--help"
+        ]
+        extra = f" Options: {', '.join(options)}." if options else ""
+        rows.append(f"| `finetune {name} {usage}` | {(command.help or '').strip()}{extra} |")
+    return "\n".join(rows)
+
+
+def render(readme: str) -> str:
+    for name, build in BLOCKS.items():
+        pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
+        if not pattern.search(readme):
+            raise SystemExit(
+                f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block"
+            )
+        readme = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(2), readme)
+    return readme
+
+
+def main(argv: list[str] = sys.argv[1:]) -> None:
+    path = Path(argv[0] if argv else "README.md")
+    path.write_text(render(path.read_text()))
+    print(f"updated the reference blocks in {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,421 @@
+"""The recipe schema: typed, frozen sections that mirror the pipeline's stages.
+
+Every default and every piece of help text lives here. `finetune/docs.py` renders
+this schema into the README's recipe reference, and `recipe/load.py` turns
+validation failures into messages naming the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TaskType = Literal["classification", "extraction", "qa"]
+
+
+def _field(default: Any = ..., help: str = "", *, synonyms: tuple[str, ...] = (), **kw: Any) -> Any:
+    """A pydantic Field whose help text is required and whose synonyms feed "did you mean"."""
+    extra = {"synonyms": list(synonyms)} if synonyms else None
+    return Field(default, description=help, json_schema_extra=extra, **kw)
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys are errors and values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class TaskConfig(Section):
+    type: TaskType = _field(
+        help="What the model learns to do: `classification`, `extraction` (entity spans) or `qa` (free-text answers).",
+        synonyms=("kind", "task_type"),
+    )
+    labels: list[str] = _field(
+        [],
+        help="The label set for classification, as the model should write each label. Required when `type` is `classification`.",
+        synonyms=("classes", "label_set"),
+    )
+    instruction: str = _field(
+        "",
+        help="The instruction shown to the model before each input, e.g. 'Classify the sentiment of this review.'",
+        synonyms=("system_prompt", "prompt"),
+    )
+    template: str = _field(
+        "{instruction}\n\n{input}\n\nAnswer:",
+        help="Prompt template used when the tokenizer has no chat template. Placeholders: `{instruction}`, `{input}`.",
+        synonyms=("prompt_template",),
+    )
+
+
+class SplitConfig(Section):
+    train: Fraction = _field(0.8, help="Fraction of rows used for training.")
+    validation: Fraction = _field(
+        0.1,
+        help="Fraction of rows used for held-out loss during training.",
+        synonyms=("val", "valid", "dev"),
+    )
+    test: Fraction = _field(
+        0.1, help="Fraction of rows used for the final comparison.", synonyms=("eval",)
+    )
+
+
+class DataConfig(Section):
+    source: str = _field(
+        help="A built-in dataset name (see `finetune prepare --help`), a local JSONL/CSV/Parquet file, or a Hugging Face Hub dataset id.",
+        synonyms=("dataset", "path", "name"),
+    )
+    fields: dict[str, str] = _field(
+        {},
+        help="Maps the workbench's field names (`text`, `label`, `question`, `answer`, `id`) to the source's column names, e.g. `{text: review, label: sentiment}`.",
+        synonyms=("columns", "field_map", "mapping"),
+    )
+    label_map: dict[str, str] = _field(
+        {},
+        help="Renames source labels to the task's labels, e.g. `{'1': positive, '0': negative}`.",
+        synonyms=("labels_map",),
+    )
+    split: SplitConfig = _field(
+        SplitConfig(),
+        help="Train/validation/test fractions for the deterministic stratified split.",
+        synonyms=("splits",),
+    )
+    max_train_examples: PositiveInt | None = _field(
+        None,
+        help="Cap on training rows after the split (null: use all).",
+        synonyms=("max_examples", "limit"),
+    )
+    max_test_examples: PositiveInt | None = _field(
+        None, help="Cap on test rows used for evaluation (null: use all)."
+    )
+    on_bad_row: Literal["error", "skip"] = _field(
+        "error",
+        help="What to do with a malformed or invalid row: `error` stops with file:line; `skip` drops it, counts it and writes it to a rejects file.",
+    )
+    dedupe: bool = _field(
+        False,
+        help="Remove train rows that duplicate (or nearly duplicate) validation or test rows.",
+        synonyms=("deduplicate",),
+    )
+
+
+class QLoRAConfig(Section):
+    quant_type: Literal["nf4", "fp4"] = _field(
+        "nf4", help="4-bit data type for the frozen base weights."
+    )
+    double_quant: bool = _field(
+        True,
+        help="Quantize the quantization constants too (saves ~0.4 bit per parameter).",
+        synonyms=("double_quantization",),
+    )
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = _field(
+        "bfloat16", help="Dtype that 4-bit layers compute in."
+    )
+
+
+class ModelConfig(Section):
+    base: str = _field(
+        help="The base model: a built-in registry name (see `finetune models`), a local directory, or a Hugging Face Hub id.",
+        synonyms=("name", "model", "id", "path", "name_or_path"),
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = _field(
+        "auto",
+        help="Weight and compute dtype. `auto`: bfloat16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else float32.",
+        synonyms=("torch_dtype", "precision"),
+    )
+    quantization: Literal["none", "8bit", "4bit"] = _field(
+        "none",
+        help="Load the frozen base through bitsandbytes: `8bit`, or `4bit` for QLoRA (GPU only: 4-bit LoRA gradients are zero on CPU).",
+        synonyms=("quantize", "load_in", "bits"),
+    )
+    qlora: QLoRAConfig = _field(
+        QLoRAConfig(),
+        help="4-bit settings, used when `quantization` is `4bit`.",
+        synonyms=("bnb", "bnb_4bit"),
+    )
+    max_length: PositiveInt = _field(
+        512,
+        help="Maximum tokens per example (prompt plus answer) in training and evaluation.",
+        synonyms=("max_seq_length", "seq_len", "context_length"),
+    )
+    truncation: Literal["left", "right"] = _field(
+        "left",
+        help="Which end of an over-long prompt is cut: `left` keeps the end of the input next to the answer.",
+        synonyms=("truncation_side",),
+    )
+    trust_remote_code: bool = _field(
+        False,
+        help="Allow running Python code shipped with a model repository. Off by default; turning it on prints a warning.",
+    )
+    allow_pickle: bool = _field(
+        False,
+        help="Allow loading pickled (`.bin`/`.pt`) weight files, which can execute code. Safetensors are always preferred.",
+    )
+
+
+class LoRAConfig(Section):
+    r: PositiveInt = _field(16, help="LoRA rank.", synonyms=("rank",))
+    alpha: PositiveInt = _field(
+        32,
+        help="LoRA scaling numerator (`lora_alpha`); the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA).",
+        synonyms=("lora_alpha",),
+    )
+    dropout: Fraction = _field(0.05, help="Dropout on the LoRA input.", synonyms=("lora_dropout",))
+    target_modules: Literal["all-linear"] | list[str] = _field(
+        "all-linear",
+        help="Which linear layers get adapters: `all-linear` or a list of module names such as `[q_proj, v_proj]`.",
+        synonyms=("targets", "modules"),
+    )
+    use_rslora: bool = _field(
+        False, help="Rank-stabilized LoRA scaling (alpha/sqrt(r)).", synonyms=("rslora",)
+    )
+    use_dora: bool = _field(False, help="Weight-decomposed LoRA (DoRA).", synonyms=("dora",))
+
+
+class TrainConfig(Section):
+    method: Literal["lora", "full"] = _field(
+        "lora",
+        help="`lora` trains adapters on a frozen (optionally quantized) base; `full` updates every weight (small models only).",
+        synonyms=("mode", "strategy"),
+    )
+    epochs: Annotated[float, Field(gt=0)] = _field(
+        1.0,
+        help="Passes over the training set (ignored when `max_steps` is set).",
+        synonyms=("num_epochs", "num_train_epochs", "n_epochs"),
+    )
+    max_steps: PositiveInt | None = _field(
+        None, help="Stop after this many optimizer steps (null: use `epochs`).", synonyms=("steps",)
+    )
+    batch_size: PositiveInt = _field(
+        8,
+        help="Examples per device per forward pass.",
+        synonyms=("per_device_train_batch_size", "bs", "micro_batch_size"),
+    )
+    gradient_accumulation_steps: PositiveInt = _field(
+        1,
+        help="Forward passes per optimizer step; the effective batch is batch_size x this x processes.",
+        synonyms=("grad_accum", "accumulation_steps"),
+    )
+    learning_rate: Annotated[float, Field(gt=0, le=1.0)] = _field(
+        2e-4, help="Peak learning rate.", synonyms=("lr",)
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = _field(
+        "cosine",
+        help="Learning-rate schedule after warm-up.",
+        synonyms=("scheduler", "lr_scheduler_type"),
+    )
+    warmup_ratio: Fraction = _field(
+        0.05,
+        help="Fraction of steps spent warming the learning rate up from 0.",
+        synonyms=("warmup",),
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = _field(0.0, help="AdamW weight decay.")
+    max_grad_norm: Annotated[float, Field(gt=0)] = _field(
+        1.0, help="Gradient clipping norm.", synonyms=("grad_clip", "clip_grad_norm")
+    )
+    completion_only: bool = _field(
+        True,
+        help="Compute the loss on the answer tokens only; prompt tokens are masked.",
+        synonyms=("completion_only_loss", "train_on_completions"),
+    )
+    packing: bool = _field(
+        False,
+        help="Pack several examples into each sequence without padding (attention kept within each example).",
+    )
+    gradient_checkpointing: bool = _field(
+        False,
+        help="Recompute activations in the backward pass: less memory, about 1.65x slower on CPU.",
+    )
+    eval_every: PositiveInt = _field(
+        50,
+        help="Compute held-out validation loss every this many steps.",
+        synonyms=("eval_steps", "eval_interval"),
+    )
+    save_every: PositiveInt = _field(
+        50,
+        help="Write a resumable checkpoint every this many steps.",
+        synonyms=("save_steps", "checkpoint_every"),
+    )
+    early_stopping_patience: PositiveInt | None = _field(
+        None,
+        help="Stop when validation loss has not improved for this many evaluations (null: never).",
+        synonyms=("patience", "early_stopping"),
+    )
+    budget_minutes: Annotated[float, Field(gt=0)] | None = _field(
+        None,
+        help="Wall-clock budget; training stops cleanly (and saves) when it is spent.",
+        synonyms=("time_budget", "max_minutes"),
+    )
+    logging_steps: PositiveInt = _field(
+        5, help="Log training loss every this many steps.", synonyms=("log_every",)
+    )
+
+
+class BaselineConfig(Section):
+    name: str = _field(help="Label for this system in the report.")
+    model: str = _field(
+        "base",
+        help="`base` for the untuned base model, or any model reference (registry name, local directory, Hub id).",
+        synonyms=("base", "model_name"),
+    )
+    shots: Annotated[int, Field(ge=0)] = _field(
+        0,
+        help="In-context examples drawn from train with the recipe's seed.",
+        synonyms=("k", "few_shot", "num_shots"),
+    )
+    prompt_style: Literal["auto", "chat", "plain"] = _field(
+        "auto",
+        help="`chat` uses the model's chat template, `plain` the recipe's template, `auto` chat when the tokenizer has one.",
+        synonyms=("style", "format"),
+    )
+
+
+class PriceConfig(Section):
+    machine_per_hour: Annotated[float, Field(ge=0)] = _field(
+        0.10,
+        help="Hourly price (USD) of the machine that serves the local models.",
+        synonyms=("hourly", "per_hour"),
+    )
+    per_million_input_tokens: dict[str, Annotated[float, Field(ge=0)]] = _field(
+        {}, help="API price per million input tokens, by system name, for priced (hosted) models."
+    )
+    per_million_output_tokens: dict[str, Annotated[float, Field(ge=0)]] = _field(
+        {}, help="API price per million output tokens, by system name."
+    )
+
+
+class EvalConfig(Section):
+    metrics: list[str] = _field(
+        [],
+        help="Metric names (empty: the task's defaults). Classification: accuracy, macro_f1. Extraction: micro_f1, macro_f1. QA: exact_match, token_f1, rouge_l.",
+        synonyms=("metric",),
+    )
+    baselines: list[BaselineConfig] = _field(
+        [BaselineConfig(name="base zero-shot", model="base", shots=0)],
+        help="General systems the specialist is compared with, all on the same test items.",
+        synonyms=("baseline", "compare", "systems"),
+    )
+    batch_size: PositiveInt = _field(
+        16, help="Items per forward pass when measuring throughput.", synonyms=("eval_batch_size",)
+    )
+    length_normalize: bool = _field(
+        False,
+        help="Classification: score labels by mean instead of summed token log-likelihood.",
+        synonyms=("normalize",),
+    )
+    max_new_tokens: PositiveInt = _field(
+        64, help="QA and extraction: generation length limit.", synonyms=("max_tokens",)
+    )
+    latency_items: PositiveInt = _field(
+        32, help="Items timed one by one (batch size 1) for the latency percentiles."
+    )
+    bootstrap_samples: PositiveInt = _field(
+        2000,
+        help="Bootstrap resamples for confidence intervals.",
+        synonyms=("n_bootstrap", "bootstrap"),
+    )
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = _field(
+        0.95, help="Confidence level of the intervals.", synonyms=("ci", "confidence_level")
+    )
+    prices: PriceConfig = _field(
+        PriceConfig(),
+        help="Price table for the cost-per-1,000-requests estimate.",
+        synonyms=("price", "cost"),
+    )
+
+
+class WandbConfig(Section):
+    mode: Literal["online", "offline", "disabled"] = _field(
+        "offline",
+        help="`online` syncs when WANDB_API_KEY is set (falls back to offline when it is not); `offline` writes local run files; `disabled` logs nothing.",
+    )
+    project: str = _field("finetune", help="W&B project name.")
+    entity: str | None = _field(
+        None, help="W&B team or user (null: the key's default).", synonyms=("team",)
+    )
+    tags: list[str] = _field([], help="Tags added to the W&B run.")
+
+
+class TrackingConfig(Section):
+    runs_dir: str = _field(
+        "runs",
+        help="Where run directories are written (`<runs_dir>/<recipe name>/<run id>/`).",
+        synonyms=("output_dir", "out_dir"),
+    )
+    wandb: WandbConfig = _field(
+        WandbConfig(), help="Weights & Biases settings.", synonyms=("wb", "weights_and_biases")
+    )
+
+
+class Recipe(Section):
+    """A whole recipe. `base:` (extension) is resolved before validation and is not a field."""
+
+    name: str = _field(
+        help="Recipe name; used for the run directory. Letters, digits, `-`, `_` and `.`.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        synonyms=("recipe", "title"),
+    )
+    description: str = _field(
+        "", help="One line saying what this recipe is for.", synonyms=("desc", "about")
+    )
+    seed: Annotated[int, Field(ge=0)] = _field(
+        42,
+        help="Seed for splits, shot selection, initialisation and data order.",
+        synonyms=("random_seed",),
+    )
+    task: TaskConfig = _field(help="What is learned and evaluated.")
+    data: DataConfig = _field(
+        help="Where the examples come from and how they are split.", synonyms=("dataset",)
+    )
+    model: ModelConfig = _field(help="The base model and how it is loaded.")
+    lora: LoRAConfig = _field(
+        LoRAConfig(),
+        help="Adapter settings (used when `train.method` is `lora`).",
+        synonyms=("peft", "adapter"),
+    )
+    train: TrainConfig = _field(
+        TrainConfig(), help="Optimisation and training budget.", synonyms=("training",)
+    )
+    eval: EvalConfig = _field(
+        EvalConfig(), help="Metrics, baselines and the report.", synonyms=("evaluation", "evaluate")
+    )
+    tracking: TrackingConfig = _field(
+        TrackingConfig(), help="Where runs and logs go.", synonyms=("logging", "wandb")
+    )
+
+
+def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Checks that span several fields, as (dotted key, message) pairs."""
+    problems = []
+    if recipe.task.type == "classification" and len(recipe.task.labels) < 2:
+        problems.append(
+            (
+                "task.labels",
+                f"a classification task needs at least two labels; found {recipe.task.labels!r}",
+            )
+        )
+    if len(set(recipe.task.labels)) != len(recipe.task.labels):
+        problems.append(("task.labels", f"labels must be distinct; found {recipe.task.labels!r}"))
+    split = recipe.data.split
+    if abs(split.train + split.validation + split.test - 1.0) > 1e-6:
+        total = split.train + split.validation + split.test
+        problems.append(
+            ("data.split", f"train + validation + test must add up to 1; found {total:g}")
+        )
+    if split.train == 0 or split.test == 0:
+        problems.append(("data.split", "train and test fractions must both be above 0"))
+    if recipe.train.method == "full" and recipe.model.quantization != "none":
+        problems.append(
+            (
+                "model.quantization",
+                f"full fine-tuning cannot update quantized weights; found quantization {recipe.model.quantization!r} with train.method 'full'. Use train.method: lora, or quantization: none",
+            )
+        )
+    names = [b.name for b in recipe.eval.baselines]
+    if len(set(names)) != len(names):
+        problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
+    return problems

@@ -1,0 +1,109 @@
+"""Shared fixtures: a tiny random causal LM and tokenizer built offline, and recipe helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "the film was fresh and funny, a delight from start to end",
+    "a rotten, dull and lifeless movie with nothing to say",
+    "business news: shares rose as the company reported profits",
+    "sport: the team won the match in extra time",
+    "tech: a new phone with a faster chip was announced",
+    "Answer the question about construction law. What permit do I need to build a wall?",
+    "0123456789 ,.;:!?'\"()[]{}-_/ positive negative fresh rotten label answer question",
+]
+
+
+def build_tiny_model(
+    path: Path, *, hidden: int = 64, layers: int = 2, chat_template: bool = True
+) -> Path:
+    """Save a 2-layer random Llama and a byte-level BPE tokenizer (about 400 tokens) to `path`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token=None,
+        unk_token=None,
+    )
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random causal LM with a chat template, saved as safetensors; shared by the session."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_plain_model_dir(tmp_path_factory) -> Path:
+    """The same tiny model without a chat template (prompts fall back to the recipe's template)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama-plain"), chat_template=False)
+
+
+MINIMAL_RECIPE = {
+    "name": "tiny",
+    "task": {"type": "classification", "labels": ["fresh", "rotten"]},
+    "data": {"source": "rotten-tomatoes"},
+    "model": {"base": "smollm2-135m-instruct"},
+}
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write a recipe mapping (or raw text) to tmp_path/<name> and return its path."""
+
+    def write(content: dict | str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(
+            content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        )
+        return path
+
+    return write

@@ -1,0 +1,81 @@
+"""The real `finetune` command line, run as a subprocess the way a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+SHIPPED = sorted(str(p) for p in (REPO / "recipes").glob("*.yaml"))
+
+
+def finetune(*args, cwd=REPO):
+    return subprocess.run(
+        [sys.executable, "-m", "finetune", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def test_validate_all_shipped_recipes():
+    result = finetune("validate", *SHIPPED)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(SHIPPED)
+
+
+def test_validate_reports_typo_with_file_key_and_suggestion(write_recipe):
+    path = write_recipe(
+        "name: x\ntask: {type: classification, labels: [a, b]}\ndata: {source: d}\nmodel: {base: m}\nlora: {rnak: 8}\n"
+    )
+    result = finetune("validate", str(path))
+    assert result.returncode == 2
+    assert f"{path}: lora.rnak: unknown key 'rnak' (did you mean lora.r?)" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_validate_mixed_good_and_bad_checks_all_and_exits_2(write_recipe):
+    bad = write_recipe("name: x\n", "bad.yaml")
+    result = finetune("validate", SHIPPED[0], str(bad))
+    assert result.returncode == 2
+    assert ": ok (" in result.stdout
+    assert f"{bad}: task: required key is missing" in result.stderr
+    assert f"{bad}: model: required key is missing" in result.stderr
+
+
+def test_validate_applies_overrides():
+    result = finetune("validate", SHIPPED[0], "lora.r=zero")
+    assert result.returncode == 2
+    assert "command line (lora.r=zero): lora.r: input should be a valid integer" in result.stderr
+
+
+def test_validate_missing_file_is_clean():
+    result = finetune("validate", "recipes/missing.yaml")
+    assert result.returncode == 2
+    assert "recipe file 'recipes/missing.yaml' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["validate", "prepare", "train", "eval", "report"])
+def test_every_subcommand_has_help(command):
+    result = finetune(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+
+
+def test_top_level_help_lists_the_stages():
+    result = finetune("--help")
+    assert result.returncode == 0
+    for command in ["validate", "prepare", "train", "eval", "report"]:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "eval", "report"])
+def test_unbuilt_stages_say_so_in_one_line(command):
+    args = [command, SHIPPED[0]] if command != "report" else [command, "runs/x"]
+    if command == "eval":
+        args += ["--run", "runs/x"]
+    result = finetune(*args)
+    assert result.returncode == 2
+    assert result.stderr == f"error: `finetune {command}` is not implemented yet.\n"

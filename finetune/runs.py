@@ -20,12 +20,16 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from finetune.files import write_atomic, write_json
+from finetune.models import ModelSource
 from finetune.recipe import Recipe, recipe_to_dict
+
+if TYPE_CHECKING:
+    from finetune.data import PreparedData
 
 PARTIAL_SUFFIX = ".partial"
 TRACKED_PACKAGES = (
@@ -73,6 +77,19 @@ class Run:
                 logging.getLogger(name).removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+def record_inputs(run: Run, prepared: PreparedData, model: ModelSource) -> None:
+    """Pin what a run was made from: the prepared data's fingerprint and the base model's identity."""
+    run.record(
+        data={
+            "name": prepared.card["name"],
+            "path": str(prepared.path),
+            "fingerprint": prepared.fingerprint,
+            "rows": prepared.card["rows"],
+        },
+        base_model={"ref": model.ref, "kind": model.kind, **model.identity},
+    )
 
 
 def new_run_id() -> str:

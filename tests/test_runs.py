@@ -60,3 +60,39 @@ def test_killed_run_never_looks_complete(recipe):
     assert not is_complete(run.path) and not run.final_path.exists()
     assert json.loads((run.path / "provenance.json").read_text())["status"] == "running"
     assert yaml.safe_load((run.path / "recipe.yaml").read_text())["name"] == "tiny"
+
+
+def test_run_records_data_fingerprint_and_base_model_identity(
+    write_recipe, tmp_path, tiny_model_dir
+):
+    from finetune.data import prepare
+    from finetune.models import resolve
+    from finetune.runs import record_inputs
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(
+            json.dumps(
+                {"id": f"r{i}", "text": f"review number {i}", "label": ["fresh", "rotten"][i % 2]}
+            )
+            + "\n"
+            for i in range(20)
+        )
+    )
+    recipe = load_recipe(
+        write_recipe(
+            {
+                **MINIMAL_RECIPE,
+                "data": {"source": str(rows), "prepared_dir": str(tmp_path / "data")},
+                "model": {"base": str(tiny_model_dir)},
+            }
+        ),
+        [f"tracking.runs_dir={tmp_path / 'runs'}"],
+    )
+    prepared, source = prepare(recipe), resolve(recipe.model.base)
+    with open_run(recipe, recipe_path="r.yaml") as run:
+        record_inputs(run, prepared, source)
+    prov = json.loads((run.final_path / "provenance.json").read_text())
+    assert prov["data"]["fingerprint"] == prepared.fingerprint and len(prepared.fingerprint) == 64
+    assert prov["data"]["rows"]["total"] == 20
+    assert prov["base_model"] == {"ref": str(tiny_model_dir), "kind": "local", **source.identity}

@@ -55,13 +55,13 @@ def prepare(recipe: Recipe, *, force: bool = False) -> PreparedData:
     splits, rejected, facts = _read_splits(recipe)
     report = leakage(splits)
     removed = drop_leaked(splits, report) if recipe.data.dedupe else 0
-    print_fp = fingerprint(splits, recipe)
-    facts |= {"fingerprint": print_fp, "inputs_key": key, "rejected": len(rejected), "on_bad_row": recipe.data.on_bad_row,
+    fp = fingerprint(splits, recipe)
+    facts |= {"fingerprint": fp, "inputs_key": key, "rejected": len(rejected), "on_bad_row": recipe.data.on_bad_row,
               "leakage": report, "dedupe": recipe.data.dedupe, "dedupe_removed": removed,
               "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     card = build_card(splits, target=TARGET_FIELD[recipe.task.type], facts=facts)
     _write(out, splits, rejected, card)
-    return PreparedData(out, print_fp, card)
+    return PreparedData(out, fp, card)
 
 
 def load_split(recipe: Recipe, split: str) -> list[dict]:

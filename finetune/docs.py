@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from finetune.recipe.schema import Recipe
+from finetune.recipe.schema import Recipe, section_type
 
 BLOCKS = {"recipe-reference": lambda: recipe_reference(), "cli-reference": lambda: cli_reference()}
 
@@ -28,7 +28,7 @@ def recipe_reference() -> str:
 
 def _field_rows(model: type[BaseModel], prefix: str):
     for name, field in model.model_fields.items():
-        section = _section_of(field.annotation)
+        section = section_type(field.annotation)
         key = f"{prefix}{name}" + (
             "[]" if section and typing.get_origin(field.annotation) is list else ""
         )
@@ -38,16 +38,6 @@ def _field_rows(model: type[BaseModel], prefix: str):
             yield f"| `{key}` | {_type_name(field)} | {_default(field)} | {field.description} |"
         if section:
             yield from _field_rows(section, f"{key}.")
-
-
-def _section_of(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _section_of(arg)
-        if found:
-            return found
-    return None
 
 
 BOUND_SYMBOLS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"))

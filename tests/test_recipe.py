@@ -399,12 +399,12 @@ def test_recipe_is_frozen(write_recipe):
 def test_every_schema_field_has_help_text():
     from pydantic import BaseModel
 
-    from finetune.recipe.load import _section_type
+    from finetune.recipe.schema import section_type
 
     def walk(model: type[BaseModel], prefix: str):
         for name, field in model.model_fields.items():
             assert field.description, f"{prefix}{name} has no help text"
-            sub = _section_type(field.annotation)
+            sub = section_type(field.annotation)
             if isinstance(sub, type) and issubclass(sub, BaseModel):
                 yield from walk(sub, f"{prefix}{name}.")
             yield f"{prefix}{name}"

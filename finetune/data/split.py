@@ -26,12 +26,8 @@ def _rank(seed: int, example_id: str) -> str:
 def stratified_split(examples: list[dict], recipe: Recipe) -> dict[str, list[dict]]:
     """Split each label group by the recipe's fractions (QA and extraction: one group)."""
     fractions = recipe.data.split
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for example in examples:
-        groups[example.get("label", "")].append(example)
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    for label in sorted(groups):
-        group = sorted(groups[label], key=lambda e: _rank(recipe.seed, e["id"]))
+    for group in _ranked_label_groups(examples, recipe.seed):
         n_test = round(len(group) * fractions.test)
         n_val = round(len(group) * fractions.validation)
         splits["test"] += group[:n_test]
@@ -43,15 +39,20 @@ def stratified_split(examples: list[dict], recipe: Recipe) -> dict[str, list[dic
 def carve_validation(train: list[dict], recipe: Recipe) -> tuple[list[dict], list[dict]]:
     """Take a validation split out of an explicit train file, stratified the same way."""
     share = recipe.data.split.validation / max(recipe.data.split.train + recipe.data.split.validation, 1e-9)
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for example in sorted(train, key=lambda e: _rank(recipe.seed, e["id"])):
-        groups[example.get("label", "")].append(example)
     rest, validation = [], []
-    for label in sorted(groups):
-        n_val = round(len(groups[label]) * share)
-        validation += groups[label][:n_val]
-        rest += groups[label][n_val:]
+    for group in _ranked_label_groups(train, recipe.seed):
+        n_val = round(len(group) * share)
+        validation += group[:n_val]
+        rest += group[n_val:]
     return rest, validation
+
+
+def _ranked_label_groups(examples: list[dict], seed: int) -> list[list[dict]]:
+    """Examples grouped by label (labels in sorted order), each group ordered by rank."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for example in sorted(examples, key=lambda e: _rank(seed, e["id"])):
+        groups[example.get("label", "")].append(example)
+    return [groups[label] for label in sorted(groups)]
 
 
 def fingerprint(splits: dict[str, list[dict]], recipe: Recipe) -> str:

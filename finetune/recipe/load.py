@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finetune.errors import FinetuneError
-from finetune.recipe.schema import Recipe, consistency_problems
+from finetune.recipe.schema import Recipe, consistency_problems, section_type
 
 COMMAND_LINE = "command line"
 
@@ -195,28 +195,15 @@ def _describe(err: dict[str, Any], layers: _Layers, default_source: str) -> Prob
 
 def _model_at(loc: list[str]) -> type[BaseModel] | None:
     """The schema class a location points into (list indices skipped)."""
-    model: Any = Recipe
+    model: type[BaseModel] | None = Recipe
     for part in loc:
         if part.isdigit():
             continue
-        field = (
-            model.model_fields.get(part)
-            if isinstance(model, type) and issubclass(model, BaseModel)
-            else None
-        )
+        field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return None
-        model = _section_type(field.annotation)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _section_type(annotation: Any) -> Any:
-    """Unwrap `list[X]` and `X | None` down to a Section class when there is one."""
-    for arg in getattr(annotation, "__args__", ()):
-        found = _section_type(arg)
-        if isinstance(found, type) and issubclass(found, BaseModel):
-            return found
-    return annotation
+        model = section_type(field.annotation)
+    return model
 
 
 def _fields_at(loc: list[str]) -> list[str]:
@@ -241,8 +228,8 @@ def suggest_key(loc: list[str]) -> str | None:
             return f"{prefix}.{best}" if prefix else best
     # A valid key in the wrong section: `train.r` -> `lora.r`.
     for section, field in Recipe.model_fields.items():
-        sub = _section_type(field.annotation)
-        if isinstance(sub, type) and issubclass(sub, BaseModel) and wrong in sub.model_fields:
+        sub = section_type(field.annotation)
+        if sub is not None and wrong in sub.model_fields:
             return f"{section}.{wrong}"
     return None
 

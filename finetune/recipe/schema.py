@@ -399,6 +399,17 @@ class Recipe(Section):
     )
 
 
+def section_type(annotation: Any) -> type[BaseModel] | None:
+    """The Section class inside an annotation (`X`, `list[X]`, `X | None`), or None for plain values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """Checks that span several fields, as (dotted key, message) pairs."""
     problems = []

@@ -31,3 +31,10 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def read_jsonl(path: str | Path) -> list[Any]:
+    """Records of a JSONL file. Lines end at "\\n" only: str.splitlines() would also break
+    at U+2028 and other separators that JSON strings written with ensure_ascii=False contain."""
+    text = Path(path).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from finetune.errors import FinetuneError
 from finetune.files import write_atomic, write_json
 from finetune.models import ModelSource
 from finetune.recipe import Recipe, recipe_to_dict
@@ -125,6 +126,30 @@ def open_run(
         run.fail(exc)
         raise
     run.finish()
+
+
+def reopen_run(path: str | Path) -> Run:
+    """Continue an interrupted (`.partial`) run in place; its provenance notes each resumption."""
+    path = Path(path)
+    if is_complete(path):
+        raise FinetuneError(f"{path}: this run is complete; there is nothing to resume")
+    if not path.name.endswith(PARTIAL_SUFFIX) or not (path / "provenance.json").is_file():
+        raise FinetuneError(
+            f"{path}: not an interrupted run directory (expected <runs_dir>/<recipe>/<run id>{PARTIAL_SUFFIX})"
+        )
+    provenance = json.loads((path / "provenance.json").read_text())
+    run = Run(
+        path=path,
+        final_path=path.with_name(path.name.removesuffix(PARTIAL_SUFFIX)),
+        provenance=provenance,
+    )
+    resumed = [*provenance.get("resumed", []), {"time": _now(), "command": sys.argv}]
+    run.record(
+        status="running", error=None, end_time=None, resumed=resumed, git_at_resume=git_state()
+    )
+    run._log_handler = _attach_log_file(path / "logs" / "run.log")
+    log.info("run %s resumed in %s", provenance.get("run_id"), path)
+    return run
 
 
 def is_complete(path: str | Path) -> bool:

@@ -15,7 +15,7 @@ from finetune.data.builtin import BUILTIN
 from finetune.data.card import build_card, card_markdown
 from finetune.data.read import TARGET_FIELD, DataError, Rejected, read_file, read_hub, raise_for_rejects, to_examples
 from finetune.data.split import SPLITS, carve_validation, drop_leaked, fingerprint, leakage, stratified_split
-from finetune.files import write_atomic, write_json
+from finetune.files import read_jsonl, write_atomic, write_json
 from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,9 @@ def prepare(recipe: Recipe, *, force: bool = False) -> PreparedData:
 def load_split(recipe: Recipe, split: str) -> list[dict]:
     """Examples of one prepared split (preparing first if needed), capped by the recipe's limits."""
     prepared = prepare(recipe)
-    rows = [json.loads(line) for line in (prepared.path / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()]
-    cap = {"train": recipe.data.max_train_examples, "test": recipe.data.max_test_examples}.get(split)
+    rows = read_jsonl(prepared.path / f"{split}.jsonl")
+    caps = {"train": recipe.data.max_train_examples, "validation": recipe.data.max_validation_examples, "test": recipe.data.max_test_examples}
+    cap = caps.get(split)
     return rows[:cap] if cap else rows
 
 
@@ -122,7 +123,7 @@ def _inputs_key(recipe: Recipe) -> str:
     """What the prepared files depend on: data settings, labels, seed and the source files' state."""
     files = [recipe.data.source, *recipe.data.split_files.values()]
     state = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if f and Path(f).is_file()]
-    payload = {"data": recipe.data.model_dump(exclude={"max_train_examples", "max_test_examples"}), "task": recipe.task.model_dump(include={"type", "labels"}), "seed": recipe.seed, "files": state, "version": 1}
+    payload = {"data": recipe.data.model_dump(exclude={"max_train_examples", "max_validation_examples", "max_test_examples"}), "task": recipe.task.model_dump(include={"type", "labels"}), "seed": recipe.seed, "files": state, "version": 1}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -95,6 +95,11 @@ class DataConfig(Section):
         help="Cap on training rows after the split (null: use all).",
         synonyms=("max_examples", "limit"),
     )
+    max_validation_examples: PositiveInt | None = _field(
+        None,
+        help="Cap on validation rows used for the held-out loss during training (null: use all).",
+        synonyms=("max_val_examples", "max_eval_examples"),
+    )
     max_test_examples: PositiveInt | None = _field(
         None, help="Cap on test rows used for evaluation (null: use all)."
     )
@@ -446,7 +451,41 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 f"full fine-tuning cannot update quantized weights; found quantization {recipe.model.quantization!r} with train.method 'full'. Use train.method: lora, or quantization: none",
             )
         )
+    problems += _template_problems(recipe.task.template)
+    train = recipe.train
+    if train.save_every % train.eval_every:
+        problems.append(
+            (
+                "train.save_every",
+                f"must be a multiple of train.eval_every so the best checkpoint is kept; found save_every {train.save_every}, eval_every {train.eval_every}",
+            )
+        )
     names = [b.name for b in recipe.eval.baselines]
     if len(set(names)) != len(names):
         problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
     return problems
+
+
+def _template_problems(template: str) -> list[tuple[str, str]]:
+    import string
+
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        return [
+            (
+                "task.template",
+                f"is not a valid template ({exc}); write literal braces as {{{{ and }}}}",
+            )
+        ]
+    unknown = sorted(fields - {"instruction", "input"})
+    if unknown:
+        return [
+            (
+                "task.template",
+                f"unknown placeholder(s) {unknown}; use {{instruction}} and {{input}}",
+            )
+        ]
+    if "input" not in fields:
+        return [("task.template", "must contain {input}, where each example's text goes")]
+    return []

@@ -1,0 +1,61 @@
+"""What the machine can do: the accelerator, fast bf16, weight dtypes, and peak memory.
+
+Training and evaluation both ask here, so a recipe's `model.dtype: auto` means the same
+thing in every stage.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def fast_bf16() -> bool:
+    """True where bf16 matmuls run natively: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers moved: fall back to the kernel's CPU flags
+        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def weight_dtype(requested: str, *, method: str = "lora") -> Any:
+    """The torch dtype to load weights in for `model.dtype` (`auto` resolved for this machine).
+
+    `auto` keeps full fine-tuning in float32 master weights (bf16 then runs as autocast),
+    because AdamW updates on bf16 weights lose most of their precision.
+    """
+    import torch
+
+    if requested == "auto":
+        requested = "bfloat16" if fast_bf16() and method != "full" else "float32"
+    return getattr(torch, requested)
+
+
+def use_bf16_autocast(requested: str) -> bool:
+    """Mixed precision for training: on for `auto` where bf16 is fast, and whenever bf16 is asked for."""
+    return requested == "bfloat16" or (requested == "auto" and fast_bf16())
+
+
+def peak_memory_bytes() -> int:
+    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+    import torch
+
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB

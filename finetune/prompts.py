@@ -1,0 +1,198 @@
+"""Prompt formatting shared by training and evaluation.
+
+A `PromptFormat` fixes how an example becomes tokens: the tokenizer's chat template when
+it has one (the instruction and input as the user turn, the answer as the assistant turn),
+else the recipe's plain template. Training stores the format in the run directory
+(`prompt.json`) and evaluation loads it from there, so both see identical prompts.
+
+Prompt and answer are tokenized separately and concatenated, so the answer's tokens are
+the same whether they are trained on, scored or generated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from finetune.errors import FinetuneError
+from finetune.files import write_json
+
+PROMPT_FILE = "prompt.json"
+_PROBE_ANSWER = "ANSWER"
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """Everything needed to rebuild a prompt exactly: style, texts and the chat template itself."""
+
+    style: Literal["chat", "plain"]
+    instruction: str
+    template: str
+    chat_template: str | None
+    answer_prefix: str  # text between the prompt and the answer (" " after "Answer:")
+    answer_suffix: (
+        str  # text after the answer: the end-of-turn or EOS text the model learns to stop on
+    )
+
+    def save(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / PROMPT_FILE
+        write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> PromptFormat:
+        path = Path(run_dir) / PROMPT_FILE
+        if not path.is_file():
+            raise FinetuneError(f"{run_dir}: no {PROMPT_FILE}; is this a finished training run?")
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    completion_mask: list[int]  # 1 on answer tokens, 0 on prompt tokens
+    truncated: bool = False
+    prompt_length: int = field(default=0)
+
+
+def prompt_format(tokenizer: Any, task: Any, style: str = "auto") -> PromptFormat:
+    """The format for this tokenizer and task (`task` is the recipe's TaskConfig).
+
+    `style` is `chat`, `plain` or `auto` (chat when the tokenizer has a chat template).
+    """
+    has_chat = bool(getattr(tokenizer, "chat_template", None))
+    if style == "chat" and not has_chat:
+        raise FinetuneError(
+            "prompt_style: chat was asked for, but the tokenizer has no chat template; use prompt_style: plain or auto"
+        )
+    if style == "chat" or (style == "auto" and has_chat):
+        fmt = PromptFormat("chat", task.instruction, task.template, tokenizer.chat_template, "", "")
+        prompt = render_prompt(fmt, tokenizer, "x")
+        full = _render_chat(fmt, tokenizer, "x", answer=_PROBE_ANSWER)
+        prefix, _, suffix = full[len(prompt) :].partition(_PROBE_ANSWER)
+        if not full.startswith(prompt) or _PROBE_ANSWER not in full[len(prompt) :]:
+            # A template that renders the prompt differently once an answer follows:
+            # train on the answer plus EOS after the generation prompt.
+            prefix, suffix = "", tokenizer.eos_token or ""
+        return PromptFormat(
+            "chat", task.instruction, task.template, tokenizer.chat_template, prefix, suffix
+        )
+    return PromptFormat(
+        "plain", task.instruction, task.template, None, " ", tokenizer.eos_token or ""
+    )
+
+
+def render_prompt(
+    fmt: PromptFormat, tokenizer: Any, text: str, shots: list[tuple[str, str]] = ()
+) -> str:
+    """The prompt text for one input, with optional (input, answer) in-context examples first."""
+    if fmt.style == "chat":
+        return _render_chat(fmt, tokenizer, text, shots=shots)
+    blocks = [
+        _plain_block(fmt, shot_text) + fmt.answer_prefix + answer for shot_text, answer in shots
+    ]
+    return "\n\n".join([*blocks, _plain_block(fmt, text)])
+
+
+def completion_text(fmt: PromptFormat, answer: str) -> str:
+    return fmt.answer_prefix + answer + fmt.answer_suffix
+
+
+def target_text(task_type: str, example: dict[str, Any]) -> str:
+    """The answer the model should write for an example."""
+    if task_type == "classification":
+        return example["label"]
+    if task_type == "qa":
+        return example["answer"]
+    return json.dumps(example["entities"], ensure_ascii=False)
+
+
+def encode(
+    fmt: PromptFormat,
+    tokenizer: Any,
+    text: str,
+    answer: str | None,
+    *,
+    max_length: int,
+    truncation: str = "left",
+    shots: list[tuple[str, str]] = (),
+    reserve: int = 0,
+) -> Encoded:
+    """Token ids of prompt (+ answer) within `max_length`, cutting the input text when too long.
+
+    The input is cut (`left`: its start is dropped, `right`: its end), never the
+    instruction, the template or the answer, so a truncated example still asks the same
+    question. `reserve` keeps room for tokens generated later (prompt-only encoding).
+    """
+    completion_ids = _ids(tokenizer, completion_text(fmt, answer)) if answer is not None else []
+    overhead = len(_prompt_ids(fmt, tokenizer, "", shots))
+    room = max_length - overhead - reserve
+    if room - len(completion_ids) < 1 and completion_ids:
+        # An answer longer than the whole budget: keep its start and at least a little input.
+        completion_ids = completion_ids[: max(room - min(16, room // 2), 1)]
+    room -= len(completion_ids)
+    if room < 1:
+        raise FinetuneError(
+            f"model.max_length: {max_length} tokens do not fit the prompt template and instruction ({overhead} tokens); raise model.max_length"
+        )
+    text_ids = _ids(tokenizer, text)
+    truncated = len(text_ids) > room
+    prompt_ids = _prompt_ids(fmt, tokenizer, text, shots)
+    while len(prompt_ids) + len(completion_ids) > max_length:
+        # Re-tokenizing a cut text can merge tokens differently, so trim until it fits.
+        text_ids = text_ids[-room:] if truncation == "left" else text_ids[:room]
+        text = tokenizer.decode(text_ids)
+        prompt_ids = _prompt_ids(fmt, tokenizer, text, shots)
+        room -= 1
+        truncated = True
+    return Encoded(
+        input_ids=prompt_ids + completion_ids,
+        completion_mask=[0] * len(prompt_ids) + [1] * len(completion_ids),
+        truncated=truncated,
+        prompt_length=len(prompt_ids),
+    )
+
+
+def _render_chat(
+    fmt: PromptFormat,
+    tokenizer: Any,
+    text: str,
+    *,
+    shots: list[tuple[str, str]] = (),
+    answer: str | None = None,
+) -> str:
+    messages = []
+    for shot_text, shot_answer in shots:
+        messages += [_user(fmt, shot_text), {"role": "assistant", "content": shot_answer}]
+    messages.append(_user(fmt, text))
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return tokenizer.apply_chat_template(
+        messages,
+        chat_template=fmt.chat_template,
+        tokenize=False,
+        add_generation_prompt=answer is None,
+    )
+
+
+def _user(fmt: PromptFormat, text: str) -> dict[str, str]:
+    content = f"{fmt.instruction}\n\n{text}" if fmt.instruction else text
+    return {"role": "user", "content": content}
+
+
+def _plain_block(fmt: PromptFormat, text: str) -> str:
+    return fmt.template.format(instruction=fmt.instruction, input=text).strip()
+
+
+def _prompt_ids(
+    fmt: PromptFormat, tokenizer: Any, text: str, shots: list[tuple[str, str]]
+) -> list[int]:
+    prompt = render_prompt(fmt, tokenizer, text, shots)
+    # A chat template writes its own special tokens (BOS included); a plain prompt gets the tokenizer's.
+    return tokenizer(prompt, add_special_tokens=fmt.style == "plain")["input_ids"]
+
+
+def _ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []

@@ -1,0 +1,142 @@
+"""Experiment tracking behind one small interface; Weights & Biases is the implementation.
+
+`open_tracker(recipe, run_dir, ...)` returns a `Tracker`. The W&B mode comes from the recipe
+(`tracking.wandb.mode`): `online` only when `WANDB_API_KEY` is set (else offline, with a
+warning), `offline` writes run files under `<run dir>/wandb/` for a later `wandb sync`,
+`disabled` logs nothing. The key is read from the environment by wandb itself; the
+workbench never passes it, prints it or writes it anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from finetune.deps import require
+
+log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """What the stages log: scalars by step, images, tables and directories as artifacts."""
+
+    run_id: str | None
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+
+    def log_image(self, key: str, path: str | Path) -> None: ...
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None: ...
+
+    def log_artifact(self, name: str, kind: str, path: str | Path) -> None: ...
+
+    def summary(self, values: dict[str, Any]) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+class NullTracker:
+    """Tracking disabled (or not the main process): every call does nothing."""
+
+    run_id = None
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_image(self, key: str, path: str | Path) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def log_artifact(self, name: str, kind: str, path: str | Path) -> None:
+        pass
+
+    def summary(self, values: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class WandbTracker:
+    def __init__(self, run: Any):
+        self._run = run
+        self._wandb = require("wandb", needed_for="tracking.wandb")
+        self.run_id = run.id
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._run.log(metrics, step=step)
+
+    def log_image(self, key: str, path: str | Path) -> None:
+        self._run.log({key: self._wandb.Image(str(path))})
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self._run.log({key: self._wandb.Table(columns=columns, data=rows)})
+
+    def log_artifact(self, name: str, kind: str, path: str | Path) -> None:
+        artifact = self._wandb.Artifact(name=name, type=kind)
+        path = Path(path)
+        if path.is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self._run.log_artifact(artifact)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self._run.summary.update(values)
+
+    def finish(self) -> None:
+        self._run.finish()
+
+
+def wandb_mode(requested: str) -> str:
+    """The mode actually used: `online` needs a key in the environment; nothing ever prompts for one."""
+    if requested == "online" and not os.environ.get("WANDB_API_KEY"):
+        log.warning(
+            "tracking.wandb.mode is online but WANDB_API_KEY is not set: logging offline instead"
+        )
+        return "offline"
+    return requested
+
+
+def open_tracker(
+    recipe: Any,
+    run_dir: str | Path,
+    *,
+    job_type: str,
+    config: dict[str, Any],
+    name: str,
+    resume_id: str | None = None,
+    main_process: bool = True,
+) -> Tracker:
+    """Start tracking a stage of a run (`job_type`: train or eval) with `config` as the run config."""
+    settings = recipe.tracking.wandb
+    mode = wandb_mode(settings.mode)
+    if mode == "disabled" or not main_process:
+        return NullTracker()
+    wandb = require(
+        "wandb", needed_for="tracking.wandb (set tracking.wandb.mode: disabled to skip)"
+    )
+    quiet = wandb.Settings(console="off", silent=True, show_warnings=False, login_timeout=0)
+    wandb.setup(settings=quiet)  # terminal output is configured at setup, not init
+    run = wandb.init(
+        project=settings.project,
+        entity=settings.entity,
+        tags=list(settings.tags),
+        name=name,
+        job_type=job_type,
+        dir=str(run_dir),
+        config=config,
+        mode=mode,
+        id=resume_id,
+        resume="allow" if resume_id else None,
+        # Our progress bar owns the terminal and W&B must never wait for a login prompt. Its
+        # warnings (such as "URL not available in offline run" each time TRL writes a model
+        # card) go to its debug log under <run dir>/wandb/ instead of the terminal.
+        settings=quiet,
+    )
+    log.info("tracking with W&B (%s) in %s", mode, run.dir)
+    return WandbTracker(run)

@@ -158,15 +158,64 @@ def _load(recipe: Path, overrides: list[str] | None):
 
 @app.command()
 def train(
-    recipe: RecipeArg,
+    recipe: Annotated[
+        Path | None,
+        typer.Argument(help="Recipe YAML file (not needed with --resume).", show_default=False),
+    ] = None,
     overrides: OverridesArg = None,
     resume: Annotated[
         Path | None,
-        typer.Option(help="Continue an interrupted run directory from its last checkpoint."),
+        typer.Option(
+            help="Continue an interrupted run directory (runs/<recipe>/<id>.partial) from its last checkpoint, with its stored recipe."
+        ),
     ] = None,
 ) -> None:
-    """Train the specialist and write runs/<recipe name>/<run id>/."""
-    raise NotImplementedYet("train")
+    """Train the specialist and write runs/<recipe name>/<run id>/ (adapter, log, loss curve, summary)."""
+    from finetune.recipe import load_recipe
+    from finetune.train import train as run_training
+
+    if resume is not None:
+        if recipe is not None or overrides:
+            raise FinetuneError(
+                "--resume continues a run with the recipe stored in it; give only the run directory"
+            )
+        loaded, recipe = load_recipe(resume / "recipe.yaml"), resume / "recipe.yaml"
+    elif recipe is None:
+        raise FinetuneError(
+            "give a recipe file, e.g. `finetune train recipes/rt-sentiment-smollm2-lora.yaml`, or --resume RUN_DIR"
+        )
+    else:
+        loaded = _load(recipe, overrides)
+    run_training(loaded, recipe_path=recipe, overrides=overrides or [], resume=resume, console=err)
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="A finished LoRA training run.", show_default=False)],
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="Fold the adapter into the base weights (required for now)."),
+    ] = False,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the merged model (default: RUN/merged)."),
+    ] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Saved weight dtype: float32, bfloat16 or float16.")
+    ] = "float32",
+) -> None:
+    """Write a deployable model from a run: `--merge` gives plain transformers safetensors."""
+    from finetune.hardware import DTYPES
+    from finetune.train import export_merged
+
+    if not merge:
+        raise FinetuneError(
+            "say how to export: `finetune export RUN --merge` (the adapter itself is already in RUN/adapter)"
+        )
+    if dtype not in DTYPES:
+        raise FinetuneError(f"--dtype must be one of {', '.join(DTYPES)}; found {dtype!r}")
+    path = export_merged(run, out_dir, dtype=dtype)
+    out.print(f"merged model written to {path}", markup=False)
 
 
 @app.command("eval")
@@ -187,7 +236,22 @@ def report(
     raise NotImplementedYet("report")
 
 
+def _quiet_libraries() -> None:
+    import logging
+
+    # bitsandbytes warns at import that an optional 4-bit CPU kernel (fetched from the Hub) is
+    # missing; 4-bit training is refused on CPUs anyway, so the warning only confuses.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # TRL's dataset preparation draws one progress bar per pass; the training bar is ours.
+    try:
+        from datasets.utils.logging import disable_progress_bar
+    except ImportError:
+        return
+    disable_progress_bar()
+
+
 def main() -> None:
+    _quiet_libraries()
     try:
         app()
     except FinetuneError as exc:

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import REPO
 
 SHIPPED = sorted(str(p) for p in (REPO / "recipes").glob("*.yaml"))
@@ -57,7 +58,9 @@ def test_validate_missing_file_is_clean():
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["validate", "prepare", "models", "train", "eval", "report"])
+@pytest.mark.parametrize(
+    "command", ["validate", "prepare", "models", "train", "export", "eval", "report"]
+)
 def test_every_subcommand_has_help(command):
     result = finetune(command, "--help")
     assert result.returncode == 0, result.stderr
@@ -71,7 +74,30 @@ def test_top_level_help_lists_the_stages():
         assert command in result.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "report"])
+@pytest.mark.skipif(torch.cuda.is_available(), reason="4-bit training is allowed on CUDA")
+def test_4bit_recipe_on_a_cpu_exits_2_before_anything_starts(tmp_path):
+    recipe = REPO / "recipes" / "bbc-topics-qwen1.5b-qlora.yaml"
+    result = finetune("train", str(recipe), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr == (
+        "error: 1 recipe problem:\n"
+        f"  {recipe}: model.quantization: 4-bit (QLoRA) training needs a CUDA GPU: on a CPU bitsandbytes "
+        "computes no gradients through 4-bit layers, so the adapters would silently never learn. "
+        "Use quantization: 8bit or none on this machine\n"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_train_without_recipe_or_resume_says_what_to_give():
+    result = finetune("train")
+    assert result.returncode == 2
+    assert (
+        "give a recipe file, e.g. `finetune train recipes/rt-sentiment-smollm2-lora.yaml`, or --resume RUN_DIR"
+        in result.stderr
+    )
+
+
+@pytest.mark.parametrize("command", ["eval", "report"])
 def test_unbuilt_stages_say_so_in_one_line(command):
     args = [command, SHIPPED[0]] if command != "report" else [command, "runs/x"]
     if command == "eval":

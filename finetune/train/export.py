@@ -1,0 +1,76 @@
+"""`finetune export RUN --merge`: fold a run's LoRA adapter into its base model for deployment.
+
+The result is a plain transformers model directory (safetensors, tokenizer, prompt format)
+that loads without PEFT and gives the same logits as base + adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from finetune.errors import FinetuneError
+from finetune.models import load_causal_lm, resolve
+from finetune.prompts import PROMPT_FILE
+from finetune.recipe import load_recipe
+
+
+def export_merged(
+    run_dir: str | Path, out: str | Path | None = None, *, dtype: str = "float32"
+) -> Path:
+    """Merge `<run>/adapter` into the base model and save it to `out` (default `<run>/merged`)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    run_dir = Path(run_dir)
+    adapter = run_dir / "adapter"
+    if not adapter.is_dir():
+        if (run_dir / "model").is_dir():
+            raise FinetuneError(
+                f"{run_dir}: a full fine-tuning run; its model is already complete in {run_dir / 'model'}"
+            )
+        raise FinetuneError(
+            f"{run_dir}: no adapter/ directory; is this a finished LoRA training run?"
+        )
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    source = resolve(recipe.model.base)
+    _check_same_base(run_dir, source.identity)
+    # Merge in float32 whatever the training dtype, so the merged weights lose nothing.
+    base = load_causal_lm(
+        source,
+        dtype=torch.float32,
+        trust_remote_code=recipe.model.trust_remote_code,
+        allow_pickle=recipe.model.allow_pickle,
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged = merged.to(getattr(torch, dtype))
+    out = Path(out) if out else run_dir / "merged"
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp)
+    tokenizer_dir = (
+        adapter if (adapter / "tokenizer_config.json").is_file() else Path(source.location)
+    )
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
+    if (run_dir / PROMPT_FILE).is_file():
+        shutil.copy2(run_dir / PROMPT_FILE, tmp / PROMPT_FILE)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _check_same_base(run_dir: Path, identity: dict) -> None:
+    """The base being loaded must be the one the adapter was trained on."""
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    trained_on = {
+        k: v for k, v in provenance.get("base_model", {}).items() if k not in ("ref", "kind")
+    }
+    if trained_on and trained_on != identity:
+        raise FinetuneError(
+            f"{run_dir}: the adapter was trained on base model {trained_on}, but {identity} is what loads now; "
+            "restore that base model (or its cache) to export this run"
+        )

@@ -1,0 +1,101 @@
+"""The model being trained: the base loaded for the recipe's method, and its adapter config.
+
+LoRA trains adapters on a frozen base (bf16 where fast, or 8-/4-bit through bitsandbytes);
+full fine-tuning trains every weight in float32 master weights.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from finetune.deps import require
+from finetune.hardware import has_cuda, weight_dtype
+from finetune.models import ModelSource, load_causal_lm
+from finetune.recipe import Problem, Recipe, RecipeError
+
+log = logging.getLogger(__name__)
+
+
+def check_trainable_here(recipe: Recipe, recipe_path: str | Path) -> None:
+    """Refuse set-ups that cannot train on this machine before anything is loaded."""
+    if recipe.model.quantization == "4bit" and not has_cuda():
+        raise RecipeError(
+            [
+                Problem(
+                    str(recipe_path),
+                    "model.quantization",
+                    "4-bit (QLoRA) training needs a CUDA GPU: on a CPU bitsandbytes computes no gradients "
+                    "through 4-bit layers, so the adapters would silently never learn. Use quantization: 8bit "
+                    "or none on this machine",
+                )
+            ]
+        )
+
+
+def load_base_for_training(recipe: Recipe, source: ModelSource) -> Any:
+    """The base model in the dtype and quantization the recipe asks for, ready for PEFT or full training."""
+    kwargs: dict[str, Any] = {}
+    quantization = recipe.model.quantization
+    if quantization != "none":
+        require("bitsandbytes", needed_for=f"model.quantization: {quantization}")
+        kwargs["quantization_config"] = bnb_config(recipe)
+    model = load_causal_lm(
+        source,
+        dtype=weight_dtype(recipe.model.dtype, method=recipe.train.method),
+        trust_remote_code=recipe.model.trust_remote_code,
+        allow_pickle=recipe.model.allow_pickle,
+        **kwargs,
+    )
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=recipe.train.gradient_checkpointing
+        )
+    return model
+
+
+def bnb_config(recipe: Recipe) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if recipe.model.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    q = recipe.model.qlora
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+    )
+
+
+def lora_config(recipe: Recipe) -> Any | None:
+    """The PEFT LoraConfig for `train.method: lora`, None for full fine-tuning."""
+    if recipe.train.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    lora = recipe.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules
+        if isinstance(lora.target_modules, str)
+        else list(lora.target_modules),
+        use_rslora=lora.use_rslora,
+        use_dora=lora.use_dora,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def parameter_counts(model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters; 4-bit packed weights counted at their logical size."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())

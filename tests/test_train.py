@@ -1,0 +1,431 @@
+"""The trainer on a tiny random model: methods, masking, determinism, resume, outputs, tracking, DDP."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+from wandb_files import read_run
+
+from finetune.recipe import RecipeError, load_recipe
+from finetune.train import last_checkpoint, train
+from finetune.train.callbacks import read_log
+
+PLANTED_KEY = "planted-wandb-key-0123456789abcdef0123456789abcdef"
+
+
+def _write_reviews(path: Path, n: int = 80) -> None:
+    good = ["fresh and funny", "a delight", "great fun", "a wonderful film"]
+    bad = ["dull and lifeless", "a rotten movie", "nothing to say", "a boring mess"]
+    with path.open("w") as f:
+        for i in range(n):
+            words = (good if i % 2 == 0 else bad)[i // 2 % 4]
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"r{i}",
+                        "text": f"{words}, number {i}",
+                        "label": "fresh" if i % 2 == 0 else "rotten",
+                    }
+                )
+                + "\n"
+            )
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path, tiny_model_dir):
+    """Write a recipe training the tiny model on 80 synthetic reviews; keyword args override sections."""
+    _write_reviews(tmp_path / "reviews.jsonl")
+
+    def make(name: str = "tiny", **sections) -> Path:
+        recipe = {
+            "name": name,
+            "seed": 3,
+            "task": {
+                "type": "classification",
+                "labels": ["fresh", "rotten"],
+                "instruction": "Sentiment?",
+            },
+            "data": {
+                "source": str(tmp_path / "reviews.jsonl"),
+                "prepared_dir": str(tmp_path / "data"),
+            },
+            "model": {"base": str(tiny_model_dir), "max_length": 64, "dtype": "float32"},
+            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            "train": {
+                "max_steps": 6,
+                "batch_size": 4,
+                "learning_rate": 0.01,
+                "eval_every": 2,
+                "save_every": 2,
+                "logging_steps": 1,
+                "warmup_ratio": 0.0,
+            },
+            "tracking": {"runs_dir": str(tmp_path / "runs"), "wandb": {"mode": "disabled"}},
+        }
+        for section, values in sections.items():
+            recipe[section] = (
+                {**recipe.get(section, {}), **values} if isinstance(values, dict) else values
+            )
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return make
+
+
+def _train(path: Path, **kwargs):
+    return train(load_recipe(path), recipe_path=path, **kwargs)
+
+
+def _losses(run_dir: Path, key: str = "train/loss") -> list[float]:
+    return [r[key] for r in read_log(run_dir) if key in r]
+
+
+class Snapshot(TrainerCallback):
+    """Parameters at the start and end of training, and the first training batch."""
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.batch = next(iter(train_dataloader))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+MODES = {
+    "lora": {},
+    "lora-all-options": {
+        "lora": {"use_rslora": True, "use_dora": True, "target_modules": ["q_proj", "v_proj"]}
+    },
+    "full": {"train": {"method": "full", "learning_rate": 1e-3}},
+    "lora-8bit": {"model": {"quantization": "8bit"}},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_trainable_parameter_moves_and_no_frozen_one_does(tiny_recipe, mode):
+    # Two steps: LoRA's B starts at zero, so A gets no gradient until B has moved once.
+    path = tiny_recipe(**{**MODES[mode], "train": {**MODES[mode].get("train", {}), "max_steps": 2}})
+    snap = Snapshot()
+    result = _train(path, callbacks=[snap])
+    assert snap.trainable, "nothing was trainable"
+    unchanged = [n for n in snap.trainable if torch.equal(snap.before[n], snap.after[n])]
+    assert not unchanged, f"trainable parameters that did not change: {unchanged}"
+    moved = [
+        n
+        for n in snap.before
+        if n not in snap.trainable and not torch.equal(snap.before[n], snap.after[n])
+    ]
+    assert not moved, f"frozen parameters that changed: {moved}"
+    if mode.startswith("lora"):
+        assert all("lora_" in n for n in snap.trainable)
+        assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
+    else:
+        assert len(snap.trainable) == len(snap.before)
+        assert (result.run_dir / "model" / "model.safetensors").is_file()
+    assert all(torch.isfinite(torch.tensor(_losses(result.run_dir))))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="4-bit training is allowed on CUDA")
+def test_4bit_training_on_cpu_is_refused_before_anything_starts(tiny_recipe, tmp_path):
+    path = tiny_recipe(model={"quantization": "4bit"})
+    with pytest.raises(RecipeError) as err:
+        _train(path)
+    assert str(err.value).startswith(
+        f"1 recipe problem:\n  {path}: model.quantization: 4-bit (QLoRA) training needs a CUDA GPU"
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_prompt_tokens_are_masked_and_answer_tokens_are_not(tiny_recipe, packing):
+    from transformers import AutoTokenizer
+
+    snap = Snapshot()
+    result = _train(tiny_recipe(train={"max_steps": 1, "packing": packing}), callbacks=[snap])
+    tok = AutoTokenizer.from_pretrained(result.run_dir / "adapter")
+    batch = snap.batch
+    rows = (
+        _segments(batch)
+        if packing
+        else [
+            (batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i])
+            for i in range(len(batch["input_ids"]))
+        ]
+    )
+    assert len(rows) == 4
+    for ids, labels, keep in rows:
+        ids, labels = ids[keep.bool()], labels[keep.bool()]
+        answer = tok.decode(ids[labels != -100])
+        assert answer in ("fresh<|im_end|>\n", "rotten<|im_end|>\n")
+        # Every label that is not masked is the token itself (the model shifts internally)...
+        assert torch.equal(labels[labels != -100], ids[labels != -100])
+        # ...and every prompt token, instruction and input included, is masked.
+        prompt = tok.decode(ids[labels == -100])
+        assert prompt.startswith("<|im_start|>user\nSentiment?") and prompt.endswith(
+            "<|im_start|>assistant\n"
+        )
+
+
+def _segments(batch):
+    """Split a padding-free packed batch (one row, position ids restarting at 0) into its examples."""
+    ids, labels, pos = batch["input_ids"][0], batch["labels"][0], batch["position_ids"][0]
+    starts = [*torch.nonzero(pos == 0).flatten().tolist(), len(pos)]
+    return [(ids[a:b], labels[a:b], torch.ones(b - a)) for a, b in itertools.pairwise(starts)]
+
+
+def test_without_completion_only_the_prompt_is_trained_too(tiny_recipe):
+    snap = Snapshot()
+    _train(tiny_recipe(train={"max_steps": 1, "completion_only": False}), callbacks=[snap])
+    labels, mask = snap.batch["labels"], snap.batch["attention_mask"]
+    assert torch.equal(labels[mask.bool()], snap.batch["input_ids"][mask.bool()])
+
+
+def test_packed_examples_attend_only_within_themselves(tiny_recipe, tiny_model_dir):
+    """The packed batch the trainer builds gives each example the logits it has on its own."""
+    snap = Snapshot()
+    _train(tiny_recipe(train={"max_steps": 1, "packing": True}), callbacks=[snap])
+    batch = snap.batch
+    assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    with torch.no_grad():
+        # use_cache=False as in SFTTrainer.compute_loss: with a cache transformers ignores packing.
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]
+        separate = torch.cat(
+            [model(input_ids=ids[None]).logits[0] for ids, _, _ in _segments(batch)]
+        )
+    torch.testing.assert_close(packed, separate, atol=1e-5, rtol=1e-5)
+
+
+def test_same_recipe_and_seed_give_identical_losses(tiny_recipe):
+    path = tiny_recipe(lora={"dropout": 0.1})
+    first, second = _train(path).run_dir, _train(path).run_dir
+    assert first != second
+    assert _losses(first) == _losses(second)
+    assert _losses(first, "eval/loss") == _losses(second, "eval/loss")
+    a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (first, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_losses_fall_and_the_run_is_complete_with_all_outputs(tiny_recipe):
+    result = _train(tiny_recipe(train={"max_steps": 12}))
+    run = result.run_dir
+    losses, evals = _losses(run), _losses(run, "eval/loss")
+    assert losses[-1] < losses[0] and evals[-1] < evals[0]
+    assert not run.name.endswith(".partial")
+    assert json.loads((run / "provenance.json").read_text())["status"] == "complete"
+    for name in (
+        "recipe.yaml",
+        "prompt.json",
+        "train_log.jsonl",
+        "train_summary.json",
+        "logs/run.log",
+    ):
+        assert (run / name).is_file(), name
+    assert (run / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["steps"] == 12 and summary["stopped_by"] == "completed"
+    assert (
+        summary["tokens_seen"] > 0 and summary["trainable_parameters"] < summary["total_parameters"]
+    )
+    assert summary["best_eval_loss"] == min(evals)
+    assert not (run / "adapter" / "training_args.bin").exists()
+
+
+def test_adapter_loads_with_peft_and_the_merged_export_gives_the_same_logits(
+    tiny_recipe, tiny_model_dir
+):
+    from peft import PeftModel
+
+    from finetune.train import export_merged
+
+    run = _train(tiny_recipe()).run_dir
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
+    merged_dir = export_merged(run)
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    assert (merged_dir / "model.safetensors").is_file() and not list(merged_dir.glob("adapter*"))
+    ids = torch.tensor([[3, 50, 120, 7, 99, 42, 5]])
+    with torch.no_grad():
+        expected, got = tuned(ids).logits, merged(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits
+    assert not torch.allclose(expected, plain, atol=1e-3), "the adapter changed nothing"
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_best_checkpoint_is_kept_when_early_stopping(tiny_recipe):
+    # A learning rate this high makes validation loss climb after the first steps.
+    path = tiny_recipe(
+        train={
+            "max_steps": 40,
+            "learning_rate": 0.5,
+            "early_stopping_patience": 2,
+            "max_grad_norm": 100.0,
+        }
+    )
+    run = _train(path).run_dir
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["stopped_by"].startswith("early stopping") and summary["steps"] < 40
+    best = run / "checkpoints" / f"checkpoint-{summary['best_step']}"
+    kept, final = (load_file(d / "adapter_model.safetensors") for d in (best, run / "adapter"))
+    assert all(torch.equal(kept[k], final[k]) for k in kept)
+    assert summary["best_eval_loss"] == min(_losses(run, "eval/loss"))
+
+
+def test_time_budget_stops_cleanly_and_saves(tiny_recipe):
+    run = _train(tiny_recipe(train={"max_steps": 500, "budget_minutes": 0.0001})).run_dir
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["stopped_by"] == "time budget (train.budget_minutes) at step 1"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+KILLED_RUN = """
+import os, signal, sys
+from transformers import TrainerCallback
+from finetune.recipe import load_recipe
+from finetune.train import train
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(load_recipe(sys.argv[1]), recipe_path=sys.argv[1], callbacks=[KillAt()])
+"""
+
+
+def test_resume_after_kill_9_ends_like_an_uninterrupted_run(tiny_recipe, tmp_path):
+    path = tiny_recipe(
+        train={"max_steps": 10, "eval_every": 2, "save_every": 4}, lora={"dropout": 0.1}
+    )
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(path), "7"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    (partial,) = (tmp_path / "runs" / "tiny").glob("*.partial")
+    assert last_checkpoint(partial).name == "checkpoint-4"
+    # Step 7 was killed in on_step_end, before its log; steps 5 and 6 were logged past the checkpoint.
+    assert max(r["step"] for r in read_log(partial)) == 6
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "finetune", "train", "--resume", str(partial)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_dir = partial.with_name(partial.name.removesuffix(".partial"))
+    uninterrupted = _train(path).run_dir
+
+    assert [r["step"] for r in read_log(resumed_dir)] == [
+        r["step"] for r in read_log(uninterrupted)
+    ]
+    for key in ("train/loss", "eval/loss"):
+        assert _losses(resumed_dir, key) == pytest.approx(_losses(uninterrupted, key), abs=1e-6)
+    a, b = (
+        load_file(d / "adapter" / "adapter_model.safetensors") for d in (resumed_dir, uninterrupted)
+    )
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
+    provenance = json.loads((resumed_dir / "provenance.json").read_text())
+    assert provenance["status"] == "complete" and len(provenance["resumed"]) == 1
+
+
+def test_wandb_offline_files_hold_the_same_losses_as_the_jsonl_log(tiny_recipe, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", PLANTED_KEY)
+    run = _train(
+        tiny_recipe(tracking={"wandb": {"mode": "offline", "project": "tiny-test"}})
+    ).run_dir
+    logged_run = read_run(run)
+    history, config = logged_run["history"], logged_run["config"]
+    logged = [(r["_step"], r["train/loss"]) for r in history if "train/loss" in r]
+    assert logged == [(r["step"], r["train/loss"]) for r in read_log(run) if "train/loss" in r]
+    assert [r["eval/loss"] for r in history if "eval/loss" in r] == _losses(run, "eval/loss")
+    assert any("train/learning_rate" in r and "train/tokens_per_second" in r for r in history)
+    assert config == yaml.safe_load((run / "recipe.yaml").read_text())  # the resolved recipe
+    assert any("train/loss_curve/_type" in r for r in history)
+    ((name, kind, files),) = logged_run["artifacts"]
+    assert (name, kind) == ("tiny-adapter", "model")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
+    # The key is in the environment but written nowhere.
+    for file in run.rglob("*"):
+        if file.is_file():
+            assert PLANTED_KEY.encode() not in file.read_bytes(), file
+
+
+def test_online_without_a_key_falls_back_to_offline(tiny_recipe, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    run = _train(
+        tiny_recipe(train={"max_steps": 1}, tracking={"wandb": {"mode": "online"}})
+    ).run_dir
+    assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_cli_resume_refuses_a_complete_run_and_extra_recipe(tiny_recipe, tmp_path):
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    run = _train(tiny_recipe(train={"max_steps": 1})).run_dir
+    result = CliRunner().invoke(app, ["train", "--resume", str(run)])
+    assert (
+        result.exit_code != 0
+        and f"{run}: this run is complete; there is nothing to resume" in str(result.exception)
+    )
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "tiny.yaml"), "--resume", str(run)])
+    assert "--resume continues a run with the recipe stored in it" in str(result.exception)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux")
+def test_two_process_ddp_ends_with_identical_weights_on_both_ranks(tiny_recipe, tmp_path):
+    path = tiny_recipe(
+        train={"max_steps": None, "epochs": 1, "batch_size": 4, "eval_every": 4, "save_every": 4}
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "configs/accelerate/cpu-ddp.yaml"),
+            "-m",
+            "finetune",
+            "train",
+            str(path),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    (run,) = (tmp_path / "runs" / "tiny").iterdir()
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(set(summary["rank_weight_digests"])) == 1
+    assert (
+        summary["final_train_loss"] < summary["first_train_loss"]
+    )  # identical because trained, not untouched
+    # 64 training examples, 4 per process and 2 processes: 8 optimizer steps in one epoch.
+    assert summary["train_examples"] == 64 and summary["steps"] == 8

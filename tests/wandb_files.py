@@ -1,0 +1,77 @@
+"""Read a W&B offline run file (`run-<id>.wandb`) back, independently of the wandb client.
+
+The file is a LevelDB-style log: a 7-byte W&B header, then 32 KiB blocks of records, each
+with a 7-byte header (CRC, length, type: full / first / middle / last); every record is a
+protobuf `wandb.proto.wandb_internal_pb2.Record`.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+BLOCK = 32 * 1024
+HEADER = 7
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def _records(data: bytes) -> list[bytes]:
+    assert data[:4] == b":W&B", "not a W&B run file"
+    records, pending, pos = [], b"", HEADER
+    while pos + HEADER <= len(data):
+        left_in_block = BLOCK - pos % BLOCK
+        if left_in_block < HEADER:  # block trailer padding
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if kind == 0:
+            pos += left_in_block
+            continue
+        chunk = data[pos + HEADER : pos + HEADER + length]
+        pos += HEADER + length
+        if kind == FULL:
+            records.append(chunk)
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            records.append(pending + chunk)
+    return records
+
+
+def read_run(run_dir: Path) -> dict[str, Any]:
+    """The single offline W&B run under `<run_dir>/wandb/`: history rows, config and artifacts.
+
+    History rows are dicts of key -> value (nested keys joined with "/"); the config is the
+    run's config with W&B's {"value": ...} wrappers removed; artifacts are (name, type, files).
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    run: dict[str, Any] = {"history": [], "config": {}, "artifacts": []}
+    for raw in _records(path.read_bytes()):
+        record = pb.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            run["history"].append(_items(record.history.item))
+        elif kind == "run":  # the config given to wandb.init travels in the run record
+            run["config"].update(_items(record.run.config.update))
+        elif kind == "config":
+            run["config"].update(_items(record.config.update))
+        elif kind == "artifact":
+            files = sorted(entry.path for entry in record.artifact.manifest.contents)
+            run["artifacts"].append((record.artifact.name, record.artifact.type, files))
+    run["config"] = {
+        k: v["value"] if isinstance(v, dict) and set(v) == {"value"} else v
+        for k, v in run["config"].items()
+        if k != "_wandb"
+    }
+    return run
+
+
+def _items(items: Any) -> dict[str, Any]:
+    return {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in items}

@@ -130,7 +130,8 @@ def _train_in(
     state: Any,
 ) -> dict[str, Any]:
     from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTTrainer
+
+    from finetune.train.loss import SupervisedSFTTrainer
 
     started = time.monotonic()
     tokenizer = load_tokenizer(source, trust_remote_code=recipe.model.trust_remote_code)
@@ -176,7 +177,7 @@ def _train_in(
     if recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(recipe.train.early_stopping_patience))
     try:
-        trainer = SFTTrainer(
+        trainer = SupervisedSFTTrainer(
             model=model,
             args=args,
             train_dataset=train_split.dataset,

@@ -1,0 +1,84 @@
+"""The training loss computed only where it is supervised.
+
+TRL's SFTTrainer projects every position through the LM head (on CPUs its fused head
+scores all positions; only Triton devices skip the masked ones). With completion-only
+loss a classification example supervises two or three of its ~80 tokens, and SmolLM2's
+49k-word head is about a fifth of its FLOPs, so most of that work is thrown away.
+`SupervisedSFTTrainer` asks the model for logits at the supervised positions only
+(transformers' `logits_to_keep`) and computes the same token-summed cross-entropy with
+the same normalization as TRL, so losses and gradients are unchanged (a test compares
+them with TRL's own `compute_loss`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from trl import SFTTrainer
+
+IGNORE = -100
+
+
+def supervised_positions(labels: Any) -> Any:
+    """Sequence positions whose next token is supervised in any row of the batch.
+
+    Rows share the positions (`logits_to_keep` indexes the sequence axis), so a padded
+    batch keeps the union; a padding-free batch is one row and keeps exactly its own.
+    """
+    import torch
+
+    positions = (labels[:, 1:] != IGNORE).any(dim=0).nonzero().flatten()
+    # An all-masked batch still needs a graph to backpropagate a zero loss through.
+    return (
+        positions if positions.numel() else torch.zeros(1, dtype=torch.long, device=labels.device)
+    )
+
+
+class SupervisedSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss projects only the supervised positions through the LM head."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs or not self._plain_nll(model):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        import torch
+        import torch.nn.functional as F
+
+        labels = inputs["labels"]
+        positions = supervised_positions(labels)
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        # Through `model(...)` (not its backbone) so DDP's gradient hooks see the forward pass.
+        logits = model(**forward, use_cache=False, logits_to_keep=positions).logits
+        targets = labels[:, positions + 1]
+        summed = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+        )
+        count = (targets != IGNORE).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = summed / torch.as_tensor(count, device=summed.device).clamp(min=1)
+        # As TRL does: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return loss
+
+    def _plain_nll(self, model: Any) -> bool:
+        """True when the loss is TRL's default token-summed NLL, the case computed here."""
+        if getattr(self, "_supervised_ok", None) is None:
+            causal_lm = self.accelerator.unwrap_model(model)
+            if hasattr(causal_lm, "get_base_model"):
+                causal_lm = causal_lm.get_base_model()
+            self._supervised_ok = (
+                "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
+                and self.args.loss_type == "nll"
+                and self.compute_loss_func is None
+                and self.label_smoother is None
+                and not self.aux_loss_enabled
+                and self.get_tp_size() == 1
+                and not _sequence_parallel(self.accelerator)
+            )
+        return self._supervised_ok
+
+
+def _sequence_parallel(accelerator: Any) -> bool:
+    """Sequence or context parallelism splits positions across ranks: leave those to TRL."""
+    config = getattr(accelerator, "parallelism_config", None)
+    return config is not None and (config.sp_enabled or config.cp_enabled)

@@ -112,6 +112,8 @@ MODES = {
     },
     "full": {"train": {"method": "full", "learning_rate": 1e-3}},
     "lora-8bit": {"model": {"quantization": "8bit"}},
+    "lora-bf16": {"model": {"dtype": "bfloat16"}},
+    "lora-gradient-checkpointing": {"train": {"gradient_checkpointing": True}},
 }
 
 
@@ -187,6 +189,137 @@ def _segments(batch):
     return [(ids[a:b], labels[a:b], torch.ones(b - a)) for a, b in itertools.pairwise(starts)]
 
 
+def _trainer_pair(recipe_path: Path, tiny_model_dir: Path, out: Path):
+    """TRL's SFTTrainer and ours on the same recipe, model weights and (nonzero) adapters."""
+    from transformers import AutoTokenizer
+    from trl import SFTTrainer
+
+    from finetune.prompts import prompt_format
+    from finetune.train.dataset import encode_split
+    from finetune.train.loss import SupervisedSFTTrainer
+    from finetune.train.model import lora_config
+    from finetune.train.trainer import sft_config
+
+    recipe = load_recipe(recipe_path)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    split = encode_split(recipe, "train", prompt_format(tokenizer, recipe.task), tokenizer)
+    args = sft_config(recipe, out, has_eval=False)
+    trainers = []
+    for cls in (SFTTrainer, SupervisedSFTTrainer):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        trainers.append(
+            cls(
+                model=model,
+                args=args,
+                train_dataset=split.dataset,
+                processing_class=tokenizer,
+                peft_config=lora_config(recipe),
+            )
+        )
+    torch.manual_seed(1)
+    adapters = {
+        n: torch.randn_like(p) * 0.1
+        for n, p in trainers[0].model.named_parameters()
+        if "lora_" in n
+    }
+    for trainer in trainers:
+        trainer.model.load_state_dict(adapters, strict=False)
+        trainer.model.train()
+    return trainers
+
+
+@pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.parametrize("num_items", [None, 37])
+def test_supervised_position_loss_equals_trl_loss_and_gradients(
+    tiny_recipe, tiny_model_dir, tmp_path, packing, num_items
+):
+    path = tiny_recipe(train={"packing": packing, "batch_size": 8})
+    reference, ours = _trainer_pair(path, tiny_model_dir, tmp_path / "out")
+    batch = next(iter(reference.get_train_dataloader()))
+    assert ("attention_mask" in batch) != packing  # padded rows, or one padding-free row
+    losses, grads = [], []
+    for trainer in (reference, ours):
+        loss = trainer.compute_loss(trainer.model, dict(batch), num_items_in_batch=num_items)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(
+            {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        )
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+def test_supervised_positions_keep_only_what_has_a_next_token_label():
+    from finetune.train.loss import supervised_positions
+
+    labels = torch.tensor([[-100, -100, 5, 6, -100], [-100, -100, -100, 7, -100]])
+    assert supervised_positions(labels).tolist() == [
+        1,
+        2,
+    ]  # logits at 1 and 2 predict tokens 2 and 3
+    assert supervised_positions(torch.full((2, 4), -100)).tolist() == [0]
+
+
+class Gradients(TrainerCallback):
+    """The clipped, accumulated gradients just before the first optimizer step."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 0:
+            self.grads = {
+                n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
+            }
+
+
+def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tiny_recipe):
+    grads = []
+    for batch_size, accumulation in ((8, 1), (4, 2), (2, 4)):
+        snap = Gradients()
+        path = tiny_recipe(
+            train={
+                "max_steps": 1,
+                "batch_size": batch_size,
+                "gradient_accumulation_steps": accumulation,
+                "max_grad_norm": 1e9,
+            }
+        )
+        _train(path, callbacks=[snap])
+        grads.append(snap.grads)
+    assert any(g.abs().sum() > 0 for g in grads[0].values())
+    for other in grads[1:]:
+        for name, grad in grads[0].items():
+            torch.testing.assert_close(other[name], grad, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "linear", "constant_with_warmup"])
+def test_logged_learning_rates_follow_the_schedule_with_warmup(tiny_recipe, scheduler):
+    from transformers import get_scheduler
+
+    path = tiny_recipe(
+        train={
+            "max_steps": 10,
+            "warmup_ratio": 0.3,
+            "lr_scheduler": scheduler,
+            "eval_every": 10,
+            "save_every": 10,
+        }
+    )
+    run = _train(path).run_dir
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
+    expected_schedule = get_scheduler(
+        scheduler, optimizer, num_warmup_steps=3, num_training_steps=10
+    )
+    expected = []
+    for _ in range(10):  # each step is logged with the rate it was taken at
+        expected.append(expected_schedule.get_last_lr()[0])
+        optimizer.step()
+        expected_schedule.step()
+    logged = [r["train/learning_rate"] for r in read_log(run) if "train/learning_rate" in r]
+    assert logged == pytest.approx(expected, rel=1e-6)
+    assert logged[0] < logged[2]  # warming up
+
+
 def test_without_completion_only_the_prompt_is_trained_too(tiny_recipe):
     snap = Snapshot()
     _train(tiny_recipe(train={"max_steps": 1, "completion_only": False}), callbacks=[snap])
@@ -258,6 +391,16 @@ def test_adapter_loads_with_peft_and_the_merged_export_gives_the_same_logits(
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
     merged_dir = export_merged(run)
+    from typer.testing import CliRunner
+
+    from finetune.cli import app
+
+    cli = CliRunner().invoke(
+        app,
+        ["export", str(run), "--merge", "--out", str(run / "merged-bf16"), "--dtype", "bfloat16"],
+    )
+    assert cli.exit_code == 0, cli.output
+    assert AutoModelForCausalLM.from_pretrained(run / "merged-bf16").dtype == torch.bfloat16
     merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
     assert (merged_dir / "model.safetensors").is_file() and not list(merged_dir.glob("adapter*"))
     ids = torch.tensor([[3, 50, 120, 7, 99, 42, 5]])
@@ -285,6 +428,18 @@ def test_best_checkpoint_is_kept_when_early_stopping(tiny_recipe):
     kept, final = (load_file(d / "adapter_model.safetensors") for d in (best, run / "adapter"))
     assert all(torch.equal(kept[k], final[k]) for k in kept)
     assert summary["best_eval_loss"] == min(_losses(run, "eval/loss"))
+
+
+def test_a_terminal_gets_a_progress_bar_with_speed_and_eta(tiny_recipe):
+    import io
+
+    from rich.console import Console
+
+    screen = io.StringIO()
+    _train(tiny_recipe(), console=Console(file=screen, force_terminal=True, width=160))
+    text = screen.getvalue()
+    assert "train" in text and "6/6" in text and "tok/s" in text and "ETA" in text
+    assert "training summary" in text
 
 
 def test_time_budget_stops_cleanly_and_saves(tiny_recipe):
@@ -332,6 +487,22 @@ def test_resume_after_kill_9_ends_like_an_uninterrupted_run(tiny_recipe, tmp_pat
         text=True,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Without a terminal the progress is one line per log, then the one-screen summary.
+    assert (
+        "step 8/10  loss " in resumed.stderr
+        and " tok/s  elapsed " in resumed.stderr
+        and "ETA" in resumed.stderr
+    )
+    for row in (
+        "training summary",
+        "parameters",
+        "tokens seen",
+        "throughput",
+        "peak memory",
+        "eval loss",
+        "written to",
+    ):
+        assert row in resumed.stderr, row
     resumed_dir = partial.with_name(partial.name.removesuffix(".partial"))
     uninterrupted = _train(path).run_dir
 

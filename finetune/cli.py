@@ -238,7 +238,13 @@ def report(
 
 def _quiet_libraries() -> None:
     import logging
+    import warnings
 
+    # PEFT 0.21 reads transformers 5's renamed `is_gradient_checkpointing` when it wraps a
+    # model; nothing a user can change.
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     # bitsandbytes warns at import that an optional 4-bit CPU kernel (fetched from the Hub) is
     # missing; 4-bit training is refused on CPUs anyway, so the warning only confuses.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

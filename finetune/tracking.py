@@ -34,7 +34,7 @@ class Tracker(Protocol):
 
     def summary(self, values: dict[str, Any]) -> None: ...
 
-    def finish(self) -> None: ...
+    def finish(self, ok: bool = True) -> None: ...
 
 
 class NullTracker:
@@ -57,7 +57,7 @@ class NullTracker:
     def summary(self, values: dict[str, Any]) -> None:
         pass
 
-    def finish(self) -> None:
+    def finish(self, ok: bool = True) -> None:
         pass
 
 
@@ -88,8 +88,9 @@ class WandbTracker:
     def summary(self, values: dict[str, Any]) -> None:
         self._run.summary.update(values)
 
-    def finish(self) -> None:
-        self._run.finish()
+    def finish(self, ok: bool = True) -> None:
+        """End the W&B run; a stage that raised marks it failed (exit code 1)."""
+        self._run.finish(exit_code=0 if ok else 1)
 
 
 def wandb_mode(requested: str) -> str:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 from wandb_files import read_run
 
+from finetune.errors import FinetuneError
 from finetune.recipe import RecipeError, load_recipe
 from finetune.train import last_checkpoint, train
 from finetune.train.callbacks import read_log
@@ -518,6 +519,36 @@ def test_resume_after_kill_9_ends_like_an_uninterrupted_run(tiny_recipe, tmp_pat
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
     provenance = json.loads((resumed_dir / "provenance.json").read_text())
     assert provenance["status"] == "complete" and len(provenance["resumed"]) == 1
+
+
+class FailAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            raise RuntimeError("injected failure")
+
+
+def test_a_failed_run_stays_partial_and_resume_checks_the_prompt_format(tiny_recipe, tmp_path):
+    path = tiny_recipe()
+    with pytest.raises(RuntimeError, match="injected failure"):
+        _train(path, callbacks=[FailAt()])
+    (partial,) = (tmp_path / "runs" / "tiny").glob("*.partial")
+    provenance = json.loads((partial / "provenance.json").read_text())
+    assert provenance["status"] == "failed" and "injected failure" in provenance["error"]
+    prompt = json.loads((partial / "prompt.json").read_text())
+    (partial / "prompt.json").write_text(json.dumps({**prompt, "chat_template": "{{ messages }}"}))
+    with pytest.raises(
+        FinetuneError, match="different prompt format than the one this run started with"
+    ):
+        train(
+            load_recipe(partial / "recipe.yaml"),
+            recipe_path=partial / "recipe.yaml",
+            resume=partial,
+        )
+    (partial / "prompt.json").write_text(json.dumps(prompt))
+    result = train(
+        load_recipe(partial / "recipe.yaml"), recipe_path=partial / "recipe.yaml", resume=partial
+    )
+    assert result.summary["steps"] == 6 and not result.run_dir.name.endswith(".partial")
 
 
 def test_wandb_offline_files_hold_the_same_losses_as_the_jsonl_log(tiny_recipe, monkeypatch):

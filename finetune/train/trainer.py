@@ -25,10 +25,10 @@ from finetune.errors import FinetuneError
 from finetune.files import write_json
 from finetune.hardware import has_cuda, peak_memory_bytes, use_bf16_autocast
 from finetune.models import ModelSource, load_tokenizer, resolve
-from finetune.prompts import prompt_format
+from finetune.prompts import PROMPT_FILE, PromptFormat, prompt_format
 from finetune.recipe import Recipe, recipe_to_dict
 from finetune.runs import PARTIAL_SUFFIX, Run, record_inputs, reopen_run, start_run
-from finetune.tracking import open_tracker
+from finetune.tracking import Tracker, open_tracker
 from finetune.train.callbacks import (
     BudgetCallback,
     LogCallback,
@@ -80,9 +80,8 @@ def train(
     if run is not None:
         record_inputs(run, prepared, source)
     try:
-        summary = _train_in(
-            run_dir, run, recipe, prepared, source, resume is not None, callbacks, console, state
-        )
+        job = _Job(recipe, run_dir, run, console, state.is_main_process)
+        summary = _train_in(job, prepared, source, resume is not None, callbacks)
     except BaseException as exc:
         if run is not None:
             run.fail(exc)
@@ -118,23 +117,85 @@ def _shared_path(run: Run | None) -> Path:
     return Path(paths[0])
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What every phase of one training job needs; `run` is None on ranks other than 0."""
+
+    recipe: Recipe
+    run_dir: Path
+    run: Run | None
+    console: Console
+    is_main: bool
+
+
+@dataclass(frozen=True)
+class _Splits:
+    fmt: PromptFormat
+    train: EncodedSplit
+    validation: EncodedSplit | None
+
+
 def _train_in(
-    run_dir: Path,
-    run: Run | None,
-    recipe: Recipe,
+    job: _Job,
     prepared: PreparedData,
     source: ModelSource,
     resuming: bool,
     extra_callbacks: Sequence[Any],
-    console: Console,
-    state: Any,
 ) -> dict[str, Any]:
-    from transformers import EarlyStoppingCallback, PrinterCallback
-
-    from finetune.train.loss import SupervisedSFTTrainer
-
     started = time.monotonic()
-    tokenizer = load_tokenizer(source, trust_remote_code=recipe.model.trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code=job.recipe.model.trust_remote_code)
+    splits = _encode(job.recipe, prepared, tokenizer)
+    checkpoint = _resume_point(job, splits.fmt) if resuming else None
+    if job.run is not None:
+        splits.fmt.save(job.run_dir)
+        truncate_log(job.run_dir, _checkpoint_step(checkpoint))
+    tracker = _open_tracker(job)
+    try:
+        summary = _fit(job, source, tokenizer, splits, checkpoint, tracker, extra_callbacks)
+    except BaseException:
+        tracker.finish(ok=False)
+        raise
+    tracker.finish()
+    if summary:
+        summary["wall_seconds"] = round(time.monotonic() - started, 1)
+    return summary
+
+
+def _fit(
+    job: _Job,
+    source: ModelSource,
+    tokenizer: Any,
+    splits: _Splits,
+    checkpoint: Path | None,
+    tracker: Tracker,
+    extra_callbacks: Sequence[Any],
+) -> dict[str, Any]:
+    """Train, then (main process) save the outputs and log them; the run's summary."""
+    callbacks = [*_callbacks(job, tracker), *extra_callbacks]
+    trainer = _build_trainer(job, source, tokenizer, splits, callbacks, checkpoint is None)
+    trainable, total = parameter_counts(trainer.model)
+    log.info(
+        "training %s of %s parameters (%s)", f"{trainable:,}", f"{total:,}", job.recipe.train.method
+    )
+
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+    digests = rank_checksums(trainer.model)
+    if job.run is None:
+        return {}
+    output_dir = save_outputs(trainer, job.run_dir, job.recipe)
+    history = read_log(job.run_dir)
+    summary = _summary(trainer, job.recipe, splits, history, digests)
+    summary.update(trainable_parameters=trainable, total_parameters=total, output=output_dir.name)
+    curve = plot_loss_curve(history, job.run_dir, title=job.recipe.name)
+    tracker.log_image("train/loss_curve", curve)
+    tracker.log_artifact(f"{job.recipe.name}-{output_dir.name}", "model", output_dir)
+    tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
+    return summary
+
+
+def _encode(recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> _Splits:
+    """The prompt format and the tokenized train and validation splits."""
     fmt = prompt_format(tokenizer, recipe.task)
     train_split = encode_split(recipe, "train", fmt, tokenizer)
     val_split = encode_split(recipe, "validation", fmt, tokenizer)
@@ -144,84 +205,83 @@ def _train_in(
         raise FinetuneError(
             "train.early_stopping_patience needs a validation split; set data.split.validation above 0"
         )
-    checkpoint = last_checkpoint(run_dir) if resuming else None
-    if resuming and checkpoint is None:
-        log.warning("%s has no complete checkpoint: training starts from the beginning", run_dir)
-    if run is not None:
-        fmt.save(run_dir)
-        truncate_log(run_dir, _checkpoint_step(checkpoint))
+    return _Splits(fmt, train_split, val_split)
 
-    model = load_base_for_training(recipe, source)
-    args = sft_config(
-        recipe,
-        run_dir / CHECKPOINTS,
-        has_eval=val_split is not None,
-        eval_on_start=checkpoint is None,
-    )
+
+def _resume_point(job: _Job, fmt: PromptFormat) -> Path | None:
+    """The checkpoint to continue from; the stored prompt format must be the one rebuilt now."""
+    checkpoint = last_checkpoint(job.run_dir)
+    if checkpoint is None:
+        log.warning(
+            "%s has no complete checkpoint: training starts from the beginning", job.run_dir
+        )
+    stored = job.run_dir / PROMPT_FILE
+    if job.run is not None and stored.is_file() and PromptFormat.load(job.run_dir) != fmt:
+        raise FinetuneError(
+            f"{job.run_dir}: the tokenizer now gives a different prompt format than the one this run "
+            f"started with ({stored}); resume with the same base model and tokenizer"
+        )
+    return checkpoint
+
+
+def _open_tracker(job: _Job) -> Tracker:
     tracker = open_tracker(
-        recipe,
-        run_dir,
+        job.recipe,
+        job.run_dir,
         job_type="train",
-        config=recipe_to_dict(recipe),
-        name=run_dir.name.removesuffix(PARTIAL_SUFFIX),
-        resume_id=run.provenance.get("wandb_run_id") if run is not None else None,
-        main_process=state.is_main_process,
+        config=recipe_to_dict(job.recipe),
+        name=job.run_dir.name.removesuffix(PARTIAL_SUFFIX),
+        resume_id=job.run.provenance.get("wandb_run_id") if job.run is not None else None,
+        main_process=job.is_main,
     )
-    if run is not None and tracker.run_id:
-        run.record(wandb_run_id=tracker.run_id)
+    if job.run is not None and tracker.run_id:
+        job.run.record(wandb_run_id=tracker.run_id)
+    return tracker
+
+
+def _callbacks(job: _Job, tracker: Tracker) -> list[Any]:
+    from transformers import EarlyStoppingCallback
+
     callbacks = [
-        LogCallback(run_dir, tracker),
-        ProgressCallback(console),
-        BudgetCallback(recipe.train.budget_minutes),
+        LogCallback(job.run_dir, tracker),
+        ProgressCallback(job.console),
+        BudgetCallback(job.recipe.train.budget_minutes),
     ]
-    if recipe.train.early_stopping_patience:
-        callbacks.append(EarlyStoppingCallback(recipe.train.early_stopping_patience))
+    if job.recipe.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(job.recipe.train.early_stopping_patience))
+    return callbacks
+
+
+def _build_trainer(
+    job: _Job,
+    source: ModelSource,
+    tokenizer: Any,
+    splits: _Splits,
+    callbacks: list[Any],
+    fresh_start: bool,
+) -> Any:
+    from transformers import PrinterCallback
+
+    from finetune.train.loss import SupervisedSFTTrainer
+
+    has_eval = splits.validation is not None
+    args = sft_config(
+        job.recipe, job.run_dir / CHECKPOINTS, has_eval=has_eval, eval_on_start=fresh_start
+    )
     try:
         trainer = SupervisedSFTTrainer(
-            model=model,
+            model=load_base_for_training(job.recipe, source),
             args=args,
-            train_dataset=train_split.dataset,
-            eval_dataset=val_split.dataset if val_split else None,
+            train_dataset=splits.train.dataset,
+            eval_dataset=splits.validation.dataset if has_eval else None,
             processing_class=tokenizer,
-            peft_config=lora_config(recipe),
-            callbacks=[*callbacks, *extra_callbacks],
+            peft_config=lora_config(job.recipe),
+            callbacks=callbacks,
         )
     except ValueError as exc:
         raise _explain(exc) from exc
-    trainer.remove_callback(PrinterCallback)
-    trainable, total = parameter_counts(trainer.model)
-    log.info(
-        "training %s of %s parameters (%s)", f"{trainable:,}", f"{total:,}", recipe.train.method
-    )
-
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-
-    checksums = rank_checksums(trainer.model)
-    if run is None:
-        tracker.finish()
-        return {}
-    output_dir = save_outputs(trainer, run_dir, recipe)
-    history = read_log(run_dir)
-    curve = plot_loss_curve(history, run_dir, title=recipe.name)
-    budget = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, BudgetCallback))
-    summary = _summary(
-        trainer,
-        recipe,
-        history,
-        train_split,
-        val_split,
-        trainable,
-        total,
-        time.monotonic() - started,
-        output_dir,
-        budget,
-        checksums,
-    )
-    tracker.log_image("train/loss_curve", curve)
-    tracker.log_artifact(f"{recipe.name}-{output_dir.name}", "model", output_dir)
-    tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
-    tracker.finish()
-    return summary
+    trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
+    return trainer
 
 
 def sft_config(
@@ -302,36 +362,30 @@ def rank_checksums(model: Any) -> list[str]:
 def _summary(
     trainer: Any,
     recipe: Recipe,
+    splits: _Splits,
     history: list[dict[str, Any]],
-    train_split: EncodedSplit,
-    val_split: EncodedSplit | None,
-    trainable: int,
-    total: int,
-    wall: float,
-    output_dir: Path,
-    budget: BudgetCallback,
-    checksums: list[str],
+    digests: list[str],
 ) -> dict[str, Any]:
+    """What the run did, for the summary screen, `train_summary.json` and the tracker."""
     state = trainer.state
+    budget = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, BudgetCallback))
     train_losses = [r["train/loss"] for r in history if "train/loss" in r]
     eval_losses = [r["eval/loss"] for r in history if "eval/loss" in r]
     tokens = state.num_input_tokens_seen
     train_seconds = budget.spent()
-    if len(set(checksums)) > 1:
-        log.warning("DDP ranks ended with different weights: %s", checksums)
+    validation = splits.validation
+    if len(set(digests)) > 1:
+        log.warning("DDP ranks ended with different weights: %s", digests)
     return {
         "method": recipe.train.method,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
         "steps": state.global_step,
         "max_steps": state.max_steps,
         "epochs": round(state.epoch or 0.0, 4),
-        "train_examples": train_split.examples,
-        "validation_examples": val_split.examples if val_split else 0,
-        "truncated_examples": train_split.truncated + (val_split.truncated if val_split else 0),
+        "train_examples": splits.train.examples,
+        "validation_examples": validation.examples if validation else 0,
+        "truncated_examples": splits.train.truncated + (validation.truncated if validation else 0),
         "tokens_seen": tokens,
         "train_seconds": round(train_seconds, 1),
-        "wall_seconds": round(wall, 1),
         "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else None,
         "peak_memory_bytes": peak_memory_bytes(),
         "first_train_loss": train_losses[0] if train_losses else None,
@@ -341,9 +395,8 @@ def _summary(
         "best_eval_loss": state.best_metric,
         "best_step": state.best_global_step,
         "stopped_by": _stop_reason(state, budget),
-        "world_size": len(checksums),
-        "rank_weight_digests": checksums,
-        "output": output_dir.name,
+        "world_size": len(digests),
+        "rank_weight_digests": digests,
     }
 
 

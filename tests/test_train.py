@@ -115,10 +115,24 @@ MODES = {
     "lora-8bit": {"model": {"quantization": "8bit"}},
     "lora-bf16": {"model": {"dtype": "bfloat16"}},
     "lora-gradient-checkpointing": {"train": {"gradient_checkpointing": True}},
+    "qlora-4bit": {"model": {"quantization": "4bit", "qlora": {"compute_dtype": "float32"}}},
 }
+CUDA_ONLY = {"qlora-4bit"}
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "mode",
+    [
+        pytest.param(
+            m,
+            marks=pytest.mark.skipif(
+                m in CUDA_ONLY and not torch.cuda.is_available(),
+                reason="4-bit LoRA trains on CUDA only",
+            ),
+        )
+        for m in MODES
+    ],
+)
 def test_every_trainable_parameter_moves_and_no_frozen_one_does(tiny_recipe, mode):
     # Two steps: LoRA's B starts at zero, so A gets no gradient until B has moved once.
     path = tiny_recipe(**{**MODES[mode], "train": {**MODES[mode].get("train", {}), "max_steps": 2}})
@@ -140,6 +154,20 @@ def test_every_trainable_parameter_moves_and_no_frozen_one_does(tiny_recipe, mod
         assert len(snap.trainable) == len(snap.before)
         assert (result.run_dir / "model" / "model.safetensors").is_file()
     assert all(torch.isfinite(torch.tensor(_losses(result.run_dir))))
+
+
+def test_qlora_settings_reach_bitsandbytes(tiny_recipe):
+    from finetune.train.model import bnb_config
+
+    qlora = {"quant_type": "fp4", "double_quant": False, "compute_dtype": "float16"}
+    config = bnb_config(load_recipe(tiny_recipe(model={"quantization": "4bit", "qlora": qlora})))
+    assert config.load_in_4bit and not config.load_in_8bit
+    assert (
+        config.bnb_4bit_quant_type,
+        config.bnb_4bit_use_double_quant,
+        config.bnb_4bit_compute_dtype,
+    ) == ("fp4", False, torch.float16)
+    assert bnb_config(load_recipe(tiny_recipe(model={"quantization": "8bit"}))).load_in_8bit
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="4-bit training is allowed on CUDA")

@@ -19,7 +19,7 @@ from rich.progress import (
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from finetune.files import read_jsonl
+from finetune.files import read_jsonl, write_atomic
 from finetune.tracking import Tracker
 
 LOG_FILE = "train_log.jsonl"
@@ -40,9 +40,7 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 def truncate_log(run_dir: str | Path, last_step: int) -> None:
     """Drop records after `last_step`: a resumed run recomputes them from its checkpoint."""
     kept = [r for r in read_log(run_dir) if r["step"] <= last_step]
-    (Path(run_dir) / LOG_FILE).write_text(
-        "".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8"
-    )
+    write_atomic(Path(run_dir) / LOG_FILE, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class LogCallback(TrainerCallback):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from finetune.files import write_atomic
 from finetune.recipe import Recipe
 
 LOSS_CURVE = "loss_curve.png"
@@ -45,12 +46,10 @@ def plot_loss_curve(history: list[dict[str, Any]], run_dir: Path, *, title: str)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path = run_dir / LOSS_CURVE
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(run_dir / LOSS_CURVE, png.getvalue())
 
 
 def print_summary(console: Console, summary: dict[str, Any]) -> None:

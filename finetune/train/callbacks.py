@@ -69,9 +69,8 @@ class LogCallback(TrainerCallback):
             )
             record["train/tokens_seen"] = tokens
             self._last = (now, tokens)
-        if (
-            len(record) == 2
-        ):  # the end-of-training summary (train_runtime, ...) goes to summary.json instead
+        # Only step and epoch: the end-of-training totals (train_runtime, ...), which go to the summary.
+        if len(record) == 2:
             return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -88,13 +87,13 @@ class ProgressCallback(TrainerCallback):
         self.console = console
         self.progress: Progress | None = None
         self.task = None
-        self._start: tuple[float, int] = (0.0, 0)
+        self._start: tuple[float, int, int] = (0.0, 0, 0)  # time, tokens, step at (re)start
         self._loss = "-"
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        self._start = (time.monotonic(), state.num_input_tokens_seen)
+        self._start = (time.monotonic(), state.num_input_tokens_seen, state.global_step)
         if self.console.is_terminal:
             self.progress = Progress(
                 TextColumn("[bold]train"),
@@ -125,8 +124,8 @@ class ProgressCallback(TrainerCallback):
             self._loss = f"{logs['loss']:.4f}"
         if self.progress is None and ("loss" in logs or "eval_loss" in logs):
             elapsed = time.monotonic() - self._start[0]
-            done = max(state.global_step, 1)
-            eta = elapsed / done * (state.max_steps - state.global_step) if state.global_step else 0
+            done = state.global_step - self._start[2]  # steps taken by this process, resumed or not
+            eta = elapsed / done * (state.max_steps - state.global_step) if done else 0
             parts = [f"step {state.global_step}/{state.max_steps}"]
             if "loss" in logs:
                 parts.append(f"loss {logs['loss']:.4f}")

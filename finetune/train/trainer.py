@@ -90,9 +90,10 @@ def train(
             )
         raise
     if run is not None:
+        # Everything is written before the rename that marks the run complete.
+        summary["run_dir"] = str(run.final_path)
+        write_json(run.path / SUMMARY_FILE, summary)
         run_dir = run.finish()
-        summary["run_dir"] = str(run_dir)
-        write_json(run_dir / SUMMARY_FILE, summary)
         print_summary(console, summary)
     return TrainResult(run_dir, summary)
 

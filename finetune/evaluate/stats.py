@@ -1,0 +1,111 @@
+"""Confidence intervals and paired significance tests for systems scored on the same items.
+
+- `bootstrap_ci`: percentile bootstrap over items. Resamples are drawn exactly as
+  `scipy.stats.bootstrap(method='percentile')` draws them from the same seeded Generator, so
+  the two give the same interval (the tests check this).
+- `paired_bootstrap_ci`: the same for the difference between two systems; both are scored on
+  the same resampled items, so item difficulty cancels out.
+- `mcnemar_exact`: exact McNemar test on per-item correctness, in integer arithmetic.
+
+A statistic is `statistic(idx) -> float`: the metric on the items at `idx` (with repeats);
+`finetune.evaluate.metrics.indexed_metric` builds one for any registered metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+Statistic = Callable[[np.ndarray], float]
+
+
+def _resample_indices(n: int, samples: int, seed: int) -> np.ndarray:
+    if n < 1:
+        raise ValueError(f"bootstrap needs at least one item; found n={n}")
+    if samples < 1:
+        raise ValueError(f"bootstrap needs at least one resample; found samples={samples}")
+    # All at once, as scipy.stats.bootstrap does: the same seed gives the same resamples.
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+
+
+def bootstrap_ci(
+    statistic: Statistic,
+    n: int,
+    *,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """(low, high) percentile bootstrap interval of `statistic` over `n` items."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1; found {confidence}")
+    indices = _resample_indices(n, samples, seed)
+    values = np.fromiter((statistic(idx) for idx in indices), dtype=float, count=samples)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(values, [alpha, 1 - alpha])  # linear interpolation, like scipy
+    return float(low), float(high)
+
+
+def paired_bootstrap_ci(
+    statistic_a: Statistic,
+    statistic_b: Statistic,
+    n: int,
+    *,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """(difference on all items, low, high) of `statistic_a - statistic_b`, same items for both."""
+    low, high = bootstrap_ci(
+        lambda idx: statistic_a(idx) - statistic_b(idx),
+        n,
+        samples=samples,
+        confidence=confidence,
+        seed=seed,
+    )
+    everything = np.arange(n)
+    return float(statistic_a(everything) - statistic_b(everything)), low, high
+
+
+@dataclass(frozen=True)
+class McNemar:
+    a_only: int  # items system A got right and system B got wrong
+    b_only: int  # items system B got right and system A got wrong
+    p_value: float  # exact two-sided
+
+
+def _as_correct(values: Sequence[bool] | np.ndarray, name: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one flag per item; found shape {array.shape}")
+    if array.dtype != bool and not np.isin(array, (0, 1)).all():
+        raise ValueError(f"{name} must hold only True/False (or 1/0); found {np.unique(array)}")
+    return array.astype(bool)
+
+
+def _binomial_two_sided_half(b: int, c: int) -> float:
+    """min(1, 2 P[X <= min(b, c)]) for X ~ Binomial(b + c, 1/2), exact until the final division."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    term = tail = 1  # C(n, 0)
+    for k in range(min(b, c)):
+        term = term * (n - k) // (k + 1)  # C(n, k + 1), exact: the product is divisible
+        tail += term
+    # int / int is correctly rounded in Python, however large 2**n is: no overflow.
+    return min(1.0, 2 * tail / 2**n)
+
+
+def mcnemar_exact(
+    a_correct: Sequence[bool] | np.ndarray, b_correct: Sequence[bool] | np.ndarray
+) -> McNemar:
+    """Exact McNemar test: a two-sided binomial test (p = 1/2) on the discordant items."""
+    a, b = _as_correct(a_correct, "a_correct"), _as_correct(b_correct, "b_correct")
+    if a.shape != b.shape:
+        raise ValueError(
+            f"a_correct and b_correct must pair up item by item; found {a.size} and {b.size}"
+        )
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(b & ~a))
+    return McNemar(a_only=a_only, b_only=b_only, p_value=_binomial_two_sided_half(a_only, b_only))

@@ -100,6 +100,14 @@ def completion_text(fmt: PromptFormat, answer: str) -> str:
     return fmt.answer_prefix + answer + fmt.answer_suffix
 
 
+def answer_ids(
+    fmt: PromptFormat, tokenizer: Any, answer: str, *, with_suffix: bool = False
+) -> list[int]:
+    """Token ids of an answer as training concatenates them after the prompt (optionally with its end text)."""
+    text = completion_text(fmt, answer) if with_suffix else fmt.answer_prefix + answer
+    return _ids(tokenizer, text)
+
+
 def target_text(task_type: str, example: dict[str, Any]) -> str:
     """The answer the model should write for an example."""
     if task_type == "classification":

@@ -6,6 +6,7 @@ thing in every stage.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 from pathlib import Path
@@ -52,10 +53,55 @@ def use_bf16_autocast(requested: str) -> bool:
 
 
 def peak_memory_bytes() -> int:
-    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+    """Peak accelerator memory on CUDA, else the process's peak resident set size.
+
+    On Linux the peak RSS is read from /proc (VmHWM), which `reset_peak_memory` can reset, so
+    each system in an evaluation gets its own peak.
+    """
     import torch
 
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak: CUDA's allocator statistics, or the kernel's VmHWM (Linux)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        return
+    # "5" resets the peak RSS to the current RSS. Not Linux, or not permitted: the peak then
+    # covers the whole process.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def describe_device() -> str:
+    """One line naming the accelerator or CPU, for reports."""
+    import os
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    model = platform_cpu_name()
+    return f"{model} ({os.cpu_count()} cores)"
+
+
+def platform_cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    import platform
+
+    return platform.processor() or platform.machine()

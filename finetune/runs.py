@@ -159,6 +159,19 @@ def is_complete(path: str | Path) -> bool:
     return json.loads((path / "provenance.json").read_text()).get("status") == "complete"
 
 
+def check_same_base(run_dir: str | Path, identity: dict[str, Any]) -> None:
+    """The base model loading now must be the one the run was trained on (adapters fit only it)."""
+    provenance = json.loads((Path(run_dir) / "provenance.json").read_text())
+    trained_on = {
+        k: v for k, v in provenance.get("base_model", {}).items() if k not in ("ref", "kind")
+    }
+    if trained_on and trained_on != identity:
+        raise FinetuneError(
+            f"{run_dir}: the adapter was trained on base model {trained_on}, but {identity} is what loads now; "
+            "restore that base model (or its cache) to use this run"
+        )
+
+
 def _provenance(
     recipe: Recipe, recipe_path: str | Path, overrides: list[str], run_id: str
 ) -> dict[str, Any]:

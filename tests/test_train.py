@@ -26,66 +26,6 @@ from finetune.train.callbacks import read_log
 PLANTED_KEY = "planted-wandb-key-0123456789abcdef0123456789abcdef"
 
 
-def _write_reviews(path: Path, n: int = 80) -> None:
-    good = ["fresh and funny", "a delight", "great fun", "a wonderful film"]
-    bad = ["dull and lifeless", "a rotten movie", "nothing to say", "a boring mess"]
-    with path.open("w") as f:
-        for i in range(n):
-            words = (good if i % 2 == 0 else bad)[i // 2 % 4]
-            f.write(
-                json.dumps(
-                    {
-                        "id": f"r{i}",
-                        "text": f"{words}, number {i}",
-                        "label": "fresh" if i % 2 == 0 else "rotten",
-                    }
-                )
-                + "\n"
-            )
-
-
-@pytest.fixture
-def tiny_recipe(tmp_path, tiny_model_dir):
-    """Write a recipe training the tiny model on 80 synthetic reviews; keyword args override sections."""
-    _write_reviews(tmp_path / "reviews.jsonl")
-
-    def make(name: str = "tiny", **sections) -> Path:
-        recipe = {
-            "name": name,
-            "seed": 3,
-            "task": {
-                "type": "classification",
-                "labels": ["fresh", "rotten"],
-                "instruction": "Sentiment?",
-            },
-            "data": {
-                "source": str(tmp_path / "reviews.jsonl"),
-                "prepared_dir": str(tmp_path / "data"),
-            },
-            "model": {"base": str(tiny_model_dir), "max_length": 64, "dtype": "float32"},
-            "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
-            "train": {
-                "max_steps": 6,
-                "batch_size": 4,
-                "learning_rate": 0.01,
-                "eval_every": 2,
-                "save_every": 2,
-                "logging_steps": 1,
-                "warmup_ratio": 0.0,
-            },
-            "tracking": {"runs_dir": str(tmp_path / "runs"), "wandb": {"mode": "disabled"}},
-        }
-        for section, values in sections.items():
-            recipe[section] = (
-                {**recipe.get(section, {}), **values} if isinstance(values, dict) else values
-            )
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        return path
-
-    return make
-
-
 def _train(path: Path, **kwargs):
     return train(load_recipe(path), recipe_path=path, **kwargs)
 

@@ -460,6 +460,12 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 f"must be a multiple of train.eval_every so the best checkpoint is kept; found save_every {train.save_every}, eval_every {train.eval_every}",
             )
         )
+    from finetune.evaluate.metrics import unknown_metric_message
+
+    for name in recipe.eval.metrics:
+        message = unknown_metric_message(recipe.task.type, name)
+        if message:
+            problems.append(("eval.metrics", message))
     names = [b.name for b in recipe.eval.baselines]
     if len(set(names)) != len(names):
         problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))

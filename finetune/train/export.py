@@ -6,7 +6,6 @@ that loads without PEFT and gives the same logits as base + adapter.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from finetune.errors import FinetuneError
 from finetune.models import load_causal_lm, resolve
 from finetune.prompts import PROMPT_FILE
 from finetune.recipe import load_recipe
+from finetune.runs import check_same_base
 
 
 def export_merged(
@@ -37,7 +37,7 @@ def export_merged(
         )
     recipe = load_recipe(run_dir / "recipe.yaml")
     source = resolve(recipe.model.base)
-    _check_same_base(run_dir, source.identity)
+    check_same_base(run_dir, source.identity)
     # Merge in float32 whatever the training dtype, so the merged weights lose nothing.
     base = load_causal_lm(
         source,
@@ -61,16 +61,3 @@ def export_merged(
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
-
-
-def _check_same_base(run_dir: Path, identity: dict) -> None:
-    """The base being loaded must be the one the adapter was trained on."""
-    provenance = json.loads((run_dir / "provenance.json").read_text())
-    trained_on = {
-        k: v for k, v in provenance.get("base_model", {}).items() if k not in ("ref", "kind")
-    }
-    if trained_on and trained_on != identity:
-        raise FinetuneError(
-            f"{run_dir}: the adapter was trained on base model {trained_on}, but {identity} is what loads now; "
-            "restore that base model (or its cache) to export this run"
-        )

@@ -1,0 +1,293 @@
+"""The evaluator on a tiny trained run: same items for every system, numbers that trace to items, checks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, tiny_recipe_factory
+from test_scoring import direct_logprob
+
+from finetune.data import load_split
+from finetune.errors import FinetuneError
+from finetune.evaluate import evaluate
+from finetune.evaluate.metrics import compute
+from finetune.evaluate.scoring import label_token_ids
+from finetune.evaluate.systems import draw_shots
+from finetune.prompts import PromptFormat, encode
+from finetune.recipe import load_recipe
+from finetune.train import train
+
+LONG_REVIEW = "an endless film " * 60
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_model_dir, tiny_plain_model_dir):
+    """A 6-step LoRA run on the tiny model, evaluated against three baselines."""
+    root = tmp_path_factory.mktemp("eval")
+    make = tiny_recipe_factory(root, tiny_model_dir)
+    reviews = (root / "reviews.jsonl").read_text().splitlines(keepends=True)
+    (root / "train.jsonl").write_text("".join(reviews[:56]))
+    long = json.dumps({"id": "long", "text": LONG_REVIEW, "label": "rotten"}) + "\n"
+    (root / "test.jsonl").write_text("".join(reviews[56:]) + long)  # one review over max_length
+    path = make(
+        eval={
+            "baselines": [
+                {"name": "base zero-shot", "model": "base"},
+                {"name": "base 2-shot", "model": "base", "shots": 2},
+                {"name": "plain model", "model": str(tiny_plain_model_dir)},
+            ],
+            "batch_size": 4,
+            "latency_items": 3,
+            "bootstrap_samples": 300,
+        },
+        data={
+            "source": None,
+            "split_files": {"train": str(root / "train.jsonl"), "test": str(root / "test.jsonl")},
+        },
+    )
+    recipe = load_recipe(path)
+    run_dir = train(recipe, recipe_path=path).run_dir
+    results = json.loads(evaluate(recipe, run_dir).read_text())
+    predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
+    return recipe, path, run_dir, results, predictions
+
+
+def test_every_system_scores_the_same_items_in_the_same_order(evaluated):
+    recipe, _, _, results, predictions = evaluated
+    names = [s["name"] for s in results["systems"]]
+    assert names == ["specialist", "base zero-shot", "base 2-shot", "plain model"]
+    test_ids = [row["id"] for row in load_split(recipe, "test")]
+    assert [p["id"] for p in predictions] == test_ids
+    assert results["test_items"] == len(test_ids)
+    for record in predictions:
+        assert list(record["predictions"]) == names
+        for entry in record["predictions"].values():
+            assert entry["prediction"] in recipe.task.labels
+            assert entry["score"] == float(entry["prediction"] == record["gold"])
+
+
+def test_reported_numbers_equal_a_recount_from_the_predictions(evaluated):
+    recipe, _, _, results, predictions = evaluated
+    golds = [p["gold"] for p in predictions]
+    for system in results["systems"]:
+        preds = [p["predictions"][system["name"]]["prediction"] for p in predictions]
+        correct = sum(g == p for g, p in zip(golds, preds, strict=True))
+        accuracy = system["metrics"]["accuracy"]
+        assert accuracy["value"] == correct / len(golds)
+        assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
+        assert system["metrics"]["macro_f1"]["value"] == compute(
+            "classification", "macro_f1", golds, preds, labels=recipe.task.labels
+        )
+        confusion = system["confusion"]
+        assert sum(map(sum, confusion)) == len(golds)
+        assert confusion[0][0] + confusion[1][1] == correct
+        assert system["latency_ms"]["items"] == 3 and system["latency_ms"]["p50"] > 0
+        assert system["throughput_items_per_s"] > 0 and system["peak_memory_bytes"] > 0
+    for comparison in results["comparisons"]:
+        base = comparison["baseline"]
+        spec_ok = [p["predictions"]["specialist"]["score"] == 1 for p in predictions]
+        base_ok = [p["predictions"][base]["score"] == 1 for p in predictions]
+        mcnemar = comparison["mcnemar"]
+        assert mcnemar["specialist_only"] == sum(
+            a and not b for a, b in zip(spec_ok, base_ok, strict=True)
+        )
+        assert mcnemar["baseline_only"] == sum(
+            b and not a for a, b in zip(spec_ok, base_ok, strict=True)
+        )
+        assert comparison["difference"] == pytest.approx((sum(spec_ok) - sum(base_ok)) / len(golds))
+        assert comparison["significant"] == (mcnemar["p_value"] < 0.05)
+
+
+def test_sizes_parameters_and_costs_describe_each_system(evaluated):
+    recipe, _, run_dir, results, _ = evaluated
+    specialist, base = results["systems"][0], results["systems"][1]
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert specialist["parameters"]["trainable"] == summary["trainable_parameters"] > 0
+    assert base["parameters"]["trainable"] == 0
+    assert (
+        specialist["parameters"]["total"]
+        == base["parameters"]["total"] + summary["trainable_parameters"]
+    )
+    adapter = (run_dir / "adapter/adapter_model.safetensors").stat().st_size
+    assert specialist["disk_bytes"]["adapter"] == adapter and base["disk_bytes"]["adapter"] is None
+    per_hour = recipe.eval.prices.machine_per_hour
+    for system in results["systems"]:
+        expected = per_hour * 1000 / system["throughput_items_per_s"] / 3600
+        assert system["cost_per_1k"]["usd"] == pytest.approx(expected)
+
+
+def test_label_scores_equal_direct_log_probabilities_of_each_system(evaluated, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe, _, run_dir, _, predictions = evaluated
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fmt = PromptFormat.load(run_dir)
+    label_ids = label_token_ids(fmt, tokenizer, recipe.task.labels)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run_dir / "adapter")
+    ).eval()
+    items = {row["id"]: row for row in load_split(recipe, "test")}
+    for record in predictions[:6]:
+        prompt = encode(fmt, tokenizer, items[record["id"]]["text"], None, max_length=64, reserve=2)
+        for name, model in (("specialist", tuned), ("base zero-shot", base)):
+            got = record["predictions"][name]["label_logprobs"]
+            for label, ids in zip(recipe.task.labels, label_ids, strict=True):
+                want = direct_logprob(model, prompt.input_ids, ids)
+                assert got[label] == pytest.approx(want, abs=1e-3), (name, label)
+            best = max(got, key=got.get)
+            assert record["predictions"][name]["prediction"] == best
+
+
+def test_a_long_input_is_truncated_counted_and_flagged_never_dropped(evaluated):
+    _, _, _, results, predictions = evaluated
+    long = [p for p in predictions if p["id"] == "long"]
+    assert long, "the long review must be in the test split"
+    assert long[0]["predictions"]["specialist"]["truncated"] is True
+    assert all(s["truncated_items"] == 1 for s in results["systems"])
+
+
+def test_shots_are_fixed_by_the_seed_and_take_turns_over_labels(evaluated):
+    recipe, *_ = evaluated
+    train_rows = load_split(recipe, "train")
+    shots = draw_shots(recipe, train_rows, 4)
+    assert shots == draw_shots(recipe, train_rows, 4)
+    assert Counter(answer for _, answer in shots) == {"fresh": 2, "rotten": 2}
+    texts = {row["text"] for row in train_rows}
+    assert all(text in texts for text, _ in shots)
+    other_seed = recipe.model_copy(update={"seed": recipe.seed + 1})
+    assert draw_shots(other_seed, train_rows, 4) != shots
+
+
+def test_the_plain_baseline_uses_its_own_prompt_style(evaluated):
+    _, _, _, results, _ = evaluated
+    styles = {s["name"]: s["prompt_style"] for s in results["systems"]}
+    assert styles == {
+        "specialist": "chat",
+        "base zero-shot": "chat",
+        "base 2-shot": "chat",
+        "plain model": "plain",
+    }
+    two_shot = results["systems"][2]
+    assert two_shot["tokens"]["input_per_item"] > results["systems"][1]["tokens"]["input_per_item"]
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "runs" / run_dir.parent.name / run_dir.name
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "eval", ignore_errors=True)
+    return copy
+
+
+def test_an_adapter_trained_on_another_base_is_refused(evaluated, tmp_path):
+    recipe, _, run_dir, _, _ = evaluated
+    copy = _copy_run(run_dir, tmp_path)
+    provenance = json.loads((copy / "provenance.json").read_text())
+    provenance["base_model"]["config_sha256"] = "0" * 64
+    (copy / "provenance.json").write_text(json.dumps(provenance))
+    with pytest.raises(
+        FinetuneError, match=r"the adapter was trained on base model .* is what loads now"
+    ):
+        evaluate(recipe, copy)
+    assert not (copy / "eval").exists()
+
+
+def test_a_recipe_whose_prompt_differs_from_the_run_is_refused(evaluated, tmp_path):
+    recipe, path, run_dir, _, _ = evaluated
+    changed = yaml.safe_load(path.read_text())
+    changed["task"]["instruction"] = "Is it good?"
+    other = tmp_path / "changed.yaml"
+    other.write_text(yaml.safe_dump(changed))
+    with pytest.raises(FinetuneError) as err:
+        evaluate(load_recipe(other), run_dir)
+    assert str(err.value) == (
+        "task.instruction: the recipe says 'Is it good?' but the run was trained with 'Sentiment?'; "
+        f"evaluate with the run's own recipe: `finetune eval {run_dir / 'recipe.yaml'} --run {run_dir}`"
+    )
+    copy = _copy_run(run_dir, tmp_path)
+    stored = json.loads((copy / "prompt.json").read_text())
+    (copy / "prompt.json").write_text(json.dumps({**stored, "template": "{input} =>"}))
+    with pytest.raises(FinetuneError, match=r"prompt\.json does not match the recipe"):
+        evaluate(recipe, copy)
+
+
+def test_an_unfinished_run_is_refused(evaluated, tmp_path):
+    recipe, _, run_dir, _, _ = evaluated
+    partial = shutil.copytree(run_dir, tmp_path / "x.partial")
+    with pytest.raises(FinetuneError, match="not a finished training run"):
+        evaluate(recipe, partial)
+
+
+def test_cli_eval_then_report_prints_the_headline_and_writes_html(evaluated):
+    import subprocess
+    import sys
+
+    run_dir = evaluated[2]
+    report = subprocess.run(
+        [sys.executable, "-m", "finetune", "report", str(run_dir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "specialist" in report.stdout and "Bottom line" in report.stdout
+    html = (run_dir / "report.html").read_text()
+    assert "base 2-shot" in html and "data:image/png;base64," in html
+    assert (run_dir / "report.md").is_file()
+
+
+def test_qa_runs_generate_and_score_answers(tmp_path, tiny_model_dir):
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "question": f"what is {i}?", "answer": f"number {i}"}) + "\n"
+            for i in range(30)
+        )
+    )
+    make = tiny_recipe_factory(tmp_path, tiny_model_dir)
+    path = make(
+        task={"type": "qa", "instruction": "Answer.", "labels": []},
+        data={"source": str(qa), "fields": {"text": "question"}},
+        train={"max_steps": 2, "eval_every": 2, "save_every": 2},
+        eval={"latency_items": 2, "max_new_tokens": 4, "bootstrap_samples": 100},
+    )
+    recipe = load_recipe(path)
+    run_dir = train(recipe, recipe_path=path).run_dir
+    results = json.loads(evaluate(recipe, run_dir).read_text())
+    predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
+    system = results["systems"][0]
+    assert set(system["metrics"]) == {"exact_match", "token_f1", "rouge_l"}
+    golds = [p["gold"] for p in predictions]
+    preds = [p["predictions"]["specialist"]["prediction"] for p in predictions]
+    assert all(isinstance(p, str) for p in preds)
+    assert system["metrics"]["token_f1"]["value"] == pytest.approx(
+        compute("qa", "token_f1", golds, preds)
+    )
+    assert 0 < system["tokens"]["output_per_item"] <= 4
+    assert results["comparisons"][0]["mcnemar"] is None
+
+
+def test_unknown_metric_names_fail_validation_with_the_valid_ones(write_recipe):
+    from finetune.recipe import RecipeError
+
+    path = write_recipe(
+        {
+            "name": "x",
+            "task": {"type": "classification", "labels": ["a", "b"]},
+            "data": {"source": "rotten-tomatoes"},
+            "model": {"base": "smollm2-135m-instruct"},
+            "eval": {"metrics": ["accuracy", "f1_score"]},
+        }
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert (
+        f"{path}: eval.metrics: unknown metric 'f1_score' for a classification task; "
+        "valid: accuracy, macro_f1" in str(err.value)
+    )

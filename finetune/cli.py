@@ -36,11 +36,6 @@ OverridesArg = Annotated[
 ]
 
 
-class NotImplementedYet(FinetuneError):
-    def __init__(self, command: str):
-        super().__init__(f"`finetune {command}` is not implemented yet.")
-
-
 @app.command()
 def validate(
     items: Annotated[
@@ -224,8 +219,11 @@ def evaluate(
     run: Annotated[Path, typer.Option(help="Run directory holding the trained specialist.")],
     overrides: OverridesArg = None,
 ) -> None:
-    """Score the specialist and every baseline on the same held-out items."""
-    raise NotImplementedYet("eval")
+    """Score the specialist and every baseline on the same held-out items; writes RUN/eval/."""
+    from finetune.evaluate import evaluate as run_evaluation
+
+    path = run_evaluation(_load(recipe, overrides), run, console=err)
+    out.print(f"evaluation written to {path.parent}", markup=False)
 
 
 @app.command()
@@ -233,7 +231,9 @@ def report(
     run: Annotated[Path, typer.Argument(help="Evaluated run directory.", show_default=False)],
 ) -> None:
     """Write the comparison report (Markdown and HTML) into the run directory."""
-    raise NotImplementedYet("report")
+    from finetune.report import write_report
+
+    write_report(run, console=out)
 
 
 def _quiet_libraries() -> None:
@@ -248,6 +248,10 @@ def _quiet_libraries() -> None:
     # bitsandbytes warns at import that an optional 4-bit CPU kernel (fetched from the Hub) is
     # missing; 4-bit training is refused on CPUs anyway, so the warning only confuses.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    # transformers draws a "Loading weights" bar for every model load: noise beside our own.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     # TRL's dataset preparation draws one progress bar per pass; the training bar is ours.
     try:
         from datasets.utils.logging import disable_progress_bar

@@ -97,11 +97,10 @@ def test_train_without_recipe_or_resume_says_what_to_give():
     )
 
 
-@pytest.mark.parametrize("command", ["eval", "report"])
-def test_unbuilt_stages_say_so_in_one_line(command):
-    args = [command, SHIPPED[0]] if command != "report" else [command, "runs/x"]
-    if command == "eval":
-        args += ["--run", "runs/x"]
-    result = finetune(*args)
+def test_eval_of_a_missing_run_and_report_of_an_unevaluated_run_say_what_to_do(tmp_path):
+    result = finetune("eval", SHIPPED[0], "--run", str(tmp_path / "nope"))
     assert result.returncode == 2
-    assert result.stderr == f"error: `finetune {command}` is not implemented yet.\n"
+    assert result.stderr == f"error: --run: '{tmp_path / 'nope'}' does not exist\n"
+    result = finetune("report", str(tmp_path))
+    assert result.returncode == 2
+    assert "no eval/results.json; run `finetune eval RECIPE --run" in result.stderr

@@ -1,0 +1,135 @@
+"""What the report says, in order, as a list of blocks that Markdown and HTML both render.
+
+Blocks hold plain text (results' names included, unescaped); each renderer escapes for its
+format. Text between backticks is shown as code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.report import format as fmt
+from finetune.report import tables
+from finetune.report.plots import Figure
+from finetune.report.results import PREDICTIONS_FILE
+from finetune.report.verdict import verdict
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    text: str
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: list[str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer to the deployment question, shown highlighted: one finding per trade-off,
+    then the bottom line."""
+
+    findings: list[str]
+    bottom_line: str
+
+
+Block = Heading | Paragraph | Bullets | Verdict | tables.Table | Figure
+
+
+def setup_text(results: dict[str, Any]) -> str:
+    """One paragraph: task, items, metrics, intervals, hardware, batch sizes and prices."""
+    hw, prices = results["hardware"], results["prices"]
+    labels = f" ({', '.join(results['labels'])})" if results["labels"] else ""
+    metrics = ", ".join(fmt.metric_label(m) for m in results["metrics"])
+    api = [
+        f"{name} {fmt.usd(rate)} in / "
+        f"{fmt.usd(prices['per_million_output_tokens'].get(name, 0))} out per million tokens"
+        for name, rate in prices["per_million_input_tokens"].items()
+    ]
+    return (
+        f"Task: {results['task']}{labels}, scored on {fmt.count(results['test_items'])} held-out "
+        f"test items, the same items for every system. Metrics: {metrics} (the first is primary), "
+        f"with {results['confidence']:.0%} confidence intervals from "
+        f"{fmt.count(results['bootstrap_samples'])} bootstrap samples. Hardware: {hw['device']} "
+        f"({hw['description']}), {hw['dtype']}; latency at batch size 1, throughput at batch "
+        f"size {results['batch_size']}. Prices: machine {fmt.usd(prices['machine_per_hour'])}/h"
+        + (f"; API {'; '.join(api)}" if api else "")
+        + "."
+    )
+
+
+def _run_line(results: dict[str, Any], run_dir: Path) -> str:
+    created = results.get("created_at")
+    return f"Run: `{run_dir}`" + (f", evaluated {created}." if created else ".")
+
+
+HOW_TO_READ = [
+    "Confidence intervals are percentile bootstrap intervals over the test items.",
+    "Differences between the specialist and a baseline use a paired bootstrap over the same "
+    "items; for classification, significance is McNemar's exact test on the items exactly one "
+    "of the two systems got right (otherwise the interval excluding 0).",
+    "Latency is measured one item at a time (batch size 1); throughput at the evaluation "
+    "batch size.",
+    "Cost per 1,000 requests is the machine's hourly price times the time per item at that "
+    "throughput, or the API's token prices where the recipe gives them.",
+    "Size on disk counts the adapter plus the base model it needs; memory is the peak while "
+    "the system was loaded and scored.",
+]
+
+
+def report_document(
+    results: dict[str, Any],
+    run_dir: Path,
+    training: dict[str, Any] | None,
+    figures: list[Figure],
+) -> list[Block]:
+    """The whole report, top to bottom."""
+    by_key = {f.key: f for f in figures}
+    sentences = verdict(results)
+    blocks: list[Block] = [
+        Heading(f"{results['recipe']}: specialist vs general models", level=1),
+        Paragraph(_run_line(results, run_dir)),
+        Heading("Setup"),
+        Paragraph(setup_text(results)),
+        Heading("Verdict"),
+        Verdict(sentences[:-1], sentences[-1]),
+        Heading("Headline"),
+        tables.headline(results),
+        Heading("All metrics"),
+        tables.metrics(results),
+        Heading("Systems"),
+        tables.systems(results),
+    ]
+    if results["comparisons"]:
+        blocks += [
+            Heading("Paired comparisons: the specialist against each baseline"),
+            tables.comparisons(results),
+        ]
+    per_class = tables.per_class(results)
+    if per_class:
+        blocks.append(Heading("Per-class precision, recall and F1"))
+        for table in per_class:
+            blocks += [Heading(table.title, level=3), table]
+    blocks.append(Heading("Figures"))
+    blocks += [
+        by_key[k] for k in ("quality_vs_latency", "quality_vs_cost", "confusion") if k in by_key
+    ]
+    if training is not None or "loss_curve" in by_key:
+        blocks.append(Heading("Training"))
+        blocks += [tables.training(training)] if training is not None else []
+        blocks += [by_key["loss_curve"]] if "loss_curve" in by_key else []
+    blocks += [
+        Heading("How to read this"),
+        Bullets(HOW_TO_READ),
+        Paragraph(f"Trace any number to items: `{PREDICTIONS_FILE.as_posix()}`."),
+    ]
+    return blocks

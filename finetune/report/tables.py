@@ -1,0 +1,224 @@
+"""The report's tables as plain rows of text, shared by Markdown, HTML and W&B, plus the
+terminal's headline table (rich)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rich import box
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from finetune.report import format as fmt
+from finetune.report.results import cost, latency, primary_metric, specialist
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of text cells; `highlight` marks rows to emphasise (the specialist)."""
+
+    key: str
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    highlight: tuple[int, ...] = ()
+
+
+def disk_cell(system: dict[str, Any]) -> str:
+    """`19.6 MB adapter + 540 MB base` for an adapter; the model's size otherwise."""
+    adapter, model = system["disk_bytes"].get("adapter"), system["disk_bytes"].get("model") or 0
+    if adapter:
+        return f"{fmt.size(adapter)} adapter + {fmt.size(model)} base"
+    return fmt.size(model)
+
+
+def _specialist_rows(results: dict[str, Any]) -> tuple[int, ...]:
+    return tuple(i for i, s in enumerate(results["systems"]) if s is specialist(results))
+
+
+def headline(results: dict[str, Any]) -> Table:
+    metric = primary_metric(results)
+    level = f"{results['confidence']:.0%}"
+    columns = [
+        "system",
+        f"{fmt.metric_label(metric)} [{level} CI]",
+        "p50 latency (ms)",
+        "throughput (items/s)",
+        "peak memory (GiB)",
+        "size on disk",
+        "cost / 1k requests (USD)",
+    ]
+    rows = [
+        [
+            s["name"],
+            fmt.with_ci(s["metrics"][metric]),
+            f"{latency(s):,.1f}",
+            f"{s['throughput_items_per_s']:,.1f}",
+            f"{s['peak_memory_bytes'] / 2**30:.2f}",
+            disk_cell(s),
+            fmt.usd(cost(s)),
+        ]
+        for s in results["systems"]
+    ]
+    return Table("headline", "Headline", columns, rows, _specialist_rows(results))
+
+
+def metrics(results: dict[str, Any]) -> Table:
+    """Every metric with its confidence interval, for every system."""
+    columns = ["system", *(fmt.metric_label(m) for m in results["metrics"])]
+    rows = [
+        [s["name"], *(fmt.with_ci(s["metrics"][m]) for m in results["metrics"])]
+        for s in results["systems"]
+    ]
+    return Table("metrics", "All metrics", columns, rows, _specialist_rows(results))
+
+
+def systems(results: dict[str, Any]) -> Table:
+    """What each system is and what one item costs it: model, prompt, parameters, tokens."""
+    columns = [
+        "system",
+        "model",
+        "shots",
+        "prompt",
+        "parameters (trainable)",
+        "tokens in / out per item",
+        "truncated items",
+        "cost basis",
+    ]
+    rows = [
+        [
+            s["name"],
+            s["model"],
+            str(s["shots"]),
+            s["prompt_style"],
+            f"{fmt.count(s['parameters']['total'])} ({fmt.count(s['parameters']['trainable'])})",
+            f"{s['tokens']['input_per_item']:.1f} / {s['tokens']['output_per_item']:.1f}",
+            str(s["truncated_items"]),
+            s["cost_per_1k"]["basis"],
+        ]
+        for s in results["systems"]
+    ]
+    return Table("systems", "Systems", columns, rows, _specialist_rows(results))
+
+
+def comparisons(results: dict[str, Any]) -> Table:
+    """The specialist against each baseline on the primary metric, paired over the same items."""
+    columns = [
+        "baseline",
+        "metric",
+        "specialist",
+        "baseline value",
+        "difference [CI]",
+        "specialist only correct",
+        "baseline only correct",
+        "McNemar p",
+        "significant",
+    ]
+    rows = []
+    for c in results["comparisons"]:
+        mc = c.get("mcnemar")
+        rows.append(
+            [
+                c["baseline"],
+                fmt.metric_label(c["metric"]),
+                fmt.score(c["specialist"]),
+                fmt.score(c["baseline_value"]),
+                fmt.difference(c),
+                str(mc["specialist_only"]) if mc else "-",
+                str(mc["baseline_only"]) if mc else "-",
+                fmt.p_value(mc["p_value"]) if mc else "-",
+                "yes" if c["significant"] else "no",
+            ]
+        )
+    return Table("comparisons", "Paired comparisons", columns, rows)
+
+
+def per_class(results: dict[str, Any]) -> list[Table]:
+    """Precision, recall and F1 by label, one table per system (classification only)."""
+    tables = []
+    for i, s in enumerate(results["systems"]):
+        if not s.get("per_class"):
+            continue
+        rows = [
+            [
+                c["label"],
+                fmt.score(c["precision"]),
+                fmt.score(c["recall"]),
+                fmt.score(c["f1"]),
+                str(c["support"]),
+            ]
+            for c in s["per_class"]
+        ]
+        columns = ["label", "precision", "recall", "F1", "support"]
+        tables.append(Table(f"per_class/{i}", s["name"], columns, rows))
+    return tables
+
+
+def training(summary: dict[str, Any]) -> Table:
+    """How the specialist was trained, from `train_summary.json`."""
+
+    def pair(first: float | None, final: float | None) -> str:
+        return "-" if first is None or final is None else f"{first:.4f} → {final:.4f}"
+
+    tokens_per_s = summary.get("tokens_per_second")
+    rows = [
+        ["method", str(summary.get("method", "-"))],
+        [
+            "trainable parameters",
+            f"{fmt.count(summary['trainable_parameters'])} of "
+            f"{fmt.count(summary['total_parameters'])}",
+        ],
+        ["steps", str(summary["steps"])],
+        ["training time", f"{summary['train_seconds']:,.0f} s"],
+        ["throughput", f"{tokens_per_s:,.0f} tokens/s" if tokens_per_s else "-"],
+        [
+            "train loss (first → final)",
+            pair(summary["first_train_loss"], summary["final_train_loss"]),
+        ],
+        [
+            "validation loss (first → final)",
+            pair(summary["first_eval_loss"], summary["final_eval_loss"]),
+        ],
+    ]
+    return Table("training", "Training", ["", "value"], rows)
+
+
+def headline_table(results: dict[str, Any]) -> RichTable:
+    """One row per system for the terminal: quality with its CI, latency, throughput, memory,
+    size and cost; readable at 100 columns (value and interval, adapter and base on two lines)."""
+    metric = primary_metric(results)
+    level = f"{results['confidence']:.0%}"
+    table = RichTable(
+        title=Text(
+            f"{results['recipe']}: specialist vs baselines on {results['test_items']} test items"
+        ),
+        caption=(
+            f"{level} CI: percentile bootstrap; latency at batch size 1; "
+            f"throughput at batch size {results['batch_size']}"
+        ),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("system", overflow="fold")
+    table.add_column(f"{fmt.metric_label(metric)}\n[{level} CI]", no_wrap=True)
+    for name in ("p50\nms", "items\n/s", "peak\nGiB"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("size on disk")
+    table.add_column("USD /\n1k req", justify="right", no_wrap=True)
+    special = specialist(results)
+    for s in results["systems"]:
+        m = s["metrics"][metric]
+        disk = disk_cell(s).replace(" + ", "\n+ ")
+        table.add_row(
+            Text(s["name"]),  # Text: a name is never read as rich markup
+            Text(f"{fmt.score(m['value'])}\n{fmt.interval(m['low'], m['high'])}"),
+            f"{latency(s):,.0f}" if latency(s) >= 10 else f"{latency(s):.1f}",
+            f"{s['throughput_items_per_s']:,.1f}",
+            f"{s['peak_memory_bytes'] / 2**30:.2f}",
+            Text(disk),
+            fmt.usd(cost(s)),
+            style="bold" if s is special else None,
+            end_section=True,
+        )
+    return table

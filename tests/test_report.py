@@ -1,0 +1,424 @@
+"""The report stage on a synthetic evaluated run: files, self-contained HTML, escaping, verdict
+sentences, the terminal table, W&B logging, the missing-input error and the screenshot script."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from rich.console import Console
+from wandb_files import read_run
+
+from finetune.errors import FinetuneError
+from finetune.report import ReportPaths, headline_table, verdict, write_report
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+GB = 2**30
+
+
+def _system(name, role, accuracy, ci, latency, throughput, peak_gib, model_mb, cost, **extra):
+    low, high = ci
+    confusion = extra.pop("confusion", [[180, 20], [16, 184]])
+    return {
+        "name": name,
+        "role": role,
+        "model": extra.pop("model", "smollm2-135m-instruct"),
+        "shots": extra.pop("shots", 0),
+        "prompt_style": "chat",
+        "metrics": {
+            "accuracy": {"value": accuracy, "low": low, "high": high},
+            "macro_f1": {"value": accuracy - 0.01, "low": low - 0.01, "high": high - 0.01},
+        },
+        "per_class": [
+            {"label": "fresh", "precision": 0.9, "recall": 0.92, "f1": 0.91, "support": 200},
+            {"label": "rotten", "precision": 0.92, "recall": 0.9, "f1": 0.91, "support": 200},
+        ],
+        "confusion": confusion,
+        "latency_ms": {"p50": latency, "p95": latency * 1.5, "items": 32},
+        "throughput_items_per_s": throughput,
+        "peak_memory_bytes": int(peak_gib * GB),
+        "weights_bytes": int(model_mb * 1e6),
+        "parameters": {"total": 139399488, "trainable": extra.pop("trainable", 0)},
+        "disk_bytes": {"adapter": extra.pop("adapter", None), "model": int(model_mb * 1e6)},
+        "tokens": {"input_per_item": 83.2, "output_per_item": 1.0},
+        "cost_per_1k": {"usd": cost, "basis": "machine time at $0.10/h"},
+        "truncated_items": 0,
+        "eval_seconds": 41.0,
+    }
+
+
+def _comparison(baseline, base_value, diff, ci, significant, p):
+    return {
+        "baseline": baseline,
+        "metric": "accuracy",
+        "specialist": 0.91,
+        "baseline_value": base_value,
+        "difference": diff,
+        "low": ci[0],
+        "high": ci[1],
+        "significant": significant,
+        "mcnemar": {"specialist_only": 130, "baseline_only": 14, "p_value": p},
+    }
+
+
+def make_results() -> dict:
+    """Specialist beats base zero-shot and 4-shot; no significant difference from Qwen."""
+    return {
+        "recipe": "rt-sentiment-smollm2-lora",
+        "run_dir": "runs/rt-sentiment-smollm2-lora/synthetic",
+        "task": "classification",
+        "labels": ["fresh", "rotten"],
+        "metrics": ["accuracy", "macro_f1"],
+        "test_items": 400,
+        "confidence": 0.95,
+        "bootstrap_samples": 2000,
+        "hardware": {"device": "cpu", "description": "AMD EPYC (2 cores)", "dtype": "float32"},
+        "batch_size": 16,
+        "prices": {
+            "machine_per_hour": 0.10,
+            "per_million_input_tokens": {},
+            "per_million_output_tokens": {},
+        },
+        "created_at": "2026-11-23T12:00:00+00:00",
+        "systems": [
+            _system(
+                "specialist", "specialist", 0.91, (0.88, 0.94), 95.0, 12.3, 1.77, 540, 0.0023,
+                adapter=19_600_000, trainable=4884480, model="smollm2-135m-instruct + LoRA adapter",
+            ),
+            _system(
+                "base zero-shot", "baseline", 0.62, (0.57, 0.67), 40.0, 14.0, 1.70, 540, 0.0020,
+                confusion=[[190, 10], [142, 58]],
+            ),
+            _system(
+                "base 4-shot", "baseline", 0.85, (0.81, 0.89), 210.0, 5.0, 1.9, 540, 0.0056, shots=4
+            ),
+            _system(
+                "qwen2.5-0.5b zero-shot", "baseline", 0.90, (0.87, 0.93), 480.0, 3.1, 3.2, 988,
+                0.0090, model="qwen2.5-coder-0.5b-instruct",
+            ),
+        ],
+        "comparisons": [
+            _comparison("base zero-shot", 0.62, 0.29, (0.24, 0.34), True, 1.2e-24),
+            _comparison("base 4-shot", 0.85, 0.06, (0.03, 0.09), True, 0.0004),
+            _comparison("qwen2.5-0.5b zero-shot", 0.90, 0.01, (-0.02, 0.04), False, 0.45),
+        ],
+    }  # fmt: skip
+
+
+def write_run(run_dir: Path, results: dict, *, wandb_mode: str = "disabled") -> Path:
+    """An evaluated run directory: results, predictions, training summary and log, recipe."""
+    (run_dir / "eval").mkdir(parents=True)
+    (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+    names = [s["name"] for s in results["systems"]]
+    predictions = [
+        {"id": f"rt-{i}", "text": "a review", "gold": "fresh",
+         "predictions": {n: {"prediction": "fresh", "score": 1.0} for n in names}}
+        for i in range(4)
+    ]  # fmt: skip
+    (run_dir / "eval" / "predictions.jsonl").write_text(
+        "".join(json.dumps(p) + "\n" for p in predictions)
+    )
+    summary = {
+        "method": "lora", "steps": 80, "train_seconds": 386.7, "tokens_per_second": 138.1,
+        "first_train_loss": 1.7557, "final_train_loss": 0.1086, "first_eval_loss": 2.5737,
+        "final_eval_loss": 0.1023, "trainable_parameters": 4884480, "total_parameters": 139399488,
+    }  # fmt: skip
+    (run_dir / "train_summary.json").write_text(json.dumps(summary))
+    log = [{"step": 0, "eval/loss": 2.57}] + [
+        {"step": s, "train/loss": 2.0 / s} for s in range(5, 85, 5)
+    ]
+    (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    recipe = yaml.safe_load((REPO / "recipes" / "rt-sentiment-smollm2-lora.yaml").read_text())
+    recipe["tracking"] = {"wandb": {"mode": wandb_mode, "project": "report-test"}}
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return run_dir
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    return write_run(tmp_path / "run", make_results())
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> tuple[Path, ReportPaths, str]:
+    """One report written for the read-only checks, with what it printed to a 100-column console."""
+    run = write_run(tmp_path_factory.mktemp("report") / "run", make_results())
+    console = Console(record=True, width=100)
+    return run, write_report(run, console=console), console.export_text()
+
+
+def test_report_files_are_written(written):
+    run, paths, printed = written
+    assert paths.markdown == run / "report.md" and paths.html == run / "report.html"
+    assert [p.name for p in paths.figures] == [
+        "quality_vs_latency.png",
+        "quality_vs_cost.png",
+        "confusion.png",
+        "loss_curve.png",  # redrawn from train_log.jsonl: the run has no loss_curve.png
+    ]
+    for path in paths.figures:
+        assert path.parent == run / "report" and path.read_bytes().startswith(PNG_MAGIC)
+    assert not list(run.rglob(".*.tmp"))  # every write went through write_atomic
+    markdown = paths.markdown.read_text()
+    for section in (
+        "## Setup",
+        "## Verdict",
+        "## Headline",
+        "## Paired comparisons",
+        "## Training",
+    ):
+        assert section in markdown
+    assert "![" in markdown and "(report/confusion.png)" in markdown
+    assert "Trace any number to items: `eval/predictions.jsonl`." in markdown
+    assert "1.7557 → 0.1086" in markdown
+    assert "19.6 MB adapter + 540 MB base" in markdown
+    assert "Bottom line:" in printed and f"report written to {paths.markdown}" in printed
+
+
+def test_html_is_self_contained(written):
+    _, paths, _ = written
+    page = paths.html.read_text()
+    for reference in ("http://", "https://", 'src="file', "<script", "<link", "@import", "url("):
+        assert reference not in page
+    images = re.findall(r"<img [^>]*>", page)
+    assert len(images) == len(paths.figures)
+    for tag in images:
+        (data,) = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', tag)
+        assert base64.b64decode(data).startswith(PNG_MAGIC)
+    assert '<section class="verdict">' in page and "<style>" in page
+
+
+def test_loss_curve_of_the_training_run_is_copied(run_dir):
+    png = (REPO / "finetune" / "report" / "__init__.py").read_bytes()  # any bytes will do
+    (run_dir / "loss_curve.png").write_bytes(PNG_MAGIC + png)
+    paths = write_report(run_dir)
+    assert (run_dir / "report" / "loss_curve.png").read_bytes() == PNG_MAGIC + png
+    assert len(paths.figures) == 4
+
+
+def test_names_from_results_are_escaped(tmp_path):
+    results = make_results()
+    evil = "<script>alert(1)</script>"
+    results["systems"][3]["name"] = evil
+    results["comparisons"][2]["baseline"] = evil
+    paths = write_report(write_run(tmp_path / "run", results))
+    page = paths.html.read_text()
+    assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in paths.markdown.read_text()
+    results["systems"][2]["name"] = "[red]base[/red]"  # shown as written, not as rich markup
+    console = Console(record=True, width=100)
+    console.print(headline_table(results))
+    assert "[red]base[/red]" in console.export_text()
+
+
+def test_verdict_win_tie_and_loss_sentences():
+    results = make_results()
+    sentences = verdict(results)
+    assert sentences[0] == (
+        "The specialist beats base zero-shot on accuracy: 0.910 vs 0.620, "
+        "+0.290 [0.240, 0.340], McNemar p = 1.2e-24."
+    )
+    assert sentences[2] == (
+        "No significant difference between the specialist and qwen2.5-0.5b zero-shot on "
+        "accuracy (+0.010 [-0.020, 0.040], p = 0.45)."
+    )
+    results["comparisons"][2] |= {
+        "baseline_value": 0.95, "difference": -0.04, "low": -0.07, "high": -0.01,
+        "significant": True,
+        "mcnemar": {"specialist_only": 5, "baseline_only": 21, "p_value": 0.0025},
+    }  # fmt: skip
+    assert verdict(results)[2] == (
+        "The specialist loses to qwen2.5-0.5b zero-shot on accuracy: 0.910 vs 0.950, "
+        "-0.040 [-0.070, -0.010], McNemar p = 0.0025."
+    )
+
+
+def test_verdict_other_dimensions_name_the_lowest_and_the_factor():
+    _, latency, memory, size, cost, _ = verdict(make_results())[2:]
+    assert latency == (
+        "Lowest p50 latency at batch size 1: base zero-shot, 40 ms; "
+        "the specialist takes 95 ms, 2.38x that."
+    )
+    assert memory.startswith("Lowest peak memory while serving: base zero-shot, 1.70 GiB;")
+    assert size == (
+        "Smallest size on disk: base zero-shot, 540 MB; the specialist needs 560 MB, 1.04x that; "
+        "the specialist's 19.6 MB adapter is all it adds where its 540 MB base model is already "
+        "deployed."
+    )
+    assert cost == (
+        "Lowest cost per 1k requests: base zero-shot, $0.0020; "
+        "the specialist costs $0.0023, 1.15x that."
+    )
+
+
+def _bottom_line(results: dict) -> str:
+    line = verdict(results)[-1]
+    assert line.startswith("Bottom line: ")
+    return line
+
+
+def test_bottom_line_deploys_a_specialist_that_wins_everywhere_and_costs_no_more():
+    results = make_results()
+    results["comparisons"][2] |= {"significant": True, "low": 0.005}
+    results["systems"][0]["cost_per_1k"]["usd"] = 0.0019
+    assert verdict(results)[6] == (
+        "Lowest cost per 1k requests: the specialist, $0.0019; "
+        "the next, base zero-shot, costs $0.0020, 1.05x that."
+    )
+    assert _bottom_line(results) == (
+        "Bottom line: deploy the specialist; it is significantly better than every baseline on "
+        "accuracy and no baseline is cheaper per 1k requests ($0.0019)."
+    )
+    results["systems"][0]["cost_per_1k"]["usd"] = 0.0023  # wins on quality, not on cost
+    assert _bottom_line(results) == (
+        "Bottom line: the trade-off is quality against cost; the specialist is significantly "
+        "better than every baseline on accuracy, while base zero-shot is cheaper at $0.0020 per "
+        "1k requests against the specialist's $0.0023 (1.15x)."
+    )
+
+
+def test_bottom_line_names_best_quality_and_cheapest_when_the_specialist_does_not_win_all():
+    assert _bottom_line(make_results()) == (
+        "Bottom line: the specialist is significantly better than 2 of 3 baselines on accuracy "
+        "(no significant difference from qwen2.5-0.5b zero-shot); the highest accuracy is the "
+        "specialist's 0.910 and the cheapest system is base zero-shot at $0.0020 per 1k requests."
+    )
+
+
+def test_headline_table_is_readable_at_100_columns():
+    console = Console(record=True, width=100)
+    console.print(headline_table(make_results()))
+    text = console.export_text()
+    for name in ("specialist", "base zero-shot", "base 4-shot", "qwen2.5-0.5b zero-shot"):
+        assert name in text
+    for ci in ("[0.880, 0.940]", "[0.570, 0.670]", "[0.870, 0.930]"):
+        assert ci in text
+    assert "19.6 MB adapter" in text and "$0.0023" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "…" not in text  # nothing cut off
+
+
+def _read_finished_run(run: Path, *, steps: int, timeout: float = 20.0) -> dict:
+    """The offline W&B run once its file holds `steps` history rows: `finish()` can return
+    before wandb's writer process has flushed the run file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            logged = read_run(run)
+        except Exception:  # no file yet, or a header or record still being written
+            if time.monotonic() > deadline:
+                raise
+        else:
+            if len(logged["history"]) >= steps or time.monotonic() > deadline:
+                return logged
+        time.sleep(0.2)
+
+
+def test_wandb_offline_run_holds_the_report_tables(tmp_path):
+    results = make_results()
+    run = write_run(tmp_path / "run", results, wandb_mode="offline")
+    paths = write_report(run)
+    logged = _read_finished_run(run, steps=3 + len(paths.figures))
+    assert logged["config"]["recipe"] == results["recipe"]
+    assert logged["config"]["test_items"] == 400 and "systems" not in logged["config"]
+    rows = {k: v for row in logged["history"] for k, v in row.items()}
+    for key in ("headline", "metrics", "comparisons"):
+        assert rows[f"report/{key}/_type"] == "table-file"
+    for figure in paths.figures:
+        assert rows[f"report/{figure.stem}/_type"] == "image-file"
+    (files,) = run.glob("wandb/offline-run-*/files")
+    table = json.loads((files / rows["report/headline/path"]).read_text())
+    assert table["columns"][:2] == ["system", "accuracy [95% CI]"]
+    assert [r[0] for r in table["data"]] == [s["name"] for s in results["systems"]]
+    assert table["data"][0][1] == "0.910 [0.880, 0.940]"
+
+
+def test_disabled_tracking_writes_no_wandb_files(run_dir):
+    write_report(run_dir)
+    assert not (run_dir / "wandb").exists()
+
+
+def test_missing_results_is_a_clear_error(tmp_path):
+    with pytest.raises(FinetuneError) as info:
+        write_report(tmp_path)
+    assert str(info.value) == (
+        f"{tmp_path}: no eval/results.json; run `finetune eval RECIPE --run {tmp_path}` first"
+    )
+
+
+def test_qa_report_has_no_confusion_matrix_and_no_mcnemar(tmp_path):
+    results = copy.deepcopy(make_results())
+    results |= {"task": "qa", "labels": [], "metrics": ["token_f1", "exact_match"]}
+    for s in results["systems"]:
+        s["metrics"] = {
+            "token_f1": s["metrics"]["accuracy"],
+            "exact_match": s["metrics"]["macro_f1"],
+        }
+        s |= {"per_class": [], "confusion": None}
+    for c in results["comparisons"]:
+        c |= {"metric": "token_f1", "mcnemar": None}
+    paths = write_report(write_run(tmp_path / "run", results))
+    assert "confusion.png" not in [p.name for p in paths.figures]
+    assert verdict(results)[2] == (
+        "No significant difference between the specialist and qwen2.5-0.5b zero-shot on "
+        "token F1 (+0.010 [-0.020, 0.040])."
+    )
+    assert "Per-class" not in paths.markdown.read_text()
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs chromium (apt-get install chromium)"
+)
+def test_screenshot_script_captures_the_report(written):
+    run, _, _ = written
+    out = run / "shot.png"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "screenshot_report.py"),
+            str(run),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    header = out.read_bytes()[:24]
+    assert header.startswith(PNG_MAGIC)
+    width, height = struct.unpack(">II", header[16:24])  # the IHDR chunk
+    assert width >= 1200 and height > 1000
+
+
+def test_incomplete_results_name_every_missing_field(run_dir):
+    results = make_results()
+    del results["confidence"], results["systems"][2]["latency_ms"]
+    (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+    with pytest.raises(FinetuneError, match=r"missing confidence, systems\[2\]\.latency_ms; run"):
+        write_report(run_dir)
+
+
+def test_bottom_line_when_a_cheaper_baseline_wins():
+    results = make_results()
+    results["systems"][1]["metrics"]["accuracy"]["value"] = 0.95
+    results["comparisons"][0] |= {"baseline_value": 0.95, "difference": -0.04, "low": -0.07}
+    results["comparisons"][0] |= {"high": -0.01}
+    assert _bottom_line(results) == (
+        "Bottom line: the specialist is significantly better than 1 of 3 baselines on accuracy "
+        "(worse than base zero-shot; no significant difference from qwen2.5-0.5b zero-shot); "
+        "base zero-shot has both the highest accuracy (0.950) and the lowest cost ($0.0020 per 1k "
+        "requests)."
+    )

@@ -109,10 +109,9 @@ def test_sizes_parameters_and_costs_describe_each_system(evaluated):
     summary = json.loads((run_dir / "train_summary.json").read_text())
     assert specialist["parameters"]["trainable"] == summary["trainable_parameters"] > 0
     assert base["parameters"]["trainable"] == 0
-    assert (
-        specialist["parameters"]["total"]
-        == base["parameters"]["total"] + summary["trainable_parameters"]
-    )
+    # Served merged: the adapter's weights are folded into the base's, which keeps its size.
+    assert specialist["parameters"]["total"] == base["parameters"]["total"]
+    assert specialist["model"].endswith("+ LoRA adapter (merged)")
     adapter = (run_dir / "adapter/adapter_model.safetensors").stat().st_size
     assert specialist["disk_bytes"]["adapter"] == adapter and base["disk_bytes"]["adapter"] is None
     per_hour = recipe.eval.prices.machine_per_hour
@@ -242,18 +241,36 @@ def test_cli_eval_then_report_prints_the_headline_and_writes_html(evaluated):
     assert (run_dir / "report.md").is_file()
 
 
-def test_qa_runs_generate_and_score_answers(tmp_path, tiny_model_dir):
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text(
+GENERATION_TASKS = {
+    "qa": (
+        {"question": "what is {i}?", "answer": "number {i}"},
+        {"text": "question"},
+        {"exact_match", "token_f1", "rouge_l"},
+        "token_f1",
+    ),
+    "extraction": (
+        {"text": "shares of acme {i} rose", "entities": [{"text": "acme {i}", "type": "org"}]},
+        {},
+        {"micro_f1", "macro_f1"},
+        "micro_f1",
+    ),
+}
+
+
+@pytest.mark.parametrize("task", sorted(GENERATION_TASKS))
+def test_generation_tasks_generate_and_score_answers(tmp_path, tiny_model_dir, task):
+    row, fields, metric_names, primary = GENERATION_TASKS[task]
+    source = tmp_path / f"{task}.jsonl"
+    source.write_text(
         "".join(
-            json.dumps({"id": f"q{i}", "question": f"what is {i}?", "answer": f"number {i}"}) + "\n"
+            json.dumps({"id": f"x{i}", **json.loads(json.dumps(row).replace("{i}", str(i)))}) + "\n"
             for i in range(30)
         )
     )
     make = tiny_recipe_factory(tmp_path, tiny_model_dir)
     path = make(
-        task={"type": "qa", "instruction": "Answer.", "labels": []},
-        data={"source": str(qa), "fields": {"text": "question"}},
+        task={"type": task, "instruction": "Answer.", "labels": []},
+        data={"source": str(source), "fields": fields},
         train={"max_steps": 2, "eval_every": 2, "save_every": 2},
         eval={"latency_items": 2, "max_new_tokens": 4, "bootstrap_samples": 100},
     )
@@ -262,15 +279,16 @@ def test_qa_runs_generate_and_score_answers(tmp_path, tiny_model_dir):
     results = json.loads(evaluate(recipe, run_dir).read_text())
     predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
     system = results["systems"][0]
-    assert set(system["metrics"]) == {"exact_match", "token_f1", "rouge_l"}
+    assert set(system["metrics"]) == metric_names
     golds = [p["gold"] for p in predictions]
     preds = [p["predictions"]["specialist"]["prediction"] for p in predictions]
-    assert all(isinstance(p, str) for p in preds)
-    assert system["metrics"]["token_f1"]["value"] == pytest.approx(
-        compute("qa", "token_f1", golds, preds)
+    assert all(isinstance(p, str if task == "qa" else list) for p in preds)
+    assert system["metrics"][primary]["value"] == pytest.approx(
+        compute(task, primary, golds, preds)
     )
     assert 0 < system["tokens"]["output_per_item"] <= 4
     assert results["comparisons"][0]["mcnemar"] is None
+    assert system["confusion"] is None and system["per_class"] == []
 
 
 def test_unknown_metric_names_fail_validation_with_the_valid_ones(write_recipe):

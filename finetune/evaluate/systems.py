@@ -1,8 +1,8 @@
 """The systems under comparison: the run's specialist and the recipe's baselines, loaded for inference.
 
-Systems on the same weights share one load: the specialist is the base model plus its adapter,
-and a `model: base` baseline is that model with the adapter switched off. Every other model
-is loaded on its own, evaluated, and freed before the next.
+Systems on the same weights share one load: `model: base` baselines run on the base model as
+loaded, then the run's adapter is merged into it for the specialist. Every other model is
+loaded on its own, evaluated, and freed before the next.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.errors import FinetuneError
 from finetune.hardware import weight_dtype
 from finetune.models import ModelSource, load_causal_lm, load_tokenizer, resolve
 from finetune.prompts import PromptFormat, prompt_format, target_text
@@ -36,13 +37,15 @@ class System:
 
 @dataclass
 class Loaded:
-    """A model in memory with its tokenizer; `adapter` says whether a PEFT adapter is active."""
+    """A model in memory with its tokenizer, what it is, and its weight files' sizes."""
 
     model: Any
     tokenizer: Any
     source: ModelSource
     description: str
     disk_bytes: dict[str, int | None] = field(default_factory=dict)
+    adapter: Path | None = None  # the run's adapter, attached when the specialist's turn comes
+    adapter_attached: bool = False
 
 
 def systems_of(recipe: Recipe) -> list[System]:
@@ -93,26 +96,27 @@ def loaded_model(recipe: Recipe, run_dir: Path, key: str) -> Iterator[Loaded]:
 
 @contextlib.contextmanager
 def active(loaded: Loaded, system: System, *, quantized: bool = False) -> Iterator[Any]:
-    """The model as `system` sees it: adapter off for base baselines; merged in for the specialist.
+    """The model as `system` sees it: the plain base for base baselines; base + adapter,
+    merged, for the specialist.
 
-    Merging is what `finetune export --merge` deploys, and it removes the adapter's extra
-    matmuls from every layer, so latency and throughput are the deployable model's. Quantized
-    weights are left unmerged (merging would re-quantize them).
+    Merged is what `finetune export --merge` deploys: a plain model with no adapter matmuls
+    and no PEFT wrappers, so its latency and throughput are the deployable model's and the base
+    baselines pay no wrapper overhead either. Quantized weights keep the adapter unmerged
+    (merging would re-quantize them). The adapter is attached in place, so the specialist comes
+    last in its group.
     """
-    model = loaded.model
-    if not hasattr(model, "disable_adapter"):
-        yield model
-    elif system.model != "run":
-        with model.disable_adapter():
-            yield model
-    elif quantized:
-        yield model
-    else:
-        model.merge_adapter()
-        try:
-            yield model
-        finally:
-            model.unmerge_adapter()
+    if system.model != "run" or loaded.adapter is None:
+        if loaded.adapter_attached:
+            raise FinetuneError(f"{system.name}: the base model already carries the adapter")
+        yield loaded.model
+        return
+    if not loaded.adapter_attached:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(loaded.model, str(loaded.adapter))
+        loaded.model = (model if quantized else model.merge_and_unload()).eval()
+        loaded.adapter_attached = True
+    yield loaded.model
 
 
 def system_format(system: System, loaded: Loaded, run_format: PromptFormat, recipe: Recipe):
@@ -159,15 +163,18 @@ def _load_run_model(recipe: Recipe, run_dir: Path) -> Loaded:
     if (run_dir / "model").is_dir():  # full fine-tuning: the run holds the whole model
         full = ModelSource(str(run_dir / "model"), "local", str(run_dir / "model"), {})
         model = _load(recipe, full)
-        return Loaded(model, _tokenizer(full), source, "fine-tuned model", _disk(full, None))
+        return Loaded(
+            model, _tokenizer(full), source, f"{source.ref} fine-tuned (full)", _disk(full, None)
+        )
     check_same_base(run_dir, source.identity)
-    from peft import PeftModel
-
-    base = _load(recipe, source)
-    model = PeftModel.from_pretrained(base, str(run_dir / "adapter"))
-    description = f"{source.ref} + LoRA adapter"
+    merged = "" if recipe.model.quantization != "none" else " (merged)"
     return Loaded(
-        model, _tokenizer(source), source, description, _disk(source, run_dir / "adapter")
+        _load(recipe, source),
+        _tokenizer(source),
+        source,
+        f"{source.ref} + LoRA adapter{merged}",
+        _disk(source, run_dir / "adapter"),
+        adapter=run_dir / "adapter",
     )
 
 

@@ -77,8 +77,11 @@ HOW_TO_READ = [
     "Differences between the specialist and a baseline use a paired bootstrap over the same "
     "items; for classification, significance is McNemar's exact test on the items exactly one "
     "of the two systems got right (otherwise the interval excluding 0).",
-    "Latency is measured one item at a time (batch size 1); throughput at the evaluation "
-    "batch size.",
+    "Latency is measured one item at a time (batch size 1), each prompt computed in full; "
+    "throughput over all test items at the evaluation batch size, with the prompt prefix every "
+    "item shares (system turn, instruction, few-shot examples) computed once, as a serving "
+    "engine with prefix caching does. Repeated timings of the same model differ by up to about "
+    "10% on a shared machine, so smaller gaps in latency or cost are called noise.",
     "Cost per 1,000 requests is the machine's hourly price times the time per item at that "
     "throughput, or the API's token prices where the recipe gives them.",
     "Size on disk counts the adapter plus the base model it needs; memory is the peak while "

@@ -16,7 +16,7 @@ RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep
 PYTEST_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: help setup demo data models train eval report validate test test-fast lint format bench clean
+.PHONY: help setup demo data models train eval report screenshot validate test test-fast lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,9 @@ eval: setup ## Evaluate the latest run of RECIPE (or RUN=runs/...) against its b
 
 report: setup ## Write the comparison report for RUN (default: latest run of RECIPE)
 	$(BIN)/finetune report "$(RUN)"
+
+screenshot: setup ## Render RUN's HTML report in headless Chromium (apt-get install chromium) to RUN/report/screenshot.png
+	$(BIN)/python scripts/screenshot_report.py "$(RUN)"
 
 test: setup ## Run the whole test suite (slow real-model tests included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +43,44 @@ def _records(data: bytes) -> list[bytes]:
     return records
 
 
-def read_run(run_dir: Path) -> dict[str, Any]:
+def read_run(run_dir: Path, *, timeout: float = 30.0) -> dict[str, Any]:
     """The single offline W&B run under `<run_dir>/wandb/`: history rows, config and artifacts.
 
     History rows are dicts of key -> value (nested keys joined with "/"); the config is the
     run's config with W&B's {"value": ...} wrappers removed; artifacts are (name, type, files).
+    `wandb.finish()` can return before W&B's writer process has flushed the file, so this
+    waits (up to `timeout` seconds) for the run's exit record.
     """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            records = _finished_records(run_dir)
+        except (ValueError, AssertionError, struct.error):  # no file yet, or mid-write
+            records = None
+        if records is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    if records is None:
+        raise AssertionError(f"no finished W&B run under {run_dir}/wandb within {timeout} s")
+    return _parse(records)
+
+
+def _finished_records(run_dir: Path) -> list[Any] | None:
     from wandb.proto import wandb_internal_pb2 as pb
 
     (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    run: dict[str, Any] = {"history": [], "config": {}, "artifacts": []}
+    records = []
     for raw in _records(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(raw)
+        records.append(record)
+    kinds = {record.WhichOneof("record_type") for record in records}
+    return records if "exit" in kinds else None
+
+
+def _parse(records: list[Any]) -> dict[str, Any]:
+    run: dict[str, Any] = {"history": [], "config": {}, "artifacts": []}
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "history":
             run["history"].append(_items(record.history.item))

@@ -59,7 +59,8 @@ def write_report(run_dir: str | Path, *, console: Console | None = None) -> Repo
         console.print(tables.headline_table(results))
         for sentence in verdict(results):
             console.print(sentence, markup=False, highlight=False)
-        console.print(f"report written to {paths.markdown} and {paths.html}", markup=False)
+        console.print(f"Markdown report: {paths.markdown}", markup=False)
+        console.print(f"HTML report (open in a browser): {paths.html}", markup=False)
     return paths
 
 

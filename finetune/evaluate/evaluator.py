@@ -39,7 +39,13 @@ from finetune.evaluate.systems import (
     systems_of,
 )
 from finetune.files import write_atomic, write_json
-from finetune.hardware import describe_device, peak_memory_bytes, reset_peak_memory, weight_dtype
+from finetune.hardware import (
+    describe_device,
+    has_cuda,
+    peak_memory_bytes,
+    reset_peak_memory,
+    weight_dtype,
+)
 from finetune.prompts import PromptFormat, encode
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import is_complete
@@ -77,6 +83,7 @@ def evaluate(recipe: Recipe, run_dir: str | Path, *, console: Any = None) -> Pat
     check_run(recipe, run_dir)
     run_format = PromptFormat.load(run_dir)
     items = load_split(recipe, "test")
+    golds = [item[TARGET_FIELD[recipe.task.type]] for item in items]
     train_rows = load_split(recipe, "train")
     outcomes = []
     with _progress(console) as progress:
@@ -89,12 +96,12 @@ def evaluate(recipe: Recipe, run_dir: str | Path, *, console: Any = None) -> Pat
                         recipe, run_dir, system, loaded, run_format, items, train_rows, progress
                     )
                     outcomes.append(outcome)
-                    _say(console, recipe, outcome, items)
+                    _say(console, recipe, outcome, golds)
     order = [s.name for s in systems_of(recipe)]
     outcomes.sort(key=lambda o: order.index(o.system.name))
-    results = summarize(recipe, run_dir, items, outcomes)
+    results = summarize(recipe, run_dir, items, outcomes, golds)
     out = run_dir / EVAL_DIR
-    write_atomic(out / PREDICTIONS_FILE, _predictions_jsonl(recipe, items, outcomes))
+    write_atomic(out / PREDICTIONS_FILE, _predictions_jsonl(recipe, items, outcomes, golds))
     return write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished eval
 
 
@@ -315,12 +322,11 @@ def _trained_parameters(run_dir: Path, adapter_params: int) -> int:
 
 
 def summarize(
-    recipe: Recipe, run_dir: Path, items: list[dict], outcomes: list[Outcome]
+    recipe: Recipe, run_dir: Path, items: list[dict], outcomes: list[Outcome], golds: list[Any]
 ) -> dict[str, Any]:
     """The results document: per-system measurements and the specialist's paired comparisons."""
     task = recipe.task.type
-    names = recipe.eval.metrics or M.DEFAULT_METRICS[task]
-    golds = [_gold(task, item) for item in items]
+    names = _metric_names(recipe)
     labels = list(recipe.task.labels) or None
     systems = [_system_entry(recipe, o, golds, names, labels) for o in outcomes]
     specialist = outcomes[0]
@@ -335,7 +341,7 @@ def summarize(
         "confidence": recipe.eval.confidence,
         "bootstrap_samples": recipe.eval.bootstrap_samples,
         "hardware": {
-            "device": "cuda" if _cuda() else "cpu",
+            "device": "cuda" if has_cuda() else "cpu",
             "description": describe_device(),
             "dtype": str(weight_dtype(recipe.model.dtype)).removeprefix("torch."),
         },
@@ -450,13 +456,15 @@ def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labe
     return entry
 
 
-def _gold(task: str, item: dict) -> Any:
-    return item[TARGET_FIELD[task]]
+def _metric_names(recipe: Recipe) -> list[str]:
+    """The recipe's metrics, or the task's defaults; the first is the primary one."""
+    return list(recipe.eval.metrics or M.DEFAULT_METRICS[recipe.task.type])
 
 
-def _predictions_jsonl(recipe: Recipe, items: list[dict], outcomes: list[Outcome]) -> str:
+def _predictions_jsonl(
+    recipe: Recipe, items: list[dict], outcomes: list[Outcome], golds: list[Any]
+) -> str:
     task = recipe.task.type
-    golds = [_gold(task, item) for item in items]
     scores = {o.system.name: M.item_scores(task, golds, o.predictions) for o in outcomes}
     lines = []
     for index, item in enumerate(items):
@@ -476,12 +484,11 @@ def _predictions_jsonl(recipe: Recipe, items: list[dict], outcomes: list[Outcome
     return "\n".join(lines) + "\n"
 
 
-def _say(console: Any, recipe: Recipe, outcome: Outcome, items: list[dict]) -> None:
+def _say(console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any]) -> None:
     if console is None:
         return
     task = recipe.task.type
-    name = (recipe.eval.metrics or M.DEFAULT_METRICS[task])[0]
-    golds = [_gold(task, item) for item in items]
+    name = _metric_names(recipe)[0]
     value = M.compute(
         task, name, golds, outcome.predictions, labels=list(recipe.task.labels) or None
     )
@@ -489,7 +496,7 @@ def _say(console: Any, recipe: Recipe, outcome: Outcome, items: list[dict]) -> N
     truncated = sum(outcome.truncated)
     note = f"; {truncated} input(s) truncated to model.max_length" if truncated else ""
     console.print(
-        f"{outcome.system.name}: {name} {value:.3f} on {len(items)} items in {outcome.seconds:.0f} s "
+        f"{outcome.system.name}: {name} {value:.3f} on {len(golds)} items in {outcome.seconds:.0f} s "
         f"(p50 latency {p50:.0f} ms){note}",
         markup=False,
         highlight=False,
@@ -514,12 +521,6 @@ def _progress(console: Any):
         disable=console is None or not console.is_terminal,
         transient=True,
     )
-
-
-def _cuda() -> bool:
-    from finetune.hardware import has_cuda
-
-    return has_cuda()
 
 
 def _round(x: float) -> float:

@@ -144,23 +144,12 @@ def loss_curve(run_dir: Path, history: list[dict[str, Any]], path: Path) -> Path
     existing = run_dir / "loss_curve.png"
     if existing.is_file():
         return write_atomic(path, existing.read_bytes())
-    series = {
-        key: [(r["step"], r[key]) for r in history if r.get(key) is not None]
-        for key in ("train/loss", "eval/loss")
-    }
-    if not any(series.values()):
+    if not any(r.get(k) is not None for r in history for k in ("train/loss", "eval/loss")):
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label, style in (("train/loss", "train", "-"), ("eval/loss", "validation", "o-")):
-        if series[key]:
-            ax.plot(*zip(*series[key], strict=True), style, label=f"{label} loss", markersize=4)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (completion tokens)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
+    # Training draws this figure; importing its plotter loads torch, worth it only here.
+    from finetune.train.outputs import plot_loss_curve
+
+    return plot_loss_curve(history, path.parent, title=run_dir.parent.name)
 
 
 def make_figures(

@@ -309,3 +309,26 @@ def test_unknown_metric_names_fail_validation_with_the_valid_ones(write_recipe):
         f"{path}: eval.metrics: unknown metric 'f1_score' for a classification task; "
         "valid: accuracy, macro_f1" in str(err.value)
     )
+
+
+def test_priced_systems_cost_their_tokens_and_others_machine_time(evaluated):
+    from types import SimpleNamespace
+
+    from finetune.evaluate.evaluator import cost_per_1k
+    from finetune.recipe.schema import PriceConfig
+
+    recipe = evaluated[0]
+    prices = PriceConfig(
+        machine_per_hour=0.5,
+        per_million_input_tokens={"hosted": 2.0},
+        per_million_output_tokens={"hosted": 8.0},
+    )
+    priced = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"prices": prices})})
+    outcome = SimpleNamespace(input_tokens=100.0, output_tokens=2.0)
+    # 1000 requests x (100 tokens x $2/M + 2 tokens x $8/M) = $0.216
+    hosted = cost_per_1k(priced, "hosted", 50.0, outcome)
+    assert hosted["usd"] == pytest.approx(0.216)
+    assert hosted["basis"] == "API tokens at $2/M input, $8/M output"
+    # 1000 requests at 4 items/s = 250 s of a $0.50/h machine = $0.034722...
+    local = cost_per_1k(priced, "base zero-shot", 4.0, outcome)
+    assert local["usd"] == pytest.approx(0.5 * 250 / 3600)

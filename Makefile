@@ -14,6 +14,7 @@ TORCH_INDEX_URL ?=
 RECIPE ?= recipes/rt-sentiment-smollm2-lora.yaml
 RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep -v '\.partial/$$' | head -1)
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: help setup demo data models train eval report screenshot validate test test-fast lint format bench clean
@@ -71,8 +72,12 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: setup ## Benchmarks against peer tools (not timed tests)
-	@echo "make bench: not implemented yet" >&2; exit 2
+bench: $(VENV)/.bench-installed ## Workbench vs trl sft and lm-eval, MFU, memory, growth (~1 h; BENCH_ARGS=--quick ~25 min)
+	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(PIP) install -e '.[bench]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@touch $@
 
 clean: ## Remove the venv, prepared data and caches (keeps runs/)
 	rm -rf $(VENV) data/*/ .pytest_cache .ruff_cache

@@ -121,17 +121,18 @@ def test_4bit_training_on_cpu_is_refused_before_anything_starts(tiny_recipe, tmp
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("packing", [False, True])
-def test_prompt_tokens_are_masked_and_answer_tokens_are_not(tiny_recipe, packing):
+@pytest.mark.parametrize("layout", ["padded", "packing", "padding_free"])
+def test_prompt_tokens_are_masked_and_answer_tokens_are_not(tiny_recipe, layout):
     from transformers import AutoTokenizer
 
     snap = Snapshot()
-    result = _train(tiny_recipe(train={"max_steps": 1, "packing": packing}), callbacks=[snap])
+    flags = {"packing": layout == "packing", "padding_free": layout == "padding_free"}
+    result = _train(tiny_recipe(train={"max_steps": 1, **flags}), callbacks=[snap])
     tok = AutoTokenizer.from_pretrained(result.run_dir / "adapter")
     batch = snap.batch
     rows = (
         _segments(batch)
-        if packing
+        if layout != "padded"
         else [
             (batch["input_ids"][i], batch["labels"][i], batch["attention_mask"][i])
             for i in range(len(batch["input_ids"]))
@@ -149,6 +150,17 @@ def test_prompt_tokens_are_masked_and_answer_tokens_are_not(tiny_recipe, packing
         assert prompt.startswith("<|im_start|>user\nSentiment?") and prompt.endswith(
             "<|im_start|>assistant\n"
         )
+
+
+def test_length_grouped_batches_carry_less_padding(tiny_recipe, tiny_model_dir, tmp_path):
+    def padding(group: bool) -> int:
+        path = tiny_recipe(train={"group_by_length": group, "batch_size": 4})
+        trainer = _trainer_pair(path, tiny_model_dir, tmp_path / f"out-{group}")[1]
+        batches = list(trainer.get_train_dataloader())
+        assert sum(len(b["input_ids"]) for b in batches) == len(trainer.train_dataset)
+        return sum(int((b["attention_mask"] == 0).sum()) for b in batches)
+
+    assert padding(True) < padding(False)
 
 
 def _segments(batch):

@@ -29,6 +29,7 @@ _RENAMES = {
     "learning_rate": "train/learning_rate",
     "grad_norm": "train/grad_norm",
     "eval_loss": "eval/loss",
+    "eval_runtime": "eval/seconds",
 }
 
 

@@ -69,9 +69,10 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         ("tokens seen", f"{summary['tokens_seen']:,}"),
         (
             "wall time",
-            f"{summary['wall_seconds']:.0f} s ({summary['train_seconds']:.0f} s training)",
+            f"{summary['wall_seconds']:.0f} s ({summary['train_seconds']:.0f} s training, "
+            f"{summary.get('eval_seconds', 0):.0f} s of it validation)",
         ),
-        ("throughput", f"{summary['tokens_per_second'] or 0:,.0f} tokens/s"),
+        ("throughput", f"{summary['tokens_per_second'] or 0:,.0f} tokens/s (validation excluded)"),
         ("peak memory", f"{summary['peak_memory_bytes'] / 2**30:.2f} GiB"),
         ("train loss", _pair(summary["first_train_loss"], summary["final_train_loss"])),
         (

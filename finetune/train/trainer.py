@@ -310,8 +310,12 @@ def sft_config(
         bf16=use_bf16_autocast(recipe.model.dtype),
         fp16=False,
         activation_checkpointing=t.gradient_checkpointing,
-        max_length=recipe.model.max_length,
+        # Examples arrive cut to model.max_length (`encode`); TRL refuses a max_length it
+        # would not enforce, which is the case for padding-free batches without packing.
+        max_length=None if t.padding_free and not t.packing else recipe.model.max_length,
         packing=t.packing,
+        padding_free=t.padding_free,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
         completion_only_loss=t.completion_only,
         logging_steps=t.logging_steps,
         eval_strategy="steps" if has_eval else "no",
@@ -374,6 +378,9 @@ def _summary(
     eval_losses = [r["eval/loss"] for r in history if "eval/loss" in r]
     tokens = state.num_input_tokens_seen
     train_seconds = budget.spent()
+    # Throughput counts training steps only: validation passes are reported on their own.
+    eval_seconds = sum(r.get("eval/seconds", 0.0) for r in history)
+    step_seconds = train_seconds - eval_seconds
     validation = splits.validation
     if len(set(digests)) > 1:
         log.warning("DDP ranks ended with different weights: %s", digests)
@@ -387,7 +394,8 @@ def _summary(
         "truncated_examples": splits.train.truncated + (validation.truncated if validation else 0),
         "tokens_seen": tokens,
         "train_seconds": round(train_seconds, 1),
-        "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds else None,
+        "eval_seconds": round(eval_seconds, 1),
+        "tokens_per_second": round(tokens / step_seconds, 1) if step_seconds > 0 else None,
         "peak_memory_bytes": peak_memory_bytes(),
         "first_train_loss": train_losses[0] if train_losses else None,
         "final_train_loss": train_losses[-1] if train_losses else None,

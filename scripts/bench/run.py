@@ -1,0 +1,340 @@
+"""`make bench`: the workbench against the tools users would otherwise run, side by side on this machine.
+
+Training against TRL's `trl sft`, classification scoring against lm-evaluation-harness,
+model FLOPs utilization against this CPU's measured matmul peak, peak memory, and growth
+with data size. Every measurement runs in its own process, one after another, so the
+ratios compare runs made minutes apart on the same machine. Prints a table and writes
+`results.json` (and `growth.png`) under runs/bench/<time>/.
+
+    python scripts/bench/run.py [--quick] [--only train,eval,...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import evaluation
+import training
+from common import ROOT, threads
+from rich.console import Console
+from rich.table import Table
+from training import Bench
+
+SECTIONS = ("train", "hardware", "eval", "memory", "levers", "growth")
+TARGETS = {
+    "training_speedup": 2.0,
+    "heldout_loss_margin": 0.02,
+    "mfu_bf16": 0.45,
+    "eval_speedup": 3.0,
+    "agreement": 0.99,
+    "train_memory_bytes": 1.5e9,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    unknown = only - set(SECTIONS)
+    if unknown:
+        print(
+            f"--only: unknown section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}",
+            file=sys.stderr,
+        )
+        return 2
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    bench = Bench(Path(args.out or ROOT / "runs" / "bench" / stamp).resolve(), args.quick)
+    bench.work.mkdir(parents=True, exist_ok=True)
+    console = Console(stderr=True, highlight=False)
+    console.print(
+        f"benchmark work directory: {bench.work}  ({'quick' if args.quick else 'full'} sizes)",
+        markup=False,
+    )
+    results: dict[str, Any] = {"machine": _machine(), "started": stamp, "quick": args.quick}
+    run_dir = args.run
+    steps = [
+        ("train", "training: workbench vs trl sft", lambda: training.compare_with_trl(bench)),
+        ("hardware", "matmul peaks and FLOPs per token", lambda: training.hardware(bench, run_dir)),
+        ("eval", "evaluation: workbench vs lm-eval", lambda: evaluation.compare_with_lm_eval(bench, run_dir)),
+        ("memory", "training memory at sequence length 512", lambda: training.memory(bench)),
+        ("levers", "training levers", lambda: training.levers(bench)),
+        ("growth", "growth with data size", lambda: {
+            "train": training.growth(bench), "eval": evaluation.growth(bench, run_dir)}),
+    ]  # fmt: skip
+    for name, title, measure in steps:
+        if name not in only:
+            continue
+        if name in ("hardware", "eval", "growth") and run_dir is None:
+            console.print(
+                f"{name}: needs a trained run (the train section, or --run RUN)", markup=False
+            )
+            continue
+        console.rule(title)
+        started = time.monotonic()
+        results[name] = measure()
+        results[name]["bench_seconds"] = round(time.monotonic() - started, 1)
+        if name == "train":
+            run_dir = results["train"]["workbench"]["run_dir"]
+        _save(bench, results)
+    results["summary"] = summarize(results)
+    _save(bench, results)
+    _print_table(console, results["summary"])
+    if "growth" in results:
+        console.print(f"growth plot: {_plot_growth(bench, results['growth'])}", markup=False)
+    console.print(f"results: {bench.work / 'results.json'}", markup=False)
+    return 0
+
+
+def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per comparison: workbench, peer, ratio, target and whether it is met."""
+    rows: list[dict[str, Any]] = []
+    train = results.get("train")
+    if train:
+        ours = train["workbench"]
+        for label, peer in train["peers"].items():
+            rows.append(
+                _row(
+                    f"tokens trained vs {label} (same examples)",
+                    ours["tokens"],
+                    peer["tokens"],
+                    ours["tokens"] / peer["tokens"],
+                    "1.00x (TRL logs 4 digits)",
+                    abs(ours["tokens"] / peer["tokens"] - 1) < 0.001,
+                )
+            )
+            ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+            rows.append(
+                _row(
+                    f"training tokens/s vs {label}",
+                    ours["tokens_per_s"],
+                    peer["tokens_per_s"],
+                    ratio,
+                    f">= {TARGETS['training_speedup']}x",
+                    ratio >= TARGETS["training_speedup"],
+                )
+            )
+            gap = ours["heldout_loss"] / peer["heldout_loss"] - 1
+            rows.append(
+                _row(
+                    f"held-out loss vs {label}",
+                    ours["heldout_loss"],
+                    peer["heldout_loss"],
+                    ours["heldout_loss"] / peer["heldout_loss"],
+                    "<= 1.02x",
+                    gap <= TARGETS["heldout_loss_margin"],
+                )
+            )
+        rows.append(
+            _row(
+                "training peak RSS (GB) vs trl sft",
+                ours["peak_rss_bytes"] / 1e9,
+                train["peers"]["trl sft"]["peak_rss_bytes"] / 1e9,
+                ours["peak_rss_bytes"] / train["peers"]["trl sft"]["peak_rss_bytes"],
+                "",
+                None,
+            )
+        )
+    hw = results.get("hardware")
+    if hw and train:
+        achieved = hw["flops"]["flops_per_token"] * train["workbench"]["tokens_per_s"]
+        for dtype in ("bfloat16", "float32"):
+            peak = hw["peak"][dtype]["flops_per_s"]
+            target = TARGETS["mfu_bf16"] if dtype == "bfloat16" else None
+            rows.append(
+                _row(
+                    f"MFU vs {dtype} matmul peak ({peak / 1e9:.1f} GFLOP/s)",
+                    achieved / 1e9,
+                    peak / 1e9,
+                    achieved / peak,
+                    f">= {target:.0%}" if target else "",
+                    achieved / peak >= target if target else None,
+                )
+            )
+    ev = results.get("eval")
+    if ev:
+        ours, peer = ev["workbench"], ev["peer"]
+        ratio = ours["items_per_s"] / peer["items_per_s"]
+        rows.append(
+            _row(
+                "eval items/s vs lm-eval",
+                ours["items_per_s"],
+                peer["items_per_s"],
+                ratio,
+                f">= {TARGETS['eval_speedup']}x",
+                ratio >= TARGETS["eval_speedup"],
+            )
+        )
+        rows.append(
+            _row(
+                "same prediction as lm-eval",
+                ev["agreement"],
+                None,
+                None,
+                f">= {TARGETS['agreement']:.0%}",
+                ev["agreement"] >= TARGETS["agreement"],
+            )
+        )
+        rows.append(
+            _row(
+                "eval peak RSS (GB) vs lm-eval",
+                ours["peak_rss_bytes"] / 1e9,
+                peer["peak_rss_bytes"] / 1e9,
+                ours["peak_rss_bytes"] / peer["peak_rss_bytes"],
+                "",
+                None,
+            )
+        )
+    mem = results.get("memory")
+    if mem:
+        for label, run in mem["layouts"].items():
+            gb = run["peak_rss_bytes"] / 1e9
+            rows.append(
+                _row(
+                    f"training peak RSS (GB), length 512, {label}",
+                    gb,
+                    None,
+                    None,
+                    "<= 1.5 GB",
+                    run["peak_rss_bytes"] <= TARGETS["train_memory_bytes"],
+                )
+            )
+    lev = results.get("levers")
+    if lev:
+        # Same examples and steps in every variant; token counts differ by how each layout
+        # counts (padding-free batches have no attention mask), so compare times.
+        variants = lev["variants"]
+        plain = variants["padded batches, random order"]
+        for label, run in variants.items():
+            if run is not plain:
+                rows.append(
+                    _row(
+                        f"lever: {label} (s, vs padded random)",
+                        run["seconds"],
+                        plain["seconds"],
+                        plain["seconds"] / run["seconds"],
+                        "",
+                        None,
+                    )
+                )
+    grown = results.get("growth")
+    if grown:
+        for label, fit in (
+            ("training time vs tokens (examples)", grown["train"]["examples_fit"]),
+            ("training time vs tokens (length)", grown["train"]["length_fit"]),
+            ("eval time vs items", grown["eval"]["fit"]),
+        ):
+            rows.append(
+                _row(
+                    f"{label}: linear fit R^2", fit["r2"], None, None, ">= 0.99", fit["r2"] >= 0.99
+                )
+            )
+    return rows  # fmt: skip
+
+
+def _row(
+    name: str, ours: float, peer: float | None, ratio: float | None, target: str, met: bool | None
+) -> dict:
+    return {
+        "measure": name,
+        "workbench": ours,
+        "peer": peer,
+        "ratio": ratio,
+        "target": target,
+        "met": met,
+    }
+
+
+def _print_table(console: Console, rows: list[dict[str, Any]]) -> None:
+    table = Table(title="finetune benchmarks (workbench / peer)")
+    for column in ("measure", "workbench", "peer", "ratio", "target", "met"):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    for row in rows:
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: ""}[row["met"]]
+        table.add_row(
+            row["measure"],
+            _num(row["workbench"]),
+            _num(row["peer"]),
+            f"{row['ratio']:.2f}x" if row["ratio"] is not None else "",
+            row["target"],
+            met,
+        )
+    Console(highlight=False, width=max(Console().width, 110)).print(table)
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def _plot_growth(bench: Bench, grown: dict[str, Any]) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), dpi=110)
+    panels = [
+        (grown["train"]["by_examples"], "tokens", "training: more examples", "trained tokens"),
+        (grown["train"]["by_length"], "tokens", "training: longer examples", "trained tokens"),
+        (grown["eval"]["by_items"], "items", "evaluation: more items", "test items"),
+    ]
+    for ax, (runs, key, title, xlabel) in zip(axes, panels, strict=True):
+        xs = [r[key] for r in runs.values()]
+        ax.plot(xs, [r["seconds"] for r in runs.values()], "o-")
+        ax.set(title=title, xlabel=xlabel, ylabel="seconds")
+        ax.set_xlim(left=0)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = bench.work / "growth.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _machine() -> dict[str, Any]:
+    import torch
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")), platform.processor(),
+    ) if Path("/proc/cpuinfo").exists() else platform.processor()  # fmt: skip
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return {
+        "cpu": cpu,
+        "threads": threads(),
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_bf16" in flags,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": datetime.now(timezone.utc).date().isoformat(),
+    }
+
+
+def _save(bench: Bench, results: dict[str, Any]) -> None:
+    from finetune.files import write_json
+
+    write_json(bench.work / "results.json", results)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller sizes (~1/3 of the time); figures are noisier"
+    )
+    parser.add_argument("--only", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    parser.add_argument(
+        "--run", help="a trained run for hardware/eval/growth when the train section is skipped"
+    )
+    parser.add_argument("--out", help="work directory (default runs/bench/<time>)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

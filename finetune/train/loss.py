@@ -60,6 +60,18 @@ class SupervisedSFTTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
         return loss
 
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        from finetune.train.sampler import SeededLengthGroupedSampler
+
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return SeededLengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=[len(ids) for ids in dataset["input_ids"]],
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+        )
+
     def _plain_nll(self, model: Any) -> bool:
         """True when the loss is TRL's default token-summed NLL, the case computed here."""
         if getattr(self, "_supervised_ok", None) is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -230,6 +231,15 @@ def test_supervised_position_loss_equals_trl_loss_and_gradients(
     assert grads[0].keys() == grads[1].keys() and grads[0]
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_validation_loss_equals_trl_validation_loss(tiny_recipe, tiny_model_dir, tmp_path, packing):
+    path = tiny_recipe(train={"packing": packing, "batch_size": 4})
+    trainers = _trainer_pair(path, tiny_model_dir, tmp_path / "out")
+    losses = [t.evaluate(eval_dataset=t.train_dataset)["eval_loss"] for t in trainers]
+    assert math.isfinite(losses[0]) and losses[0] > 0
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
 def test_supervised_positions_keep_only_what_has_a_next_token_label():

@@ -7,7 +7,8 @@ loss a classification example supervises two or three of its ~80 tokens, and Smo
 `SupervisedSFTTrainer` asks the model for logits at the supervised positions only
 (transformers' `logits_to_keep`) and computes the same token-summed cross-entropy with
 the same normalization as TRL, so losses and gradients are unchanged (a test compares
-them with TRL's own `compute_loss`).
+them with TRL's own `compute_loss`). Validation loss takes the same path, which also keeps
+a (batch x length x 49k) logits tensor out of memory.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class SupervisedSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss projects only the supervised positions through the LM head."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs or not self._plain_nll(model):
+        if not self._plain_nll(model):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         import torch
         import torch.nn.functional as F
@@ -48,7 +49,8 @@ class SupervisedSFTTrainer(SFTTrainer):
         positions = supervised_positions(labels)
         forward = {k: v for k, v in inputs.items() if k != "labels"}
         # Through `model(...)` (not its backbone) so DDP's gradient hooks see the forward pass.
-        logits = model(**forward, use_cache=False, logits_to_keep=positions).logits
+        outputs = model(**forward, use_cache=False, logits_to_keep=positions)
+        logits = outputs.logits
         targets = labels[:, positions + 1]
         summed = F.cross_entropy(
             logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
@@ -58,7 +60,8 @@ class SupervisedSFTTrainer(SFTTrainer):
         # As TRL does: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
-        return loss
+        # Validation asks for the outputs too; only the loss is used (prediction_loss_only).
+        return (loss, outputs) if return_outputs else loss
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy != "group_by_length":

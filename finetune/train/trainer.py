@@ -321,6 +321,7 @@ def sft_config(
         eval_strategy="steps" if has_eval else "no",
         eval_steps=t.eval_every,
         eval_on_start=has_eval and eval_on_start,
+        prediction_loss_only=True,  # validation reports the loss; no logits kept
         save_strategy="steps",
         save_steps=t.save_every,
         save_total_limit=2,  # the best checkpoint is always kept besides the latest

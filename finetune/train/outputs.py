@@ -70,7 +70,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         (
             "wall time",
             f"{summary['wall_seconds']:.0f} s ({summary['train_seconds']:.0f} s training, "
-            f"{summary.get('eval_seconds', 0):.0f} s of it validation)",
+            f"{summary['eval_seconds']:.0f} s of it validation)",
         ),
         ("throughput", f"{summary['tokens_per_second'] or 0:,.0f} tokens/s (validation excluded)"),
         ("peak memory", f"{summary['peak_memory_bytes'] / 2**30:.2f} GiB"),

@@ -20,15 +20,13 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
         super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
         self.seed = seed
-        self.set_epoch(0)
+        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
+        self.epoch = epoch
 
     def __iter__(self) -> Any:
-        # One order per epoch however many times it is iterated (skipping batches on resume re-iterates).
-        state = self.generator.get_state()
-        try:
-            return super().__iter__()
-        finally:
-            self.generator.set_state(state)
+        # Seeded afresh on every iteration: one order per epoch, however often it is iterated
+        # (skipping batches on resume iterates again).
+        self.generator.manual_seed(self.seed * 100_003 + self.epoch)
+        return super().__iter__()

@@ -146,7 +146,7 @@ def trl_command(
 
 def _trl_logs(stdout: str, key: str) -> list[dict[str, str]]:
     """The log records transformers printed that hold `key`, e.g. {'train_runtime': '181.7', ...}."""
-    records = re.findall(r"\{'[^{}]*'" + key + r"'[^{}]*\}|\{'" + key + r"'[^{}]*\}", stdout)
+    records = [r for r in re.findall(r"\{'[^{}]*\}", stdout) if f"'{key}'" in r]
     if not records:
         raise RuntimeError(f"trl sft printed no {key} record")
     return [dict(re.findall(r"'(\w+)': '?([\d.e+-]+)'?", record)) for record in records]

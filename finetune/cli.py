@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, explain_resource_error
 
 app = typer.Typer(
     name="finetune",
@@ -266,6 +266,12 @@ def main() -> None:
         app()
     except FinetuneError as exc:
         err.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    except (OSError, RuntimeError, MemoryError) as exc:
+        message = explain_resource_error(exc)
+        if message is None:
+            raise
+        err.print(f"error: {message}", markup=False)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)

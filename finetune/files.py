@@ -23,8 +23,10 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:  # name the file (a full disk, say)
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
         raise
     return path
 
@@ -33,8 +35,21 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
-def read_jsonl(path: str | Path) -> list[Any]:
+def read_jsonl(path: str | Path, *, torn_tail_ok: bool = False) -> list[Any]:
     """Records of a JSONL file. Lines end at "\\n" only: str.splitlines() would also break
-    at U+2028 and other separators that JSON strings written with ensure_ascii=False contain."""
+    at U+2028 and other separators that JSON strings written with ensure_ascii=False contain.
+
+    `torn_tail_ok` drops an unparsable last line that has no newline: what a kill in the
+    middle of an append leaves.
+    """
     text = Path(path).read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.split("\n") if line.strip()]
+    lines = text.split("\n")
+    records = [json.loads(line) for line in lines[:-1] if line.strip()]
+    tail = lines[-1]
+    if tail.strip():
+        try:
+            records.append(json.loads(tail))
+        except json.JSONDecodeError:
+            if not torn_tail_ok:
+                raise
+    return records

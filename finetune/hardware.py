@@ -105,3 +105,16 @@ def platform_cpu_name() -> str:
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def free_memory() -> tuple[int, str]:
+    """Bytes free for a model to load into, and where: the GPU's free memory, else the machine's
+    available RAM (MemAvailable: free plus reclaimable page cache)."""
+    import torch
+
+    if torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info()
+        return int(free), f"GPU 0 ({torch.cuda.get_device_name(0)})"
+    import psutil
+
+    return int(psutil.virtual_memory().available), "this machine"

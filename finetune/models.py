@@ -9,6 +9,7 @@ Loading never runs code from a model repository unless a recipe allows it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import hashlib
@@ -133,6 +134,7 @@ class ModelSource:
     kind: Literal["registry", "local", "hub"]
     location: str  # a directory path or a Hub id, as from_pretrained takes it
     identity: dict[str, Any]
+    key: str = "model.base"  # the recipe key it came from, for error messages
 
 
 def model_cache_path(name: str) -> Path:
@@ -141,6 +143,9 @@ def model_cache_path(name: str) -> Path:
 
 def resolve(ref: str, *, key: str = "model.base") -> ModelSource:
     """Turn a recipe's model reference into a loadable location, materializing registry models."""
+    problem = reference_problem(ref)
+    if problem:
+        raise FinetuneError(f"{key}: {problem}")
     if ref in REGISTRY:
         path = materialize(ref)
         manifest = json.loads((path / "manifest.json").read_text())
@@ -154,25 +159,52 @@ def resolve(ref: str, *, key: str = "model.base") -> ModelSource:
                 "source_sha256": manifest["source_sha256"],
                 "packages": manifest["packages"],
             },
+            key,
         )
     local = Path(ref).expanduser()
     if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise FinetuneError(
-                f"{key}: directory '{ref}' has no config.json; it is not a transformers model directory"
-            )
         return ModelSource(
             ref,
             "local",
             str(local.resolve()),
             {"path": str(local.resolve()), "config_sha256": _sha256_file(local / "config.json")},
+            key,
         )
-    if HUB_ID.match(ref) and not ref.startswith((".", "/")):
-        return ModelSource(ref, "hub", ref, {"hub_id": ref})
+    return _hub_source(ref, key)
+
+
+def _hub_source(ref: str, key: str) -> ModelSource:
+    """A Hub model: fetched as usual when the Hub answers, else its cached snapshot, else a stop."""
+    from finetune.hub import cached_snapshot, unreachable_reason
+
+    reason = unreachable_reason()
+    if reason is None:
+        return ModelSource(ref, "hub", ref, {"hub_id": ref}, key)
+    snapshot = cached_snapshot(ref)
+    if snapshot is None:
+        raise FinetuneError(
+            f"{key}: could not load '{ref}' from the Hugging Face Hub ({reason}), and it is in "
+            f"neither the Hugging Face cache nor a local directory. {OFFLINE_SOURCES}"
+        )
+    log.info("the Hub is not reachable (%s): using the cached snapshot %s", reason, snapshot)
+    return ModelSource(ref, "hub", snapshot, {"hub_id": ref}, key)
+
+
+def reference_problem(ref: str) -> str | None:
+    """Why `ref` names no model (None when it may): checked when a recipe loads, before any work."""
+    if ref in REGISTRY:
+        return None
+    local = Path(ref).expanduser()
+    if local.is_dir():
+        if (local / "config.json").is_file():
+            return None
+        return f"directory '{ref}' has no config.json; it is not a transformers model directory"
+    if HUB_ID.match(ref) and not ref.startswith((".", "/", "~")):
+        return None
     close = difflib.get_close_matches(ref, list(REGISTRY), n=1, cutoff=0.5)
     hint = f"did you mean {close[0]}? " if close else ""
-    raise FinetuneError(
-        f"{key}: '{ref}' is not a registry model, an existing directory, or a Hub id (owner/name). {hint}"
+    return (
+        f"'{ref}' is not a registry model, an existing directory, or a Hub id (owner/name). {hint}"
         f"Registry models: {', '.join(REGISTRY)}"
     )
 
@@ -366,7 +398,8 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     _warn_remote_code(source, trust_remote_code)
-    return AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+    with explained_load_errors(source):
+        return AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
 
 
 def load_causal_lm(
@@ -382,19 +415,111 @@ def load_causal_lm(
 
     _warn_remote_code(source, trust_remote_code)
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            source.location,
-            dtype=dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_pickle else True,
-            **kwargs,
-        )
+        with explained_load_errors(source):
+            return AutoModelForCausalLM.from_pretrained(
+                source.location,
+                dtype=dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_pickle else True,
+                **kwargs,
+            )
     except OSError as exc:
         if not allow_pickle and "safetensors" in str(exc).lower():
             raise FinetuneError(
-                f"model.base: '{source.ref}' has no safetensors weights, only pickled ones, which can run code when loaded. Set model.allow_pickle: true if you trust it"
+                f"{source.key}: '{source.ref}' has no safetensors weights, only pickled ones, which can run code when loaded. Set model.allow_pickle: true if you trust it"
             ) from None
         raise
+
+
+# Words in the errors transformers and huggingface_hub raise when the Hub cannot be reached
+# or has no such repository (their exception types changed between versions; the words did not).
+_HUB_TROUBLE = (
+    "connect",
+    "offline",
+    "timed out",
+    "timeout",
+    "resolve",
+    "huggingface.co",
+    "not found",
+    "404",
+    "401",
+    "403",
+)
+
+
+OFFLINE_SOURCES = (
+    f"Sources that work offline: the registry models ({', '.join(REGISTRY)}; `finetune models`), "
+    "a local model directory, or a Hub model already in the Hugging Face cache"
+)
+
+
+@contextlib.contextmanager
+def explained_load_errors(source: ModelSource) -> Iterator[None]:
+    """Turn a refused remote-code model and an unreachable Hub into messages naming the fix."""
+    try:
+        yield
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise FinetuneError(
+            f"{source.key}: '{source.ref}' needs to run Python code shipped with the model, which is off by "
+            "default. Set model.trust_remote_code: true only if you trust its authors"
+        ) from None
+    except Exception as exc:
+        text = f"{type(exc).__name__}: {exc}"
+        # A repository with only pickled weights is reached fine: `load_causal_lm` explains that.
+        hub_trouble = any(word in text.lower() for word in _HUB_TROUBLE)
+        if source.kind != "hub" or not hub_trouble or "safetensors" in text.lower():
+            raise
+        first = text.strip().splitlines()[0][:300]
+        raise FinetuneError(
+            f"{source.key}: could not load '{source.ref}' from the Hugging Face Hub ({first}). "
+            f"It is not a local directory either. {OFFLINE_SOURCES}"
+        ) from None
+
+
+def parameter_count(source: ModelSource, *, trust_remote_code: bool = False) -> int:
+    """Parameters of the model, from its config alone: built on the meta device, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with explained_load_errors(source):
+        config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
+
+
+def check_fits(
+    source: ModelSource,
+    *,
+    dtype: Any,
+    quantization: str = "none",
+    training: str | None = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """Refuse, before loading, a model whose weights (for full training also gradients and AdamW
+    state) alone exceed this machine's free memory. The estimate is a floor: activations come on top."""
+    from finetune.hardware import free_memory
+
+    params = parameter_count(source, trust_remote_code=trust_remote_code)
+    per_param = {"8bit": 1.0, "4bit": 0.5}.get(quantization, dtype.itemsize)
+    need = params * per_param * (4 if training == "full" else 1)
+    free, where = free_memory()
+    if need <= free:
+        return
+    what = (
+        "its weights, gradients and AdamW state for full fine-tuning"
+        if training == "full"
+        else "its weights alone"
+    )
+    fixes = "use train.method: lora, " if training == "full" else ""
+    raise FinetuneError(
+        f"{source.key}: '{source.ref}' has {params / 1e9:.2f}B parameters; {what} need at least "
+        f"{need / 2**30:.1f} GiB, but {where} has {free / 2**30:.1f} GiB free. Use a smaller model, "
+        f"{fixes}model.quantization: 8bit, a lower model.dtype, or a bigger machine "
+        "(model.check_memory: false skips this check)"
+    )
 
 
 def _warn_remote_code(source: ModelSource, trust_remote_code: bool) -> None:

@@ -69,7 +69,10 @@ class Run:
         return self.final_path
 
     def fail(self, error: BaseException) -> None:
-        self.record(status="failed", end_time=_now(), error=f"{type(error).__name__}: {error}")
+        try:
+            self.record(status="failed", end_time=_now(), error=f"{type(error).__name__}: {error}")
+        except OSError as exc:  # a full disk must not hide the error that stopped the run
+            log.warning("could not record the failure in %s: %s", self.path, exc)
         self._close_log()
 
     def _close_log(self) -> None:

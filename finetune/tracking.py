@@ -1,9 +1,9 @@
 """Experiment tracking behind one small interface; Weights & Biases is the implementation.
 
 `open_tracker(recipe, run_dir, ...)` returns a `Tracker`. The W&B mode comes from the recipe
-(`tracking.wandb.mode`): `online` only when `WANDB_API_KEY` is set (else offline, with a
-warning), `offline` writes run files under `<run dir>/wandb/` for a later `wandb sync`,
-`disabled` logs nothing. The key is read from the environment by wandb itself; the
+(`tracking.wandb.mode`): `online` only when `WANDB_API_KEY` is set and the server answers
+within ONLINE_WAIT seconds (else offline, with a warning); `offline` writes run files under
+`<run dir>/wandb/` for a later `wandb sync`; `disabled` logs nothing. The key is read from the environment by wandb itself; the
 workbench never passes it, prints it or writes it anywhere.
 """
 
@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from finetune.deps import require
 
 log = logging.getLogger(__name__)
+ONLINE_WAIT = 20  # seconds W&B may take to reach its server before the run goes offline
 
 
 class Tracker(Protocol):
@@ -121,23 +122,37 @@ def open_tracker(
     wandb = require(
         "wandb", needed_for="tracking.wandb (set tracking.wandb.mode: disabled to skip)"
     )
-    quiet = wandb.Settings(console="off", silent=True, show_warnings=False, login_timeout=0)
+    quiet = wandb.Settings(
+        console="off", silent=True, show_warnings=False, login_timeout=0, init_timeout=ONLINE_WAIT
+    )
     wandb.setup(settings=quiet)  # terminal output is configured at setup, not init
-    run = wandb.init(
-        project=settings.project,
-        entity=settings.entity,
-        tags=list(settings.tags),
-        name=name,
-        job_type=job_type,
-        dir=str(run_dir),
-        config=config,
-        mode=mode,
-        id=resume_id,
-        resume="allow" if resume_id else None,
+    init = {
+        "project": settings.project,
+        "entity": settings.entity,
+        "tags": list(settings.tags),
+        "name": name,
+        "job_type": job_type,
+        "dir": str(run_dir),
+        "config": config,
+        "id": resume_id,
+        "resume": "allow" if resume_id else None,
         # Our progress bar owns the terminal and W&B must never wait for a login prompt. Its
         # warnings (such as "URL not available in offline run" each time TRL writes a model
         # card) go to its debug log under <run dir>/wandb/ instead of the terminal.
-        settings=quiet,
-    )
+        "settings": quiet,
+    }
+    try:
+        run = wandb.init(mode=mode, **init)
+    except Exception as exc:
+        if mode != "online":
+            raise
+        # No network, a blocked host or a bad key: the run goes on and can be synced later.
+        log.warning(
+            "W&B online is unavailable (%s: %s); logging offline instead (`wandb sync` later)",
+            type(exc).__name__,
+            str(exc).splitlines()[0][:200] if str(exc) else "",
+        )
+        mode = "offline"
+        run = wandb.init(mode=mode, **init)
     log.info("tracking with W&B (%s) in %s", mode, run.dir)
     return WandbTracker(run)

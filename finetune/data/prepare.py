@@ -129,6 +129,8 @@ def _inputs_key(recipe: Recipe) -> str:
 
 def _write(out: Path, splits: dict[str, list[dict]], rejected: list[Rejected], card: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    # The card marks a finished build: gone first, so a build killed half-way is never reused.
+    (out / "card.json").unlink(missing_ok=True)
     for name in SPLITS:
         write_atomic(out / f"{name}.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in splits[name]))
     rejects = out / "rejects.jsonl"

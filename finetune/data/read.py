@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,9 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
 
 def _read_csv(path: Path) -> Iterator[RawRow]:
     _check_utf8(path)
+    # The csv module refuses fields over 128 KiB by default; long documents are legitimate rows
+    # (training cuts them to model.max_length and counts them).
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with open(path, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, restkey="__extra__")
         start = 2
@@ -109,10 +113,17 @@ def read_hub(dataset_id: str) -> Iterator[RawRow]:
     """Rows of every split of a Hub dataset (needs Hub access), concatenated in split order."""
     import datasets
 
+    from finetune.data.builtin import BUILTIN
+    from finetune.hub import unreachable_reason
+
+    offline = f"Sources that work offline: the built-in datasets ({', '.join(BUILTIN)}; `finetune prepare --list`), a local JSONL, CSV or Parquet file, or (with HF_HUB_OFFLINE=1) a Hub dataset already in the Hugging Face cache"
+    reason = unreachable_reason()
+    if reason is not None and reason != "HF_HUB_OFFLINE is set":  # offline mode reads the cache
+        raise DataError(f"data.source: could not load Hub dataset '{dataset_id}' ({reason}). {offline}")
     try:
         loaded = datasets.load_dataset(dataset_id)
     except Exception as exc:
-        raise DataError(f"data.source: could not load Hub dataset '{dataset_id}' ({type(exc).__name__}: {str(exc)[:200]}). Without Hub access use a built-in dataset or a local file") from None
+        raise DataError(f"data.source: could not load Hub dataset '{dataset_id}' ({type(exc).__name__}: {str(exc)[:200]}). {offline}") from None
     for split_name, split in loaded.items():
         for index, row in enumerate(split, 1):
             yield RawRow(f"{dataset_id}[{split_name}]", index, dict(row))

@@ -18,7 +18,7 @@ from typing import Any
 
 from finetune.errors import FinetuneError
 from finetune.hardware import weight_dtype
-from finetune.models import ModelSource, load_causal_lm, load_tokenizer, resolve
+from finetune.models import ModelSource, check_fits, load_causal_lm, load_tokenizer, resolve
 from finetune.prompts import PromptFormat, prompt_format, target_text
 from finetune.recipe import Recipe
 
@@ -184,11 +184,21 @@ def _load(recipe: Recipe, source: ModelSource) -> Any:
         from finetune.train.model import bnb_config
 
         kwargs["quantization_config"] = bnb_config(recipe)
+    own = source.ref == recipe.model.base
+    trust = recipe.model.trust_remote_code and own
+    if recipe.model.check_memory:
+        quantization = recipe.model.quantization if own else "none"
+        check_fits(
+            source,
+            dtype=weight_dtype(recipe.model.dtype),
+            quantization=quantization,
+            trust_remote_code=trust,
+        )
     return load_causal_lm(
         source,
         dtype=weight_dtype(recipe.model.dtype),
-        trust_remote_code=recipe.model.trust_remote_code and source.ref == recipe.model.base,
-        allow_pickle=recipe.model.allow_pickle and source.ref == recipe.model.base,
+        trust_remote_code=trust,
+        allow_pickle=recipe.model.allow_pickle and own,
         **kwargs,
     )
 

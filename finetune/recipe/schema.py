@@ -171,6 +171,11 @@ class ModelConfig(Section):
         False,
         help="Allow loading pickled (`.bin`/`.pt`) weight files, which can execute code. Safetensors are always preferred.",
     )
+    check_memory: bool = _field(
+        True,
+        help="Before loading, estimate from the model's config the memory its weights (and, for full fine-tuning, gradients and optimizer state) need, and refuse when this machine has less free.",
+        synonyms=("memory_check",),
+    )
 
 
 class LoRAConfig(Section):
@@ -475,10 +480,24 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
         message = unknown_metric_message(recipe.task.type, name)
         if message:
             problems.append(("eval.metrics", message))
+    problems += _model_reference_problems(recipe)
     names = [b.name for b in recipe.eval.baselines]
     if len(set(names)) != len(names):
         problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
     return problems
+
+
+def _model_reference_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Model references that name nothing loadable (a missing directory, a metric name, a typo)."""
+    from finetune.models import reference_problem
+
+    refs = [("model.base", recipe.model.base)]
+    refs += [
+        (f"eval.baselines.{i}.model", b.model)
+        for i, b in enumerate(recipe.eval.baselines)
+        if b.model != "base"
+    ]
+    return [(key, problem) for key, ref in refs if (problem := reference_problem(ref))]
 
 
 def _template_problems(template: str) -> list[tuple[str, str]]:

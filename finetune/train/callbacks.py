@@ -1,8 +1,10 @@
-"""Trainer callbacks: the JSONL log (mirrored to the tracker), the progress display and the time budget."""
+"""Trainer callbacks: the JSONL log (mirrored to the tracker), the progress display, the time
+budget, and the seal that marks a checkpoint completely written."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from finetune.files import read_jsonl, write_atomic
 from finetune.tracking import Tracker
 
 LOG_FILE = "train_log.jsonl"
+SEAL_FILE = "finetune-complete.json"
 # Trainer log keys -> names in the JSONL log and the tracker.
 _RENAMES = {
     "loss": "train/loss",
@@ -35,7 +38,8 @@ _RENAMES = {
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / LOG_FILE
-    return read_jsonl(path) if path.is_file() else []
+    # A kill in the middle of an append leaves a torn last line; the resumed run rewrites it.
+    return read_jsonl(path, torn_tail_ok=True) if path.is_file() else []
 
 
 def truncate_log(run_dir: str | Path, last_step: int) -> None:
@@ -79,6 +83,25 @@ class LogCallback(TrainerCallback):
             {k: v for k, v in record.items() if k != "step" and v is not None},
             step=state.global_step,
         )
+
+
+class SealCheckpointCallback(TrainerCallback):
+    """After the Trainer has written a whole checkpoint, seal it with a small file written atomically.
+
+    transformers writes `checkpoint-N/` in place, file by file, so a kill can leave one with
+    weights but no optimizer state, or half a `trainer_state.json`. Its files are flushed to
+    disk before the seal, so a power cut cannot leave a sealed checkpoint with lost contents.
+    Resuming uses only sealed checkpoints (`last_checkpoint`).
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            for file in folder.rglob("*"):
+                if file.is_file():
+                    with open(file, "rb") as handle:
+                        os.fsync(handle.fileno())
+            write_atomic(folder / SEAL_FILE, json.dumps({"step": state.global_step}) + "\n")
 
 
 class ProgressCallback(TrainerCallback):

@@ -23,16 +23,18 @@ from rich.console import Console
 from finetune.data import PreparedData, prepare
 from finetune.errors import FinetuneError
 from finetune.files import write_json
-from finetune.hardware import has_cuda, peak_memory_bytes, use_bf16_autocast
-from finetune.models import ModelSource, load_tokenizer, resolve
+from finetune.hardware import has_cuda, peak_memory_bytes, use_bf16_autocast, weight_dtype
+from finetune.models import ModelSource, check_fits, load_tokenizer, resolve
 from finetune.prompts import PROMPT_FILE, PromptFormat, prompt_format
 from finetune.recipe import Recipe, recipe_to_dict
 from finetune.runs import PARTIAL_SUFFIX, Run, record_inputs, reopen_run, start_run
 from finetune.tracking import Tracker, open_tracker
 from finetune.train.callbacks import (
+    SEAL_FILE,
     BudgetCallback,
     LogCallback,
     ProgressCallback,
+    SealCheckpointCallback,
     read_log,
     truncate_log,
 )
@@ -75,6 +77,14 @@ def train(
     with state.main_process_first():
         prepared = prepare(recipe)
         source = resolve(recipe.model.base)
+    if recipe.model.check_memory:
+        check_fits(
+            source,
+            dtype=weight_dtype(recipe.model.dtype, method=recipe.train.method),
+            quantization=recipe.model.quantization,
+            training=recipe.train.method,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
     run = _open_run(recipe, recipe_path, overrides, resume) if state.is_main_process else None
     run_dir = _shared_path(run)
     if run is not None:
@@ -247,6 +257,7 @@ def _callbacks(job: _Job, tracker: Tracker) -> list[Any]:
         LogCallback(job.run_dir, tracker),
         ProgressCallback(job.console),
         BudgetCallback(job.recipe.train.budget_minutes),
+        SealCheckpointCallback(),
     ]
     if job.recipe.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(job.recipe.train.early_stopping_patience))
@@ -338,11 +349,11 @@ def sft_config(
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that was completely written (trainer_state.json is written last)."""
+    """The newest checkpoint that was completely written: sealed after the Trainer finished it."""
     found = [
         (int(m.group(1)), p)
         for p in (run_dir / CHECKPOINTS).glob("checkpoint-*")
-        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / "trainer_state.json").is_file()
+        if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and (p / SEAL_FILE).is_file()
     ]
     return max(found)[1] if found else None
 

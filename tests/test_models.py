@@ -27,7 +27,10 @@ def test_local_directory_resolves_with_identity(tiny_model_dir):
     )
 
 
-def test_hub_id_passes_through():
+def test_hub_id_passes_through_when_the_hub_answers(monkeypatch):
+    import finetune.hub
+
+    monkeypatch.setattr(finetune.hub, "unreachable_reason", lambda: None)
     source = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert (source.kind, source.location) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct")
 

@@ -172,3 +172,16 @@ def tiny_recipe_factory(tmp_path: Path, tiny_model_dir: Path):
         return path
 
     return make
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """Run `finetune ARGS` in this process through its real entry point: (exit code, output)."""
+    import sys
+
+    from finetune.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["finetune", *args])
+    with pytest.raises(SystemExit) as info:
+        main()
+    captured = capsys.readouterr()
+    return info.value.code, captured.out + captured.err

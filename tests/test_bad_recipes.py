@@ -6,19 +6,17 @@ types, ranges and unknown keys at every level of the schema."""
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 
 import annotated_types
 import pytest
 import yaml
 from bad_recipes import BAD_RECIPES, with_changes
-from conftest import MINIMAL_RECIPE
+from conftest import MINIMAL_RECIPE, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from finetune.cli import main
 from finetune.recipe import Recipe, RecipeError, load_recipe
 from finetune.recipe.schema import section_type
 
@@ -90,14 +88,6 @@ CORPUS = [
 
 def test_the_hand_written_corpus_has_at_least_40_cases():
     assert len(CORPUS) >= 40
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["finetune", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code, captured.out + captured.err
 
 
 @pytest.mark.parametrize("case_id, files, overrides, expected", CORPUS)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, run_cli
 from safetensors.torch import load_file
 
 from finetune.errors import FinetuneError, explain_resource_error
@@ -229,20 +229,10 @@ def test_cli_reports_a_full_disk_without_a_traceback(tiny_recipe, monkeypatch, c
         raise disk_full
 
     monkeypatch.setattr(finetune.files.os, "fsync", full)
-    code, output = _cli(monkeypatch, capsys, "prepare", str(tiny_recipe()))
+    code, output = run_cli(monkeypatch, capsys, "prepare", str(tiny_recipe()))
     assert code == 2 and "Traceback" not in output
     assert output.startswith("error: the disk is full writing '")
     assert "No space left on device" in output
-
-
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
-    from finetune.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["finetune", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code, captured.out + captured.err
 
 
 def test_out_of_memory_in_training_says_what_to_change(tiny_recipe, tmp_path, monkeypatch, capsys):
@@ -252,7 +242,7 @@ def test_out_of_memory_in_training_says_what_to_change(tiny_recipe, tmp_path, mo
         return torch.empty(1 << 50)  # a real allocator failure: 4 PiB of float32
 
     monkeypatch.setattr(SupervisedSFTTrainer, "compute_loss", allocate_too_much)
-    code, output = _cli(monkeypatch, capsys, "train", str(tiny_recipe()))
+    code, output = run_cli(monkeypatch, capsys, "train", str(tiny_recipe()))
     assert code == 2 and "Traceback" not in output
     assert "error: out of memory (" in output and "can't allocate memory" in output
     for fix in (
@@ -289,7 +279,9 @@ def test_a_model_too_large_for_the_machine_is_refused_from_its_config(
 ):
     huge = _huge_config_dir(tmp_path / "huge")
     started = time.monotonic()
-    code, output = _cli(monkeypatch, capsys, "train", str(tiny_recipe(model={"base": str(huge)})))
+    code, output = run_cli(
+        monkeypatch, capsys, "train", str(tiny_recipe(model={"base": str(huge)}))
+    )
     assert code == 2 and "Traceback" not in output
     assert (
         f"model.base: '{huge}' has 70.55B parameters; its weights alone need at least 262.8 GiB"

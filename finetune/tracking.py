@@ -3,8 +3,8 @@
 `open_tracker(recipe, run_dir, ...)` returns a `Tracker`. The W&B mode comes from the recipe
 (`tracking.wandb.mode`): `online` only when `WANDB_API_KEY` is set and the server answers
 within ONLINE_WAIT seconds (else offline, with a warning); `offline` writes run files under
-`<run dir>/wandb/` for a later `wandb sync`; `disabled` logs nothing. The key is read from the environment by wandb itself; the
-workbench never passes it, prints it or writes it anywhere.
+`<run dir>/wandb/` for a later `wandb sync`; `disabled` logs nothing. The key is read from the
+environment by wandb itself; the workbench never passes it, prints it or writes it anywhere.
 """
 
 from __future__ import annotations

@@ -185,3 +185,18 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
         main()
     captured = capsys.readouterr()
     return info.value.code, captured.out + captured.err
+
+
+def finetune_process(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 600):
+    """Run `finetune ARGS` as a separate process, the way a user does: the finished process."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "finetune", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )

@@ -1,23 +1,14 @@
 """The real `finetune` command line, run as a subprocess the way a user runs it."""
 
-import subprocess
-import sys
-
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, finetune_process
 
 SHIPPED = sorted(str(p) for p in (REPO / "recipes").glob("*.yaml"))
 
 
 def finetune(*args, cwd=REPO):
-    return subprocess.run(
-        [sys.executable, "-m", "finetune", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
+    return finetune_process(*args, cwd=cwd, timeout=120)
 
 
 def test_validate_all_shipped_recipes():

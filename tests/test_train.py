@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, finetune_process
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 from wandb_files import read_run
@@ -471,12 +471,7 @@ def test_resume_after_kill_9_ends_like_an_uninterrupted_run(tiny_recipe, tmp_pat
     # Step 7 was killed in on_step_end, before its log; steps 5 and 6 were logged past the checkpoint.
     assert max(r["step"] for r in read_log(partial)) == 6
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "finetune", "train", "--resume", str(partial)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    resumed = finetune_process("train", "--resume", str(partial), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # Without a terminal the progress is one line per log, then the one-screen summary.
     assert (

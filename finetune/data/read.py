@@ -112,13 +112,14 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
 def read_hub(dataset_id: str) -> Iterator[RawRow]:
     """Rows of every split of a Hub dataset (needs Hub access), concatenated in split order."""
     import datasets
+    from huggingface_hub import constants
 
     from finetune.data.builtin import BUILTIN
     from finetune.hub import unreachable_reason
 
     offline = f"Sources that work offline: the built-in datasets ({', '.join(BUILTIN)}; `finetune prepare --list`), a local JSONL, CSV or Parquet file, or (with HF_HUB_OFFLINE=1) a Hub dataset already in the Hugging Face cache"
-    reason = unreachable_reason()
-    if reason is not None and reason != "HF_HUB_OFFLINE is set":  # offline mode reads the cache
+    reason = None if constants.HF_HUB_OFFLINE else unreachable_reason()  # offline mode reads the cache
+    if reason is not None:
         raise DataError(f"data.source: could not load Hub dataset '{dataset_id}' ({reason}). {offline}")
     try:
         loaded = datasets.load_dataset(dataset_id)

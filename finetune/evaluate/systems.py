@@ -179,24 +179,22 @@ def _load_run_model(recipe: Recipe, run_dir: Path) -> Loaded:
 
 
 def _load(recipe: Recipe, source: ModelSource) -> Any:
+    # The recipe's loading options (quantization, remote code, pickles) are for its own base
+    # model; other baselines load plainly.
+    own = source.ref == recipe.model.base
+    quantization = recipe.model.quantization if own else "none"
+    trust = recipe.model.trust_remote_code and own
+    dtype = weight_dtype(recipe.model.dtype)
     kwargs: dict[str, Any] = {}
-    if recipe.model.quantization != "none" and source.ref == recipe.model.base:
+    if quantization != "none":
         from finetune.train.model import bnb_config
 
         kwargs["quantization_config"] = bnb_config(recipe)
-    own = source.ref == recipe.model.base
-    trust = recipe.model.trust_remote_code and own
     if recipe.model.check_memory:
-        quantization = recipe.model.quantization if own else "none"
-        check_fits(
-            source,
-            dtype=weight_dtype(recipe.model.dtype),
-            quantization=quantization,
-            trust_remote_code=trust,
-        )
+        check_fits(source, dtype=dtype, quantization=quantization, trust_remote_code=trust)
     return load_causal_lm(
         source,
-        dtype=weight_dtype(recipe.model.dtype),
+        dtype=dtype,
         trust_remote_code=trust,
         allow_pickle=recipe.model.allow_pickle and own,
         **kwargs,

@@ -407,7 +407,7 @@ def test_best_checkpoint_is_kept_when_early_stopping(tiny_recipe):
     path = tiny_recipe(
         train={
             "max_steps": 40,
-            "learning_rate": 1.0,
+            "learning_rate": 0.5,
             "early_stopping_patience": 2,
             "max_grad_norm": 100.0,
         }

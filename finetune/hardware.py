@@ -52,6 +52,17 @@ def use_bf16_autocast(requested: str) -> bool:
     return requested == "bfloat16" or (requested == "auto" and fast_bf16())
 
 
+def training_attention(requested: str, dtype: str) -> str | None:
+    """The attention kernel for `train.attention` (None: transformers' default).
+
+    `auto` picks eager attention on a CPU training in bf16: PyTorch's CPU flash-attention
+    backward is slower in bf16 than the plain matmuls of the eager path.
+    """
+    if requested != "auto":
+        return requested
+    return "eager" if not has_cuda() and use_bf16_autocast(dtype) else None
+
+
 def peak_memory_bytes() -> int:
     """Peak accelerator memory on CUDA, else the process's peak resident set size.
 

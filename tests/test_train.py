@@ -56,6 +56,8 @@ MODES = {
     "lora-8bit": {"model": {"quantization": "8bit"}},
     "lora-bf16": {"model": {"dtype": "bfloat16"}},
     "lora-gradient-checkpointing": {"train": {"gradient_checkpointing": True}},
+    "lora-compiled": {"train": {"compile": True}},
+    "lora-bf16-eager-attention": {"model": {"dtype": "bfloat16"}, "train": {"attention": "eager"}},
     "qlora-4bit": {"model": {"quantization": "4bit", "qlora": {"compute_dtype": "float32"}}},
 }
 CUDA_ONLY = {"qlora-4bit"}
@@ -344,6 +346,62 @@ def test_same_recipe_and_seed_give_identical_losses(tiny_recipe):
     assert _losses(first, "eval/loss") == _losses(second, "eval/loss")
     a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (first, second))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_compiled_decoder_layers_train_to_the_same_losses(tiny_recipe):
+    path = tiny_recipe(train={"max_steps": 3, "eval_every": 3, "save_every": 3})
+    compiled_path = tiny_recipe(
+        "compiled", train={"max_steps": 3, "eval_every": 3, "save_every": 3, "compile": True}
+    )
+    plain, compiled = _train(path).run_dir, _train(compiled_path).run_dir
+    assert len(_losses(plain)) == 3
+    # Inductor fuses float32 ops in another order: equal up to rounding.
+    assert _losses(compiled) == pytest.approx(_losses(plain), rel=1e-4)
+    assert _losses(compiled, "eval/loss") == pytest.approx(_losses(plain, "eval/loss"), rel=1e-4)
+
+
+def test_compile_finds_every_decoder_layer(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    from finetune.train.model import compile_decoder_layers
+
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"),
+    )
+    assert compile_decoder_layers(model) == model.config.num_hidden_layers
+    assert compile_decoder_layers(torch.nn.Linear(2, 2)) == 0
+
+
+@pytest.mark.parametrize(
+    ("requested", "dtype", "cuda", "fast", "expected"),
+    [
+        ("auto", "auto", False, True, "eager"),  # CPU with native bf16: bf16 autocast
+        ("auto", "bfloat16", False, False, "eager"),
+        ("auto", "auto", False, False, None),  # float32 on this CPU: transformers' default
+        ("auto", "float32", False, True, None),
+        ("auto", "bfloat16", True, True, None),  # CUDA's fused attention is the fast one
+        ("sdpa", "bfloat16", False, True, "sdpa"),
+    ],
+)
+def test_auto_attention_is_eager_only_for_bf16_training_on_cpu(
+    monkeypatch, requested, dtype, cuda, fast, expected
+):
+    from finetune import hardware
+
+    monkeypatch.setattr(hardware, "has_cuda", lambda: cuda)
+    monkeypatch.setattr(hardware, "fast_bf16", lambda: fast)
+    assert hardware.training_attention(requested, dtype) == expected
+
+
+def test_the_attention_setting_reaches_the_loaded_model(tiny_recipe):
+    from finetune.models import resolve
+    from finetune.train.model import load_base_for_training
+
+    for attention in ("eager", "sdpa"):
+        recipe = load_recipe(tiny_recipe(train={"attention": attention}))
+        model = load_base_for_training(recipe, resolve(recipe.model.base))
+        assert model.config._attn_implementation == attention
 
 
 def test_losses_fall_and_the_run_is_complete_with_all_outputs(tiny_recipe):

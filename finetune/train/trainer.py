@@ -41,6 +41,7 @@ from finetune.train.callbacks import (
 from finetune.train.dataset import EncodedSplit, encode_split
 from finetune.train.model import (
     check_trainable_here,
+    compile_decoder_layers,
     load_base_for_training,
     lora_config,
     parameter_counts,
@@ -184,6 +185,8 @@ def _fit(
     """Train, then (main process) save the outputs and log them; the run's summary."""
     callbacks = [*_callbacks(job, tracker), *extra_callbacks]
     trainer = _build_trainer(job, source, tokenizer, splits, callbacks, checkpoint is None)
+    if job.recipe.train.compile:
+        _compile(trainer.model)
     trainable, total = parameter_counts(trainer.model)
     log.info(
         "training %s of %s parameters (%s)", f"{trainable:,}", f"{total:,}", job.recipe.train.method
@@ -203,6 +206,14 @@ def _fit(
     tracker.log_artifact(f"{job.recipe.name}-{output_dir.name}", "model", output_dir)
     tracker.summary({k: v for k, v in summary.items() if isinstance(v, int | float)})
     return summary
+
+
+def _compile(model: Any) -> None:
+    compiled = compile_decoder_layers(model)
+    if compiled:
+        log.info("train.compile: compiling %d decoder layers on the first steps", compiled)
+    else:
+        log.warning("train.compile: found no decoder layers to compile; training uncompiled")
 
 
 def _encode(recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> _Splits:

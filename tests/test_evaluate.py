@@ -332,3 +332,22 @@ def test_priced_systems_cost_their_tokens_and_others_machine_time(evaluated):
     # 1000 requests at 4 items/s = 250 s of a $0.50/h machine = $0.034722...
     local = cost_per_1k(priced, "base zero-shot", 4.0, outcome)
     assert local["usd"] == pytest.approx(0.5 * 250 / 3600)
+
+
+def test_bf16_weights_keep_the_adapter_unmerged_so_its_update_is_not_rounded_away(evaluated):
+    import torch
+    from peft import PeftModel
+
+    from finetune.evaluate.systems import active, loaded_model, merges_adapter, systems_of
+
+    recipe, path, run_dir, _, _ = evaluated
+    bf16 = load_recipe(path, ["model.dtype=bfloat16"])
+    assert merges_adapter(recipe) and not merges_adapter(bf16)
+    specialist = systems_of(bf16)[0]
+    with loaded_model(bf16, run_dir, "adapter") as loaded:
+        assert not loaded.description.endswith("(merged)")
+        with active(loaded, specialist, merge=merges_adapter(bf16)) as model:
+            assert isinstance(model, PeftModel)
+            lora = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+            base = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+            assert lora == {torch.float32} and base == {torch.bfloat16}

@@ -35,6 +35,7 @@ from finetune.evaluate.systems import (
     draw_shots,
     load_groups,
     loaded_model,
+    merges_adapter,
     system_format,
     systems_of,
 )
@@ -169,8 +170,7 @@ def _run_system(
     infer = _inference(recipe, fmt, tokenizer)
     encoded = _encode_items(recipe, fmt, tokenizer, items, shots, infer.reserve)
     prompts = [e.input_ids for e in encoded]
-    quantized = recipe.model.quantization != "none"
-    with active(loaded, system, quantized=quantized) as model:
+    with active(loaded, system, merge=merges_adapter(recipe)) as model:
         reset_peak_memory()
         # One untimed batch first: a model's first passes (fresh weights after a merge, kernel
         # and allocator warm-up) ran ~10% slower here, which would be charged to whichever

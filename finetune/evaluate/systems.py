@@ -1,7 +1,7 @@
 """The systems under comparison: the run's specialist and the recipe's baselines, loaded for inference.
 
 Systems on the same weights share one load: `model: base` baselines run on the base model as
-loaded, then the run's adapter is merged into it for the specialist. Every other model is
+loaded, then the run's adapter is attached (merged into float32 weights) for the specialist. Every other model is
 loaded on its own, evaluated, and freed before the next.
 """
 
@@ -94,16 +94,26 @@ def loaded_model(recipe: Recipe, run_dir: Path, key: str) -> Iterator[Loaded]:
         gc.collect()
 
 
-@contextlib.contextmanager
-def active(loaded: Loaded, system: System, *, quantized: bool = False) -> Iterator[Any]:
-    """The model as `system` sees it: the plain base for base baselines; base + adapter,
-    merged, for the specialist.
+def merges_adapter(recipe: Recipe) -> bool:
+    """Whether the specialist's adapter is merged into float32 base weights for evaluation.
 
-    Merged is what `finetune export --merge` deploys: a plain model with no adapter matmuls
-    and no PEFT wrappers, so its latency and throughput are the deployable model's and the base
-    baselines pay no wrapper overhead either. Quantized weights keep the adapter unmerged
-    (merging would re-quantize them). The adapter is attached in place, so the specialist comes
-    last in its group.
+    Merged is what `finetune export --merge` deploys: a plain model with no adapter matmuls and
+    no PEFT wrappers. Only float32 weights can hold the merge: rounding W + BA to bf16 (8-bit
+    mantissa) erases most of a LoRA update, which is small next to W (on the sentiment recipe
+    accuracy fell from 0.795 to 0.777), and merging would re-quantize quantized weights. Those
+    keep the adapter unmerged, in float32 as PEFT loads it.
+    """
+    import torch
+
+    return recipe.model.quantization == "none" and weight_dtype(recipe.model.dtype) == torch.float32
+
+
+@contextlib.contextmanager
+def active(loaded: Loaded, system: System, *, merge: bool = True) -> Iterator[Any]:
+    """The model as `system` sees it: the plain base for base baselines; base + adapter for the
+    specialist, merged when `merge` (see `merges_adapter`).
+
+    The adapter is attached in place, so the specialist comes last in its group.
     """
     if system.model != "run" or loaded.adapter is None:
         if loaded.adapter_attached:
@@ -114,7 +124,7 @@ def active(loaded: Loaded, system: System, *, quantized: bool = False) -> Iterat
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(loaded.model, str(loaded.adapter))
-        loaded.model = (model if quantized else model.merge_and_unload()).eval()
+        loaded.model = (model.merge_and_unload() if merge else model).eval()
         loaded.adapter_attached = True
     yield loaded.model
 
@@ -167,7 +177,7 @@ def _load_run_model(recipe: Recipe, run_dir: Path) -> Loaded:
             model, _tokenizer(full), source, f"{source.ref} fine-tuned (full)", _disk(full, None)
         )
     check_same_base(run_dir, source.identity)
-    merged = "" if recipe.model.quantization != "none" else " (merged)"
+    merged = " (merged)" if merges_adapter(recipe) else ""
     return Loaded(
         _load(recipe, source),
         _tokenizer(source),

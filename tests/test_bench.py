@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))
 
@@ -21,8 +22,14 @@ import training
 from finetune.recipe import load_recipe
 
 
-def test_trl_command_carries_the_recipe_settings(tmp_path):
+@pytest.mark.parametrize(("fast_bf16", "dtype"), [(True, "bfloat16"), (False, "float32")])
+def test_trl_command_carries_the_recipe_settings(tmp_path, monkeypatch, fast_bf16, dtype):
     from trl.scripts.sft import make_parser
+
+    from finetune import hardware
+
+    # `model.dtype: auto` resolves by the machine; TRL must get what the workbench resolved.
+    monkeypatch.setattr(hardware, "fast_bf16", lambda: fast_bf16)
 
     recipe = load_recipe(common.RECIPE, ["train.learning_rate=0.0005", "train.batch_size=4"])
     cmd = training.trl_command(recipe, tmp_path / "data", tmp_path / "out", 30, checkpointing=False)
@@ -36,7 +43,8 @@ def test_trl_command_carries_the_recipe_settings(tmp_path):
     assert sft.max_steps == 30 and sft.max_length == recipe.model.max_length
     assert sft.lr_scheduler_type == recipe.train.lr_scheduler
     assert sft.seed == sft.data_seed == recipe.seed
-    assert sft.bf16 is False and sft.activation_checkpointing is False
+    assert sft.bf16 is fast_bf16 and sft.activation_checkpointing is False
+    assert sft.use_cpu is not torch.cuda.is_available()
     assert sft.eval_strategy == "no" and sft.save_strategy == "no"
     assert (
         model.use_peft and model.lora_r == recipe.lora.r and model.lora_alpha == recipe.lora.alpha
@@ -45,7 +53,7 @@ def test_trl_command_carries_the_recipe_settings(tmp_path):
         "all-linear",
         ["all-linear"],
     )
-    assert model.dtype == "float32"
+    assert model.dtype == dtype
 
 
 def test_trl_dataset_is_prompt_completion(tmp_path):

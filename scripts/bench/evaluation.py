@@ -44,6 +44,7 @@ def eval_ours(bench: Bench, run_dir: str, items: int, label: str) -> dict[str, A
 def compare_with_lm_eval(bench: Bench, run_dir: str) -> dict[str, Any]:
     """Same adapter, items, prompts and batch size; items/s and prediction agreement."""
     from finetune.data import load_split
+    from finetune.hardware import weight_dtype
     from finetune.models import resolve
     from finetune.recipe import load_recipe
 
@@ -60,6 +61,8 @@ def compare_with_lm_eval(bench: Bench, run_dir: str) -> dict[str, Any]:
             "prompt_run": run_dir,
             "labels": list(recipe.task.labels),
             "batch_size": BATCH,
+            # The dtype the workbench's evaluation resolves `model.dtype` to on this machine.
+            "dtype": str(weight_dtype(recipe.model.dtype)).removeprefix("torch."),
             "task_dir": str(bench.work / "lm-eval-task"),
         },
         bench.work / "logs" / "eval-lm-eval.log",

@@ -12,6 +12,7 @@ ratios compare runs made minutes apart on the same machine. Prints a table and w
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     bench = Bench(Path(args.out or ROOT / "runs" / "bench" / stamp).resolve(), args.quick)
     bench.work.mkdir(parents=True, exist_ok=True)
+    # A cache of its own, so `train.compile` is measured cold, as on a user's first run.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(bench.work / "inductor-cache")
     console = Console(stderr=True, highlight=False)
     console.print(
         f"benchmark work directory: {bench.work}  ({'quick' if args.quick else 'full'} sizes)",

@@ -115,9 +115,15 @@ def trl_command(
     recipe: Any, data_dir: Path, out: Path, steps: int, *, checkpointing: bool
 ) -> list[str]:
     """The `trl sft` command line for the recipe's settings."""
+    from finetune.hardware import has_cuda, use_bf16_autocast, weight_dtype
     from finetune.models import resolve
 
     t = recipe.train
+    # The precision the workbench resolves `model.dtype` to on this machine: the same weight
+    # dtype, and bf16 autocast where the CPU runs bf16 natively (else float32 throughout:
+    # bf16 runs ~100x slower than float32 on a CPU without AVX512-BF16 or AMX).
+    dtype = str(weight_dtype(recipe.model.dtype, method=t.method)).removeprefix("torch.")
+    bf16 = use_bf16_autocast(recipe.model.dtype)
     return [
         str(BIN / "trl"), "sft",
         "--model_name_or_path", resolve(recipe.model.base).location,
@@ -133,9 +139,9 @@ def trl_command(
         "--warmup_steps", str(t.warmup_ratio), "--weight_decay", str(t.weight_decay),
         "--max_grad_norm", str(t.max_grad_norm),
         "--seed", str(recipe.seed), "--data_seed", str(recipe.seed),
-        # float32 as the workbench trains here; TRL's CPU default (bf16) runs ~100x slower
-        # on a CPU without AVX512-BF16 (see the matmul peaks).
-        "--bf16", "False", "--dtype", "float32",
+        "--bf16", str(bf16), "--dtype", dtype,
+        # transformers refuses `--bf16 True` without a GPU unless told it runs on the CPU.
+        "--use_cpu", str(not has_cuda()),
         "--activation_checkpointing", str(checkpointing),
         "--logging_steps", "1", "--save_strategy", "no", "--eval_strategy", "no",
         "--report_to", "none",
@@ -203,6 +209,8 @@ def levers(bench: Bench) -> dict[str, Any]:
         "padding-free batches": ["train.group_by_length=false", "train.padding_free=true"],
         "packing (bfd)": ["train.group_by_length=false", "train.packing=true"],
         "gradient checkpointing": ["train.gradient_checkpointing=true"],
+        "sdpa attention (auto picks eager for CPU bf16)": ["train.attention=sdpa"],
+        "compiled decoder layers (cold compile included)": ["train.compile=true"],
     }
     found = {}
     for label, extra in variants.items():

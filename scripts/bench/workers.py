@@ -181,7 +181,7 @@ def lm_eval_items(args: dict[str, Any]) -> dict[str, Any]:
         peft=args["adapter"],
         batch_size=args["batch_size"],
         device="cpu",
-        dtype="float32",
+        dtype=args["dtype"],
     )
     started = time.perf_counter()
     out = lm_eval.simple_evaluate(

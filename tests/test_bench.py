@@ -122,9 +122,13 @@ def _results(ours_tps=300.0, trl_tps=100.0, ours_loss=0.100, trl_loss=0.099, agr
             "flops": {"flops_per_token": 4e8},
         },
         "eval": {
-            "workbench": {"items_per_s": 15.0, "peak_rss_bytes": 1e9},
-            "peer": {"items_per_s": 4.0, "peak_rss_bytes": 2e9},
-            "agreement": agree,
+            "by_dtype": {
+                "float32": {
+                    "workbench": {"items_per_s": 15.0, "peak_rss_bytes": 1e9},
+                    "peer": {"items_per_s": 4.0, "peak_rss_bytes": 2e9},
+                    "agreement": agree,
+                }
+            }
         },
     }
 
@@ -137,12 +141,12 @@ def test_summary_rows_apply_the_targets():
     assert loss["ratio"] == pytest.approx(0.100 / 0.099) and loss["met"] is True  # within 2%
     fp32 = rows["MFU vs float32 matmul peak (80.0 GFLOP/s)"]
     assert fp32["ratio"] == pytest.approx(4e8 * 300 / 80e9) and fp32["met"] is None
-    assert rows["eval items/s vs lm-eval"]["ratio"] == pytest.approx(3.75)
-    assert rows["same prediction as lm-eval"]["met"] is True
+    assert rows["eval items/s vs lm-eval (float32)"]["ratio"] == pytest.approx(3.75)
+    assert rows["same prediction as lm-eval (float32)"]["met"] is True
 
     worse = {
         r["measure"]: r for r in run.summarize(_results(ours_tps=150, ours_loss=0.103, agree=0.98))
     }
     assert worse["training tokens/s vs trl sft"]["met"] is False
     assert worse["held-out loss vs trl sft"]["met"] is False  # 4% worse
-    assert worse["same prediction as lm-eval"]["met"] is False
+    assert worse["same prediction as lm-eval (float32)"]["met"] is False

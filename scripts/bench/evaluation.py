@@ -12,9 +12,10 @@ from training import Bench
 BATCH = 16
 
 
-def eval_ours(bench: Bench, run_dir: str, items: int, label: str) -> dict[str, Any]:
+def eval_ours(bench: Bench, run_dir: str, items: int, label: str, *extra: str) -> dict[str, Any]:
     """`finetune eval` of the specialist alone on the first `items` test items."""
     overrides = [
+        *extra,
         f"data.max_test_examples={items}",
         "eval.baselines=[]",
         "eval.latency_items=4",
@@ -41,17 +42,30 @@ def eval_ours(bench: Bench, run_dir: str, items: int, label: str) -> dict[str, A
     }
 
 
-def compare_with_lm_eval(bench: Bench, run_dir: str) -> dict[str, Any]:
-    """Same adapter, items, prompts and batch size; items/s and prediction agreement."""
-    from finetune.data import load_split
+def compare_with_lm_eval(bench: Bench, run_dir: str) -> dict[str, dict[str, Any]]:
+    """The comparison in float32, and also in bf16 where `model.dtype: auto` picks it here.
+
+    float32 checks that both score alike; in bf16 the two round differently (the workbench
+    scores the labels on a shared prompt pass, lm-eval each full sequence), so near-ties can flip.
+    """
     from finetune.hardware import weight_dtype
+    from finetune.recipe import load_recipe
+
+    auto = str(weight_dtype(load_recipe(RECIPE, []).model.dtype)).removeprefix("torch.")
+    dtypes = dict.fromkeys(["float32", auto])
+    return {"by_dtype": {dtype: _compare_in(bench, run_dir, dtype) for dtype in dtypes}}
+
+
+def _compare_in(bench: Bench, run_dir: str, dtype: str) -> dict[str, Any]:
+    """Same adapter, items, prompts, batch size and dtype; items/s and prediction agreement."""
+    from finetune.data import load_split
     from finetune.models import resolve
     from finetune.recipe import load_recipe
 
     items = bench.scaled(400, 160)
     recipe = load_recipe(RECIPE, [f"data.max_test_examples={items}"])
     rows = write_jsonl(bench.work / "eval-items.jsonl", load_split(recipe, "test"))
-    ours = eval_ours(bench, run_dir, items, "eval-workbench")
+    ours = eval_ours(bench, run_dir, items, f"eval-workbench-{dtype}", f"model.dtype={dtype}")
     peer, done = run_worker(
         "lm_eval",
         {
@@ -61,17 +75,17 @@ def compare_with_lm_eval(bench: Bench, run_dir: str) -> dict[str, Any]:
             "prompt_run": run_dir,
             "labels": list(recipe.task.labels),
             "batch_size": BATCH,
-            # The dtype the workbench's evaluation resolves `model.dtype` to on this machine.
-            "dtype": str(weight_dtype(recipe.model.dtype)).removeprefix("torch."),
+            "dtype": dtype,
             "task_dir": str(bench.work / "lm-eval-task"),
         },
-        bench.work / "logs" / "eval-lm-eval.log",
+        bench.work / "logs" / f"eval-lm-eval-{dtype}.log",
     )
     peer["peak_rss_bytes"] = done.peak_rss_bytes
     same = sum(ours["predictions"][i] == p for i, p in peer["predictions"].items())
     return {
         "items": items,
         "batch_size": BATCH,
+        "dtype": dtype,
         "workbench": _without_predictions(ours),
         "peer": _without_predictions(peer),
         "agreement": same / len(peer["predictions"]),

@@ -158,13 +158,12 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                     achieved / peak >= target if target else None,
                 )
             )
-    ev = results.get("eval")
-    if ev:
+    for dtype, ev in results.get("eval", {}).get("by_dtype", {}).items():
         ours, peer = ev["workbench"], ev["peer"]
         ratio = ours["items_per_s"] / peer["items_per_s"]
         rows.append(
             _row(
-                "eval items/s vs lm-eval",
+                f"eval items/s vs lm-eval ({dtype})",
                 ours["items_per_s"],
                 peer["items_per_s"],
                 ratio,
@@ -174,7 +173,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         rows.append(
             _row(
-                "same prediction as lm-eval",
+                f"same prediction as lm-eval ({dtype})",
                 ev["agreement"],
                 None,
                 None,
@@ -184,7 +183,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         rows.append(
             _row(
-                "eval peak RSS (GB) vs lm-eval",
+                f"eval peak RSS (GB) vs lm-eval ({dtype})",
                 ours["peak_rss_bytes"] / 1e9,
                 peer["peak_rss_bytes"] / 1e9,
                 ours["peak_rss_bytes"] / peer["peak_rss_bytes"],

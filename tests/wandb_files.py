@@ -51,11 +51,14 @@ def read_run(run_dir: Path, *, timeout: float = 30.0) -> dict[str, Any]:
     `wandb.finish()` can return before W&B's writer process has flushed the file, so this
     waits (up to `timeout` seconds) for the run's exit record.
     """
+    from google.protobuf.message import DecodeError
+
     deadline = time.monotonic() + timeout
     while True:
         try:
             records = _finished_records(run_dir)
-        except (ValueError, AssertionError, struct.error):  # no file yet, or mid-write
+        # No file yet, or a record caught mid-write (a torn record fails to decode).
+        except (ValueError, AssertionError, struct.error, DecodeError):
             records = None
         if records is not None or time.monotonic() > deadline:
             break

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"
 import common
 import run
 import training
+import workers
 
 from finetune.recipe import load_recipe
 
@@ -150,3 +151,11 @@ def test_summary_rows_apply_the_targets():
     assert worse["training tokens/s vs trl sft"]["met"] is False
     assert worse["held-out loss vs trl sft"]["met"] is False  # 4% worse
     assert worse["same prediction as lm-eval (float32)"]["met"] is False
+
+
+def test_matmul_peak_skips_sizes_that_would_outlast_the_time_given():
+    both = workers.matmul_peak({"sizes": {"float32": [16, 32]}, "seconds": 0.05})["float32"]
+    assert set(both["by_size"]) == {"16", "32"}
+    assert both["flops_per_s"] == max(both["by_size"].values()) > 0
+    first = workers.matmul_peak({"sizes": {"float32": [16, 32]}, "seconds": 1e-12})["float32"]
+    assert set(first["by_size"]) == {"16"}

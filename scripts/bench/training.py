@@ -307,7 +307,10 @@ def hardware(bench: Bench, trained_run: str) -> dict[str, Any]:
     seconds = 1.0 if bench.quick else 2.0
     peak, _ = run_worker(
         "matmul_peak",
-        {"sizes": {"float32": [1024, 2048, 4096], "bfloat16": [512, 1024]}, "seconds": seconds},
+        {
+            "sizes": {"float32": [1024, 2048, 4096], "bfloat16": [512, 1024, 2048, 4096]},
+            "seconds": seconds,
+        },
         bench.work / "logs" / "matmul-peak.log",
     )
     recipe = load_recipe(RECIPE, [])

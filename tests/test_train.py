@@ -320,13 +320,17 @@ def test_without_completion_only_the_prompt_is_trained_too(tiny_recipe):
     assert torch.equal(labels[mask.bool()], snap.batch["input_ids"][mask.bool()])
 
 
-def test_packed_examples_attend_only_within_themselves(tiny_recipe, tiny_model_dir):
+@pytest.mark.parametrize(
+    "attention", ["sdpa", "eager"]
+)  # eager: `train.attention: auto` in CPU bf16
+def test_packed_examples_attend_only_within_themselves(tiny_recipe, tiny_model_dir, attention):
     """The packed batch the trainer builds gives each example the logits it has on its own."""
     snap = Snapshot()
     _train(tiny_recipe(train={"max_steps": 1, "packing": True}), callbacks=[snap])
     batch = snap.batch
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
+    model.eval()
     with torch.no_grad():
         # use_cache=False as in SFTTrainer.compute_loss: with a cache transformers ignores packing.
         packed = model(

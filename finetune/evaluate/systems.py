@@ -1,8 +1,8 @@
 """The systems under comparison: the run's specialist and the recipe's baselines, loaded for inference.
 
 Systems on the same weights share one load: `model: base` baselines run on the base model as
-loaded, then the run's adapter is attached (merged into float32 weights) for the specialist. Every other model is
-loaded on its own, evaluated, and freed before the next.
+loaded, then the run's adapter is attached for the specialist (merged into float32 weights).
+Every other model is loaded on its own, evaluated, and freed before the next.
 """
 
 from __future__ import annotations

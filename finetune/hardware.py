@@ -47,6 +47,11 @@ def weight_dtype(requested: str, *, method: str = "lora") -> Any:
     return getattr(torch, requested)
 
 
+def weight_dtype_name(requested: str, *, method: str = "lora") -> str:
+    """`weight_dtype` as its name ("bfloat16"), for reports and other tools' options."""
+    return str(weight_dtype(requested, method=method)).removeprefix("torch.")
+
+
 def use_bf16_autocast(requested: str) -> bool:
     """Mixed precision for training: on for `auto` where bf16 is fast, and whenever bf16 is asked for."""
     return requested == "bfloat16" or (requested == "auto" and fast_bf16())

@@ -45,7 +45,7 @@ from finetune.hardware import (
     has_cuda,
     peak_memory_bytes,
     reset_peak_memory,
-    weight_dtype,
+    weight_dtype_name,
 )
 from finetune.prompts import PromptFormat, encode
 from finetune.recipe import Recipe, load_recipe
@@ -343,7 +343,7 @@ def summarize(
         "hardware": {
             "device": "cuda" if has_cuda() else "cpu",
             "description": describe_device(),
-            "dtype": str(weight_dtype(recipe.model.dtype)).removeprefix("torch."),
+            "dtype": weight_dtype_name(recipe.model.dtype),
         },
         "batch_size": recipe.eval.batch_size,
         "prices": recipe.eval.prices.model_dump(),

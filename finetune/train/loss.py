@@ -78,9 +78,9 @@ class SupervisedSFTTrainer(SFTTrainer):
     def _plain_nll(self, model: Any) -> bool:
         """True when the loss is TRL's default token-summed NLL, the case computed here."""
         if getattr(self, "_supervised_ok", None) is None:
-            causal_lm = self.accelerator.unwrap_model(model)
-            if hasattr(causal_lm, "get_base_model"):
-                causal_lm = causal_lm.get_base_model()
+            from finetune.train.model import without_peft
+
+            causal_lm = without_peft(self.accelerator.unwrap_model(model))
             self._supervised_ok = (
                 "logits_to_keep" in inspect.signature(causal_lm.forward).parameters
                 and self.args.loss_type == "nll"

@@ -111,12 +111,13 @@ def compile_decoder_layers(model: Any) -> int:
     the varying batch lengths, and reuses it for every layer: ~30 s on CPU where compiling
     the whole model takes minutes.
     """
-    names = set(getattr(_causal_lm(model), "_no_split_modules", None) or ())
+    names = set(getattr(without_peft(model), "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
 
 
-def _causal_lm(model: Any) -> Any:
+def without_peft(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (the model itself when not wrapped)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -48,10 +48,10 @@ def compare_with_lm_eval(bench: Bench, run_dir: str) -> dict[str, dict[str, Any]
     float32 checks that both score alike; in bf16 the two round differently (the workbench
     scores the labels on a shared prompt pass, lm-eval each full sequence), so near-ties can flip.
     """
-    from finetune.hardware import weight_dtype
+    from finetune.hardware import weight_dtype_name
     from finetune.recipe import load_recipe
 
-    auto = str(weight_dtype(load_recipe(RECIPE, []).model.dtype)).removeprefix("torch.")
+    auto = weight_dtype_name(load_recipe(RECIPE, []).model.dtype)
     dtypes = dict.fromkeys(["float32", auto])
     return {"by_dtype": {dtype: _compare_in(bench, run_dir, dtype) for dtype in dtypes}}
 

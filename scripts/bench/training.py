@@ -115,14 +115,14 @@ def trl_command(
     recipe: Any, data_dir: Path, out: Path, steps: int, *, checkpointing: bool
 ) -> list[str]:
     """The `trl sft` command line for the recipe's settings."""
-    from finetune.hardware import has_cuda, use_bf16_autocast, weight_dtype
+    from finetune.hardware import has_cuda, use_bf16_autocast, weight_dtype_name
     from finetune.models import resolve
 
     t = recipe.train
     # The precision the workbench resolves `model.dtype` to on this machine: the same weight
     # dtype, and bf16 autocast where the CPU runs bf16 natively (else float32 throughout:
     # bf16 runs ~100x slower than float32 on a CPU without AVX512-BF16 or AMX).
-    dtype = str(weight_dtype(recipe.model.dtype, method=t.method)).removeprefix("torch.")
+    dtype = weight_dtype_name(recipe.model.dtype, method=t.method)
     bf16 = use_bf16_autocast(recipe.model.dtype)
     return [
         str(BIN / "trl"), "sft",

@@ -490,6 +490,18 @@ def parameter_count(source: ModelSource, *, trust_remote_code: bool = False) -> 
     return sum(p.numel() for p in model.parameters())
 
 
+def weights_bytes_needed(
+    source: ModelSource, *, dtype: Any, quantization: str = "none", trust_remote_code: bool = False
+) -> int:
+    """Bytes the model's weights take once loaded in `dtype` (or quantized), from its config."""
+    params = parameter_count(source, trust_remote_code=trust_remote_code)
+    return int(params * bytes_per_parameter(dtype, quantization))
+
+
+def bytes_per_parameter(dtype: Any, quantization: str = "none") -> float:
+    return {"8bit": 1.0, "4bit": 0.5}.get(quantization, dtype.itemsize)
+
+
 def check_fits(
     source: ModelSource,
     *,
@@ -503,8 +515,7 @@ def check_fits(
     from finetune.hardware import free_memory
 
     params = parameter_count(source, trust_remote_code=trust_remote_code)
-    per_param = {"8bit": 1.0, "4bit": 0.5}.get(quantization, dtype.itemsize)
-    need = params * per_param * (4 if training == "full" else 1)
+    need = params * bytes_per_parameter(dtype, quantization) * (4 if training == "full" else 1)
     free, where = free_memory()
     if need <= free:
         return

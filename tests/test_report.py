@@ -20,15 +20,27 @@ from wandb_files import read_run
 
 from finetune.errors import FinetuneError
 from finetune.report import ReportPaths, headline_table, verdict, write_report
+from finetune.report.verdict import cautions, timing_call
 
 REPO = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GB = 2**30
 
 
+# Per-round timing noise (median exactly 1): the specialist and the baselines vary differently,
+# so their round-by-round ratios spread as real ones do.
+SPECIALIST_NOISE = [0.97, 0.99, 1.0, 1.0, 1.02, 1.04]
+BASELINE_NOISE = [1.01, 0.98, 1.0, 1.0, 1.03, 0.97]
+
+
+def _spread(rounds: list[float]) -> dict:
+    return {"low": min(rounds), "high": max(rounds), "rounds": rounds}
+
+
 def _system(name, role, accuracy, ci, latency, throughput, peak_gib, model_mb, cost, **extra):
     low, high = ci
     confusion = extra.pop("confusion", [[180, 20], [16, 184]])
+    noise = SPECIALIST_NOISE if role == "specialist" else BASELINE_NOISE
     return {
         "name": name,
         "role": role,
@@ -44,14 +56,35 @@ def _system(name, role, accuracy, ci, latency, throughput, peak_gib, model_mb, c
             {"label": "rotten", "precision": 0.92, "recall": 0.9, "f1": 0.91, "support": 200},
         ],
         "confusion": confusion,
-        "latency_ms": {"p50": latency, "p95": latency * 1.5, "items": 32},
+        "latency_ms": {
+            "p50": latency,
+            "p95": latency * 1.5,
+            "items": 16,
+            **_spread([latency * f for f in noise]),
+        },
         "throughput_items_per_s": throughput,
+        "throughput": {"items": 64, **_spread([throughput / f for f in noise])},
+        "resident": True,
+        "load": [
+            {
+                "seconds": 2.0,
+                "others_cores": 0.01,
+                "steal_share": 0.0,
+                "loadavg": 2.0,
+                "busy": False,
+            }
+        ]
+        * 6,
         "peak_memory_bytes": int(peak_gib * GB),
         "weights_bytes": int(model_mb * 1e6),
         "parameters": {"total": 139399488, "trainable": extra.pop("trainable", 0)},
         "disk_bytes": {"adapter": extra.pop("adapter", None), "model": int(model_mb * 1e6)},
         "tokens": {"input_per_item": 83.2, "output_per_item": 1.0},
-        "cost_per_1k": {"usd": cost, "basis": "machine time at $0.10/h"},
+        "cost_per_1k": {
+            "usd": cost,
+            "basis": "machine time at $0.10/h",
+            **_spread([cost * f for f in noise]),
+        },
         "truncated_items": 0,
         "eval_seconds": 41.0,
     }
@@ -71,9 +104,39 @@ def _comparison(baseline, base_value, diff, ci, significant, p):
     }
 
 
+def retime(results: dict) -> dict:
+    """The comparisons' round-by-round ratios, recomputed from the systems' rounds."""
+    from finetune.evaluate.timing import paired_ratio
+
+    rounds = {
+        s["name"]: {
+            "latency": s["latency_ms"]["rounds"],
+            "throughput": s["throughput"]["rounds"],
+            "cost": s["cost_per_1k"]["rounds"],
+        }
+        for s in results["systems"]
+    }
+    special = rounds[results["systems"][0]["name"]]
+    for c in results["comparisons"]:
+        c["timing"] = {
+            k: paired_ratio(special[k], rounds[c["baseline"]][k], results["confidence"])
+            for k in special
+        }
+    return results
+
+
+def set_rounds(system: dict, figure: str, values: list[float]) -> None:
+    """Give one system's figure new per-round values, and their median as the figure."""
+    import statistics
+
+    entry = {"latency": system["latency_ms"], "cost": system["cost_per_1k"]}[figure]
+    entry |= _spread(values)
+    entry["p50" if figure == "latency" else "usd"] = statistics.median(values)
+
+
 def make_results() -> dict:
     """Specialist beats base zero-shot and 4-shot; no significant difference from Qwen."""
-    return {
+    return retime({
         "recipe": "rt-sentiment-smollm2-lora",
         "run_dir": "runs/rt-sentiment-smollm2-lora/synthetic",
         "task": "classification",
@@ -90,6 +153,14 @@ def make_results() -> dict:
             "per_million_output_tokens": {},
         },
         "created_at": "2026-11-23T12:00:00+00:00",
+        "timing": {
+            "rounds": 6, "rounds_requested": 6, "stopped_early": False, "max_minutes": 10.0,
+            "seconds": 95.0, "latency_items": 16, "throughput_items": 64,
+            "orders": [["specialist", "base zero-shot", "base 4-shot", "qwen2.5-0.5b zero-shot"]] * 6,
+            "resident": ["specialist", "base zero-shot", "base 4-shot", "qwen2.5-0.5b zero-shot"],
+            "interval": "sign-test interval for the median of the per-round ratios",
+            "disturbed": [],
+        },
         "systems": [
             _system(
                 "specialist", "specialist", 0.91, (0.88, 0.94), 95.0, 12.3, 1.77, 540, 0.0023,
@@ -112,7 +183,7 @@ def make_results() -> dict:
             _comparison("base 4-shot", 0.85, 0.06, (0.03, 0.09), True, 0.0004),
             _comparison("qwen2.5-0.5b zero-shot", 0.90, 0.01, (-0.02, 0.04), False, 0.45),
         ],
-    }  # fmt: skip
+    })  # fmt: skip
 
 
 def write_run(run_dir: Path, results: dict, *, wandb_mode: str = "disabled") -> Path:
@@ -245,9 +316,12 @@ def test_verdict_win_tie_and_loss_sentences():
 
 def test_verdict_other_dimensions_name_the_lowest_and_the_factor():
     _, latency, memory, size, cost, _ = verdict(make_results())[2:]
+    # Ratios per round: 2.375 x SPECIALIST_NOISE / BASELINE_NOISE, from 0.96 to 1.07 of it.
     assert latency == (
-        "Lowest p50 latency at batch size 1: base zero-shot, 40 ms; "
-        "the specialist takes 95 ms, 2.38x that."
+        "p50 latency at batch size 1, median of 6 rounds: the specialist 95 ms; faster than "
+        "base 4-shot (210 ms, ratio 0.45 [0.43, 0.49]) and qwen2.5-0.5b zero-shot (480 ms, "
+        "ratio 0.20 [0.19, 0.21]); slower than base zero-shot (40 ms, ratio 2.38 [2.28, 2.55]); "
+        "95% intervals over rounds."
     )
     assert memory.startswith("Lowest peak memory while serving: base zero-shot, 1.70 GiB;")
     assert size == (
@@ -256,9 +330,71 @@ def test_verdict_other_dimensions_name_the_lowest_and_the_factor():
         "deployed."
     )
     assert cost == (
-        "Lowest cost per 1k requests: base zero-shot, $0.0020; "
-        "the specialist costs $0.0023, 1.15x that."
+        "Cost per 1k requests, median of 6 rounds: the specialist $0.0023; cheaper than base "
+        "4-shot ($0.0056, ratio 0.41 [0.39, 0.44]) and qwen2.5-0.5b zero-shot ($0.0090, ratio "
+        "0.26 [0.25, 0.27]); dearer than base zero-shot ($0.0020, ratio 1.15 [1.10, 1.23]); 95% "
+        "intervals over rounds."
     )
+
+
+def test_a_timing_difference_is_called_only_when_its_interval_excludes_1():
+    results = make_results()
+    # The same cost as base zero-shot give or take the noise: ratios on both sides of 1.
+    set_rounds(results["systems"][0], "cost", [0.0019, 0.0021, 0.0020, 0.0020, 0.0022, 0.0019])
+    retime(results)
+    ratio = results["comparisons"][0]["timing"]["cost"]
+    assert ratio["low"] < 1 < ratio["high"] and not ratio["clear"]
+    # Ratios 0.94, 1.07, 1.0, 1.0, 1.07, 0.98: median 1.00, [min, max] the 95% interval.
+    assert verdict(results)[6].endswith(
+        "no clear difference from base zero-shot ($0.0020, ratio 1.00 [0.94, 1.07]); 95% "
+        "intervals over rounds."
+    )
+    # One round out of line widens the interval: [min, max] of 6 rounds covers the median ratio
+    # with probability 1 - 2/64.
+    results = make_results()
+    set_rounds(results["systems"][0], "latency", [95.0 * f for f in [2.5, 1, 1, 1, 1, 1]])
+    retime(results)
+    assert timing_call(results["comparisons"][0], "latency") == "higher"  # 2.4x even so
+    set_rounds(results["systems"][1], "latency", [40.0 * f for f in [2.5, 1, 1, 1, 1, 1]])
+    set_rounds(results["systems"][0], "latency", [40.0 * f for f in [5, 1, 1.01, 0.99, 1, 1]])
+    retime(results)
+    assert timing_call(results["comparisons"][0], "latency") == "unclear"
+    # With fewer rounds than the confidence needs there is no interval, and no call.
+    results["confidence"] = 0.99
+    retime(results)
+    ratio = results["comparisons"][1]["timing"]["latency"]
+    assert ratio["low"] is None and not ratio["clear"]
+    assert "base 4-shot (210 ms, ratio 0.19, too few rounds for an interval)" in verdict(results)[3]
+
+
+def test_disturbed_rounds_are_named_in_the_verdict_box(tmp_path):
+    results = make_results()
+    results["timing"]["disturbed"] = [
+        {
+            "system": "specialist",
+            "round": 1,
+            "figures": ["latency", "throughput", "cost"],
+            "reasons": [
+                "machine busy: other processes used 1.85 cores",
+                "latency 2.31x its median",
+            ],
+            "load": {},
+        }
+    ]
+    (note,) = cautions(results)
+    assert note == (
+        "Timing interference for specialist (round 1: machine busy: other processes used 1.85 "
+        "cores, latency 2.31x its median). Affected: its latency, throughput and cost. Figures "
+        "are medians over 6 rounds and ratios are paired within rounds, so a disturbed round "
+        "shifts them little; re-run `finetune eval` on a quiet machine to confirm."
+    )
+    results["timing"] |= {"stopped_early": True, "rounds": 4}
+    assert cautions(results)[0].startswith("Timing stopped after 4 of 6 rounds")
+    paths = write_report(write_run(tmp_path / "run", results))
+    page = paths.html.read_text()
+    box = page[page.index('<section class="verdict">') : page.index("</section>")]
+    assert '<p class="caution">Timing interference for specialist (round 1' in box
+    assert "> **Caution:** Timing interference for specialist" in paths.markdown.read_text()
 
 
 def _bottom_line(results: dict) -> str:
@@ -270,27 +406,18 @@ def _bottom_line(results: dict) -> str:
 def test_bottom_line_deploys_a_specialist_that_wins_everywhere_and_costs_no_more():
     results = make_results()
     results["comparisons"][2] |= {"significant": True, "low": 0.005}
-    results["systems"][0]["cost_per_1k"]["usd"] = 0.0019
-    assert verdict(results)[6] == (
-        "Lowest cost per 1k requests: the specialist, $0.0019; "
-        "the next, base zero-shot, costs $0.0020, 1.05x that."
-    )
+    set_rounds(results["systems"][0], "cost", [0.0019, 0.0021, 0.0020, 0.0020, 0.0022, 0.0019])
+    retime(results)  # no clear difference from base zero-shot: no baseline is clearly cheaper
     assert _bottom_line(results) == (
         "Bottom line: deploy the specialist; it is significantly better than every baseline on "
-        "accuracy and no baseline is cheaper per 1k requests ($0.0019) by more than the 10% "
-        "noise of the timings it comes from."
+        "accuracy and no baseline is clearly cheaper per 1k requests (the specialist: $0.0020)."
     )
-    results["systems"][0]["cost_per_1k"]["usd"] = 0.0021  # dearer, but within timing noise
-    assert verdict(results)[6] == (
-        "Lowest cost per 1k requests: base zero-shot, $0.0020; "
-        "the specialist costs $0.0021, 1.05x that, within the 10% noise of repeated timings."
-    )
-    assert _bottom_line(results).startswith("Bottom line: deploy the specialist;")
-    results["systems"][0]["cost_per_1k"]["usd"] = 0.0023  # wins on quality, not on cost
+    set_rounds(results["systems"][0], "cost", [0.0023 * f for f in SPECIALIST_NOISE])
+    retime(results)  # wins on quality, clearly dearer than base zero-shot
     assert _bottom_line(results) == (
         "Bottom line: the trade-off is quality against cost; the specialist is significantly "
-        "better than every baseline on accuracy, while base zero-shot is cheaper at $0.0020 per "
-        "1k requests against the specialist's $0.0023 (1.15x)."
+        "better than every baseline on accuracy, while base zero-shot is clearly cheaper at "
+        "$0.0020 per 1k requests against the specialist's $0.0023 (1.15x)."
     )
 
 
@@ -299,6 +426,13 @@ def test_bottom_line_names_best_quality_and_cheapest_when_the_specialist_does_no
         "Bottom line: the specialist is significantly better than 2 of 3 baselines on accuracy "
         "(no significant difference from qwen2.5-0.5b zero-shot); the highest accuracy is the "
         "specialist's 0.910 and the cheapest system is base zero-shot at $0.0020 per 1k requests."
+    )
+    results = make_results()
+    set_rounds(results["systems"][0], "cost", [0.0019, 0.0021, 0.0020, 0.0020, 0.0022, 0.0019])
+    retime(results)
+    assert _bottom_line(results).endswith(
+        "the specialist has both the highest accuracy (0.910) and the lowest cost ($0.0020 per 1k "
+        "requests); no baseline is clearly cheaper."
     )
 
 

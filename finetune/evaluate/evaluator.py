@@ -1,21 +1,24 @@
 """`finetune eval`: score the specialist and every baseline on the same test items, with the same prompts.
 
-For each system this measures quality (each metric with a bootstrap confidence interval,
-per-class figures for classification), latency at batch size 1, throughput at the recipe's
-batch size, peak memory, parameters, size on disk and cost per 1,000 requests; then compares
-the specialist with each baseline on the same items (paired bootstrap, McNemar's exact test).
-Everything lands in `<run>/eval/`: `predictions.jsonl` (every item, every system) and
-`results.json` (written last; the report reads it).
+Quality first: each model instance is loaded on its own and every system on it scores all test
+items (each metric with a bootstrap confidence interval, per-class figures for
+classification), with its peak memory, parameters and size on disk. Then speed, in rounds
+(`timing`): latency at batch size 1 and throughput at the recipe's batch size, every system
+timed in every round in a changing order, with as many instances kept loaded as memory
+allows. The specialist is compared with each baseline on the same items (paired bootstrap,
+McNemar's exact test) and on latency, throughput and cost round by round (a sign-test
+interval for the median ratio). Everything lands in `<run>/eval/`: `predictions.jsonl`
+(every item, every system) and `results.json` (written last; the report reads it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,16 +29,16 @@ from finetune.data import load_split, prepare
 from finetune.data.read import TARGET_FIELD
 from finetune.errors import FinetuneError
 from finetune.evaluate import metrics as M
+from finetune.evaluate import timing
 from finetune.evaluate.scoring import LabelScorer, generate_answers, label_token_ids
 from finetune.evaluate.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
 from finetune.evaluate.systems import (
     Loaded,
+    ModelPool,
     System,
-    active,
     draw_shots,
     load_groups,
     loaded_model,
-    merges_adapter,
     system_format,
     systems_of,
 )
@@ -47,7 +50,7 @@ from finetune.hardware import (
     reset_peak_memory,
     weight_dtype_name,
 )
-from finetune.prompts import PromptFormat, encode
+from finetune.prompts import Encoded, PromptFormat, encode
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import is_complete
 
@@ -59,16 +62,31 @@ TEXT_PREVIEW = 300
 
 
 @dataclass
+class Plan:
+    """One system ready to run: the instance it runs on, its prompts, how they become answers."""
+
+    system: System
+    key: str
+    fmt: PromptFormat
+    infer: _Inference
+    encoded: list[Encoded]
+
+    @property
+    def prompts(self) -> list[list[int]]:
+        return [e.input_ids for e in self.encoded]
+
+
+@dataclass
 class Outcome:
-    """One system's raw results before statistics."""
+    """One system's quality pass and what it is, before statistics."""
 
     system: System
     description: str
+    serving: str
     prompt_style: str
     predictions: list[Any]
     details: list[dict[str, Any]]
     truncated: list[bool]
-    latencies_ms: list[float]
     seconds: float
     peak_memory: int
     weights_bytes: int
@@ -78,29 +96,39 @@ class Outcome:
     output_tokens: float
 
 
-def evaluate(recipe: Recipe, run_dir: str | Path, *, console: Any = None) -> Path:
-    """Evaluate every system on the run's test items; returns the path of `results.json`."""
+def evaluate(
+    recipe: Recipe,
+    run_dir: str | Path,
+    *,
+    console: Any = None,
+    observer: timing.Observer | None = None,
+) -> Path:
+    """Evaluate every system on the run's test items; returns the path of `results.json`.
+
+    `observer(event, round, system)` is called as each timed measurement starts and ends."""
     run_dir = Path(run_dir)
     check_run(recipe, run_dir)
     run_format = PromptFormat.load(run_dir)
     items = load_split(recipe, "test")
     golds = [item[TARGET_FIELD[recipe.task.type]] for item in items]
     train_rows = load_split(recipe, "train")
-    outcomes = []
+    plans, outcomes = [], []
     with _progress(console) as progress:
-        for key, group in load_groups(recipe, run_dir, systems_of(recipe)):
+        for key, group in load_groups(recipe, systems_of(recipe)):
             with loaded_model(recipe, run_dir, key) as loaded:
                 _check_chat_template(run_dir, run_format, loaded, key)
-                # The specialist merges its adapter into the shared weights: run it last.
-                for system in sorted(group, key=lambda s: s.role == "specialist"):
-                    outcome = _run_system(
-                        recipe, run_dir, system, loaded, run_format, items, train_rows, progress
-                    )
+                for system in group:
+                    plan = _plan(recipe, system, key, loaded, run_format, items, train_rows)
+                    outcome = _score(recipe, run_dir, plan, loaded, progress)
+                    plans.append(plan)
                     outcomes.append(outcome)
                     _say(console, recipe, outcome, golds)
-    order = [s.name for s in systems_of(recipe)]
-    outcomes.sort(key=lambda o: order.index(o.system.name))
-    results = summarize(recipe, run_dir, items, outcomes, golds)
+        order = [s.name for s in systems_of(recipe)]
+        plans.sort(key=lambda p: order.index(p.system.name))
+        outcomes.sort(key=lambda o: order.index(o.system.name))
+        rounds = _time(recipe, run_dir, plans, progress, observer)
+    _say_timing(console, recipe, rounds)
+    results = summarize(recipe, run_dir, items, outcomes, golds, rounds)
     out = run_dir / EVAL_DIR
     write_atomic(out / PREDICTIONS_FILE, _predictions_jsonl(recipe, items, outcomes, golds))
     return write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished eval
@@ -145,7 +173,7 @@ def check_run(recipe: Recipe, run_dir: Path) -> None:
 
 
 def _check_chat_template(run_dir: Path, fmt: PromptFormat, loaded: Loaded, key: str) -> None:
-    if key != "adapter" or fmt.style != "chat":
+    if key != "specialist" or fmt.style != "chat" or (run_dir / "model").is_dir():
         return
     if loaded.tokenizer.chat_template != fmt.chat_template:
         raise FinetuneError(
@@ -154,58 +182,109 @@ def _check_chat_template(run_dir: Path, fmt: PromptFormat, loaded: Loaded, key: 
         )
 
 
-def _run_system(
-    recipe: Recipe,
-    run_dir: Path,
-    system: System,
-    loaded: Loaded,
-    run_format: PromptFormat,
-    items: list[dict],
-    train_rows: list[dict],
-    progress: Any,
-) -> Outcome:
+def _plan(recipe, system, key, loaded, run_format, items, train_rows) -> Plan:
     fmt = system_format(system, loaded, run_format, recipe)
-    tokenizer = loaded.tokenizer
     shots = draw_shots(recipe, train_rows, system.shots)
-    infer = _inference(recipe, fmt, tokenizer)
-    encoded = _encode_items(recipe, fmt, tokenizer, items, shots, infer.reserve)
-    prompts = [e.input_ids for e in encoded]
-    with active(loaded, system, merge=merges_adapter(recipe)) as model:
-        reset_peak_memory()
-        # One untimed batch first: a model's first passes (fresh weights after a merge, kernel
-        # and allocator warm-up) ran ~10% slower here, which would be charged to whichever
-        # system happened to run first on its weights.
-        infer.run(model, prompts[: recipe.eval.batch_size], recipe.eval.batch_size, True)
-        task = progress.add_task(system.name, total=len(prompts))
-        start = time.perf_counter()
-        predictions, details, out_tokens = infer.run(
-            model, prompts, recipe.eval.batch_size, True, lambda n: progress.advance(task, n)
-        )
-        seconds = time.perf_counter() - start
-        latencies = _latencies(infer, model, prompts[: recipe.eval.latency_items])
-        peak = peak_memory_bytes()
-    weights, total, adapter_params = _parameters(loaded.model)
-    is_specialist = system.role == "specialist"
-    disk = dict(loaded.disk_bytes) if is_specialist else {**loaded.disk_bytes, "adapter": None}
+    infer = _inference(recipe, fmt, loaded.tokenizer)
+    encoded = _encode_items(recipe, fmt, loaded.tokenizer, items, shots, infer.reserve)
+    return Plan(system, key, fmt, infer, encoded)
+
+
+def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: Any) -> Outcome:
+    """Every test item through the system, at the evaluation batch size, with its peak memory."""
+    model, prompts, batch = loaded.model, plan.prompts, recipe.eval.batch_size
+    reset_peak_memory()
+    task = progress.add_task(plan.system.name, total=len(prompts))
+    start = time.perf_counter()
+    predictions, details, out_tokens = plan.infer.run(
+        model, prompts, batch, True, lambda n: progress.advance(task, n)
+    )
+    seconds = time.perf_counter() - start
+    peak = peak_memory_bytes()
+    progress.remove_task(task)
+    weights, total, adapter_params = _parameters(model)
+    is_specialist = plan.system.role == "specialist"
     return Outcome(
-        system=system,
+        system=plan.system,
         description=loaded.description if is_specialist else loaded.source.ref,
-        prompt_style=fmt.style,
+        serving=loaded.serving if is_specialist else "as loaded",
+        prompt_style=plan.fmt.style,
         predictions=predictions,
         details=details,
-        truncated=[e.truncated for e in encoded],
-        latencies_ms=latencies,
+        truncated=[e.truncated for e in plan.encoded],
         seconds=seconds,
         peak_memory=peak,
-        weights_bytes=weights if is_specialist else weights - adapter_params[1],
+        weights_bytes=weights,
         parameters={
-            "total": total if is_specialist else total - adapter_params[0],
-            "trainable": _trained_parameters(run_dir, adapter_params[0]) if is_specialist else 0,
+            "total": total,
+            "trainable": _trained_parameters(run_dir, adapter_params) if is_specialist else 0,
         },
-        disk_bytes=disk,
+        disk_bytes=loaded.disk_bytes,
         input_tokens=float(np.mean([len(p) for p in prompts])),
         output_tokens=float(np.mean(out_tokens)),
     )
+
+
+def _time(
+    recipe: Recipe,
+    run_dir: Path,
+    plans: list[Plan],
+    progress: Any,
+    observer: timing.Observer | None,
+) -> timing.Rounds:
+    """Latency and throughput of every system in rounds, with the instances that fit kept loaded."""
+    settings = recipe.eval.timing
+    keys = list(dict.fromkeys(p.key for p in plans))
+    task = progress.add_task("timing rounds", total=settings.rounds * len(plans))
+    with ModelPool(recipe, run_dir, keys) as pool:
+        warmed: set[str] = set()
+        targets = [
+            timing.Target(
+                p.system.name,
+                lambda p=p: _ready(recipe, pool, p, warmed),
+                resident=p.key in pool.resident,
+            )
+            for p in plans
+        ]
+        rounds = timing.run_rounds(
+            targets,
+            settings.rounds,
+            seed=recipe.seed,
+            budget_seconds=settings.max_minutes * 60,
+            observer=observer,
+            on_step=lambda *_: progress.advance(task),
+        )
+    rounds.resident = [t.name for t in targets if t.resident]
+    progress.remove_task(task)
+    return rounds
+
+
+@contextlib.contextmanager
+def _ready(
+    recipe: Recipe, pool: ModelPool, plan: Plan, warmed: set[str]
+) -> Iterator[Callable[[], timing.Measurement]]:
+    """The system's model, warmed up: a full batch and one item on its first use after loading
+    (first passes allocate and pick kernels, ~10% slower here), one item in every later round
+    (the previous system's weights have filled the caches since)."""
+    with pool.use(plan.key) as loaded:
+        model, prompts, batch = loaded.model, plan.prompts, recipe.eval.batch_size
+        first = plan.key not in pool.resident or plan.system.name not in warmed
+        if first:
+            plan.infer.run(model, prompts[:batch], batch, True)
+            warmed.add(plan.system.name)
+        plan.infer.run(model, prompts[:1], 1, False)
+        yield lambda: _measure(recipe, plan, model)
+
+
+def _measure(recipe: Recipe, plan: Plan, model: Any) -> timing.Measurement:
+    prompts = plan.prompts
+    latencies = _latencies(plan.infer, model, prompts[: recipe.eval.latency_items])
+    n = min(recipe.eval.timing.throughput_items, len(prompts))
+    _sync()
+    start = time.perf_counter()
+    plan.infer.run(model, prompts[:n], recipe.eval.batch_size, True)
+    _sync()
+    return timing.Measurement(latencies, time.perf_counter() - start, n)
 
 
 @dataclass
@@ -281,9 +360,6 @@ def _encode_items(recipe, fmt, tokenizer, items, shots, reserve):
 
 def _latencies(infer: _Inference, model: Any, prompts: list[list[int]]) -> list[float]:
     """Milliseconds per request at batch size 1, the whole prompt computed (no shared cache)."""
-    if not prompts:
-        return []
-    infer.run(model, prompts[:1], 1, False)  # warm-up: first calls allocate and pick kernels
     timings = []
     for prompt in prompts:
         _sync()
@@ -301,17 +377,15 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _parameters(model: Any) -> tuple[int, int, tuple[int, int]]:
-    """(weight bytes, parameters, (adapter parameters, adapter bytes)) of a loaded model."""
-    total = weights = adapter = adapter_bytes = 0
+def _parameters(model: Any) -> tuple[int, int, int]:
+    """(weight bytes, parameters, adapter parameters) of a loaded model."""
+    total = weights = adapter = 0
     for name, param in model.named_parameters():
-        size = param.numel() * param.element_size()
         total += param.numel()
-        weights += size
+        weights += param.numel() * param.element_size()
         if "lora_" in name:
             adapter += param.numel()
-            adapter_bytes += size
-    return weights, total, (adapter, adapter_bytes)
+    return weights, total, adapter
 
 
 def _trained_parameters(run_dir: Path, adapter_params: int) -> int:
@@ -322,15 +396,23 @@ def _trained_parameters(run_dir: Path, adapter_params: int) -> int:
 
 
 def summarize(
-    recipe: Recipe, run_dir: Path, items: list[dict], outcomes: list[Outcome], golds: list[Any]
+    recipe: Recipe,
+    run_dir: Path,
+    items: list[dict],
+    outcomes: list[Outcome],
+    golds: list[Any],
+    rounds: timing.Rounds,
 ) -> dict[str, Any]:
     """The results document: per-system measurements and the specialist's paired comparisons."""
     task = recipe.task.type
     names = _metric_names(recipe)
     labels = list(recipe.task.labels) or None
-    systems = [_system_entry(recipe, o, golds, names, labels) for o in outcomes]
+    figures = {o.system.name: _round_figures(recipe, o, rounds) for o in outcomes}
+    systems = [_system_entry(recipe, o, golds, names, labels, rounds, figures) for o in outcomes]
     specialist = outcomes[0]
-    comparisons = [_compare(recipe, specialist, o, golds, names[0], labels) for o in outcomes[1:]]
+    comparisons = [
+        _compare(recipe, specialist, o, golds, names[0], labels, figures) for o in outcomes[1:]
+    ]
     return {
         "recipe": recipe.name,
         "run_dir": str(run_dir),
@@ -347,13 +429,46 @@ def summarize(
         },
         "batch_size": recipe.eval.batch_size,
         "prices": recipe.eval.prices.model_dump(),
+        "timing": _timing_header(recipe, rounds, figures),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "systems": systems,
         "comparisons": comparisons,
     }
 
 
-def _system_entry(recipe, outcome: Outcome, golds, names, labels) -> dict[str, Any]:
+def _round_figures(recipe: Recipe, outcome: Outcome, rounds: timing.Rounds) -> dict[str, list]:
+    name = outcome.system.name
+    return timing.figures_by_round(
+        rounds.of(name), lambda thr: cost_per_1k(recipe, name, thr, outcome)["usd"]
+    )
+
+
+def _timing_header(recipe: Recipe, rounds: timing.Rounds, figures: dict) -> dict[str, Any]:
+    """How the timing went: rounds run and their orders, and every disturbed round."""
+    settings = recipe.eval.timing
+    spread = timing.normal_spread(list(figures.values()))
+    disturbed = [
+        entry
+        for name, figs in figures.items()
+        for entry in timing.disturbed_rounds(rounds.of(name), figs, spread)
+    ]
+    return {
+        "rounds": rounds.done,
+        "rounds_requested": rounds.requested,
+        "stopped_early": rounds.stopped_early,
+        "max_minutes": settings.max_minutes,
+        "seconds": round(rounds.seconds, 1),
+        "orders": rounds.orders,
+        "latency_items": recipe.eval.latency_items,
+        "throughput_items": settings.throughput_items,
+        "resident": rounds.resident,
+        "interval": "sign-test interval for the median of the per-round ratios",
+        "normal_spread": round(spread, 4),
+        "disturbed": sorted(disturbed, key=lambda d: (d["round"], d["system"])),
+    }
+
+
+def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figures):
     task, ev = recipe.task.type, recipe.eval
     preds = outcome.predictions
     metrics = {}
@@ -367,23 +482,17 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels) -> dict[str, A
             seed=recipe.seed,
         )
         metrics[name] = {"value": value, "low": low, "high": high}
-    throughput = len(golds) / outcome.seconds if outcome.seconds > 0 else None
-    latencies = outcome.latencies_ms
     return {
         "name": outcome.system.name,
         "role": outcome.system.role,
         "model": outcome.description,
+        "serving": outcome.serving,
         "shots": outcome.system.shots,
         "prompt_style": outcome.prompt_style,
         "metrics": metrics,
         "per_class": M.per_class(golds, preds, labels) if task == "classification" else [],
         "confusion": M.confusion_matrix(golds, preds, labels) if task == "classification" else None,
-        "latency_ms": {
-            "p50": float(np.percentile(latencies, 50)) if latencies else None,
-            "p95": float(np.percentile(latencies, 95)) if latencies else None,
-            "items": len(latencies),
-        },
-        "throughput_items_per_s": throughput,
+        **_speed_entry(recipe, outcome, rounds, figures[outcome.system.name]),
         "peak_memory_bytes": outcome.peak_memory,
         "weights_bytes": outcome.weights_bytes,
         "parameters": outcome.parameters,
@@ -395,10 +504,37 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels) -> dict[str, A
             "input_per_item": outcome.input_tokens,
             "output_per_item": outcome.output_tokens,
         },
-        "cost_per_1k": cost_per_1k(recipe, outcome.system.name, throughput, outcome),
         "truncated_items": sum(outcome.truncated),
         "eval_seconds": round(outcome.seconds, 2),
     }
+
+
+def _speed_entry(recipe, outcome: Outcome, rounds: timing.Rounds, figures) -> dict[str, Any]:
+    """Latency, throughput and cost: medians over the timing rounds, their spread, each round."""
+    records = rounds.of(outcome.system.name)
+    latency, speed, usd = (timing.summary(figures[k]) for k in timing.FIGURES)
+    p95 = timing.summary([r.p95 for r in records])["median"]
+    basis = cost_per_1k(recipe, outcome.system.name, speed["median"], outcome)["basis"]
+    return {
+        "latency_ms": {
+            "p50": latency["median"],
+            "p95": p95,
+            "items": len(records[0].measurement.latencies_ms) if records else 0,
+            **_spread(latency),
+        },
+        "throughput_items_per_s": speed["median"],
+        "throughput": {
+            "items": records[0].measurement.throughput_items if records else 0,
+            **_spread(speed),
+        },
+        "cost_per_1k": {"usd": usd["median"], "basis": basis, **_spread(usd)},
+        "resident": outcome.system.name in rounds.resident,
+        "load": [r.load.as_dict() for r in records],
+    }
+
+
+def _spread(summary: dict[str, Any]) -> dict[str, Any]:
+    return {"low": summary["low"], "high": summary["high"], "rounds": summary["rounds"]}
 
 
 def cost_per_1k(
@@ -420,7 +556,7 @@ def cost_per_1k(
     }
 
 
-def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labels):
+def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labels, figures):
     task, ev = recipe.task.type, recipe.eval
     difference, low, high = paired_bootstrap_ci(
         M.indexed_metric(task, metric, golds, specialist.predictions, labels),
@@ -439,6 +575,12 @@ def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labe
         "low": low,
         "high": high,
         "mcnemar": None,
+        "timing": {
+            k: timing.paired_ratio(
+                figures[specialist.system.name][k], figures[baseline.system.name][k], ev.confidence
+            )
+            for k in timing.FIGURES
+        },
     }
     if task == "classification":
         test = mcnemar_exact(
@@ -492,15 +634,38 @@ def _say(console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any]) -> No
     value = M.compute(
         task, name, golds, outcome.predictions, labels=list(recipe.task.labels) or None
     )
-    p50 = statistics.median(outcome.latencies_ms) if outcome.latencies_ms else float("nan")
     truncated = sum(outcome.truncated)
     note = f"; {truncated} input(s) truncated to model.max_length" if truncated else ""
     console.print(
-        f"{outcome.system.name}: {name} {value:.3f} on {len(golds)} items in {outcome.seconds:.0f} s "
-        f"(p50 latency {p50:.0f} ms){note}",
+        f"{outcome.system.name}: {name} {value:.3f} on {len(golds)} items in {outcome.seconds:.0f} s{note}",
         markup=False,
         highlight=False,
     )
+
+
+def _say_timing(console: Any, recipe: Recipe, rounds: timing.Rounds) -> None:
+    """Per system: median p50 latency and throughput over the rounds; then any busy round."""
+    if console is None:
+        return
+    early = " (stopped early: eval.timing.max_minutes spent)" if rounds.stopped_early else ""
+    console.print(
+        f"timing: {rounds.done} of {rounds.requested} rounds in {rounds.seconds:.0f} s{early}",
+        markup=False,
+        highlight=False,
+    )
+    names = list(dict.fromkeys(r.name for r in rounds.records))
+    for name in names:
+        records = rounds.of(name)
+        p50 = timing.summary([r.p50 for r in records])
+        speed = timing.summary([r.throughput for r in records])
+        busy = [r.round for r in records if r.load.busy]
+        note = f"; machine busy in round(s) {', '.join(map(str, busy))}" if busy else ""
+        console.print(
+            f"  {name}: p50 {p50['median']:.1f} ms [{p50['low']:.1f}-{p50['high']:.1f}], "
+            f"{speed['median']:.1f} items/s [{speed['low']:.1f}-{speed['high']:.1f}]{note}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _progress(console: Any):

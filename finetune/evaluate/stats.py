@@ -13,6 +13,7 @@ A statistic is `statistic(idx) -> float`: the metric on the items at `idx` (with
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -109,3 +110,33 @@ def mcnemar_exact(
         )
     a_only, b_only = int(np.sum(a & ~b)), int(np.sum(b & ~a))
     return McNemar(a_only=a_only, b_only=b_only, p_value=_binomial_two_sided_half(a_only, b_only))
+
+
+def rounds_for_interval(confidence: float) -> int:
+    """The fewest rounds whose median has a distribution-free interval at `confidence`:
+    [min, max] of n values covers the median with probability 1 - 2 (1/2)^n."""
+    n = 1
+    while 2 * 0.5**n > 1 - confidence:
+        n += 1
+    return n
+
+
+def median_interval(values: Sequence[float], confidence: float) -> tuple[float, float] | None:
+    """A distribution-free interval for the median of `values` (the sign-test interval).
+
+    [x_(k), x_(n+1-k)] of the sorted values covers the median with probability
+    1 - 2 P[Binomial(n, 1/2) < k] whatever the distribution; k is the largest that keeps this at
+    `confidence` or above. Unlike a t-interval it is not pulled by one round that something
+    else on the machine slowed down. None when there are too few values for `confidence`.
+    """
+    x = sorted(values)
+    n = len(x)
+    k, below = 0, 0  # below: P[Binomial(n, 1/2) < k + 1] * 2**n, exact in integers
+    while True:
+        below += math.comb(n, k)
+        if 2 * below > (1 - confidence) * 2**n:
+            break
+        k += 1
+    if k == 0:
+        return None
+    return float(x[k - 1]), float(x[n - k])

@@ -1,8 +1,10 @@
 """The systems under comparison: the run's specialist and the recipe's baselines, loaded for inference.
 
-Systems on the same weights share one load: `model: base` baselines run on the base model as
-loaded, then the run's adapter is attached for the specialist (merged into float32 weights).
-Every other model is loaded on its own, evaluated, and freed before the next.
+Systems are grouped by the model instance they run on: `specialist` (the base with the run's
+adapter, or a full fine-tuning run's model), `base` (the untouched base model, shared by every
+`model: base` baseline) and one instance per other model reference. `loaded_model` loads one
+instance; `ModelPool` keeps as many instances loaded at once as memory allows, so that timing
+rounds can interleave systems, and loads the rest afresh for each use.
 """
 
 from __future__ import annotations
@@ -16,14 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import FinetuneError
-from finetune.hardware import weight_dtype
-from finetune.models import ModelSource, check_fits, load_causal_lm, load_tokenizer, resolve
+from finetune.hardware import free_memory, weight_dtype
+from finetune.models import (
+    ModelSource,
+    check_fits,
+    load_causal_lm,
+    load_tokenizer,
+    resolve,
+    weights_bytes_needed,
+)
 from finetune.prompts import PromptFormat, prompt_format, target_text
 from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
 SPECIALIST = "specialist"
+# Instances stay loaded for the timing rounds while their weights fit in this share of the
+# memory still free: the rest is left for activations and for the instances that load per use.
+RESIDENT_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,7 @@ class Loaded:
     source: ModelSource
     description: str
     disk_bytes: dict[str, int | None] = field(default_factory=dict)
-    adapter: Path | None = None  # the run's adapter, attached when the specialist's turn comes
-    adapter_attached: bool = False
+    serving: str = "as loaded"  # how the specialist's update is applied (see `serving_form`)
 
 
 def systems_of(recipe: Recipe) -> list[System]:
@@ -56,31 +66,27 @@ def systems_of(recipe: Recipe) -> list[System]:
     return [specialist, *baselines]
 
 
-def load_groups(
-    recipe: Recipe, run_dir: Path, systems: list[System]
-) -> list[tuple[str, list[System]]]:
-    """Systems grouped by the weights they run on, the specialist's group first.
+def instance_key(recipe: Recipe, system: System) -> str:
+    """`specialist`, `base`, or the model reference the system runs on."""
+    if system.model == "run":
+        return SPECIALIST
+    if system.model in ("base", recipe.model.base):
+        return "base"
+    return system.model
 
-    Keys: `adapter` (base + the run's adapter, switched off for base baselines), `run` (a full
-    fine-tuning run's model), `base` (the untouched base model) or another model reference.
-    """
-    full = (run_dir / "model").is_dir()
+
+def load_groups(recipe: Recipe, systems: list[System]) -> list[tuple[str, list[System]]]:
+    """Systems grouped by the instance they run on, the specialist's first."""
     groups: dict[str, list[System]] = {}
     for system in systems:
-        if system.model == "run":
-            key = "run" if full else "adapter"
-        elif system.model in ("base", recipe.model.base):
-            key = "base" if full else "adapter"
-        else:
-            key = system.model
-        groups.setdefault(key, []).append(system)
+        groups.setdefault(instance_key(recipe, system), []).append(system)
     return list(groups.items())
 
 
 @contextlib.contextmanager
 def loaded_model(recipe: Recipe, run_dir: Path, key: str) -> Iterator[Loaded]:
-    """Load one group's weights for inference (eval mode, no gradients) and free them afterwards."""
-    if key in ("adapter", "run"):
+    """Load one instance for inference (eval mode, no gradients) and free it afterwards."""
+    if key == SPECIALIST:
         loaded = _load_run_model(recipe, run_dir)
     else:
         source = resolve(recipe.model.base if key == "base" else key, key="eval.baselines.model")
@@ -94,39 +100,103 @@ def loaded_model(recipe: Recipe, run_dir: Path, key: str) -> Iterator[Loaded]:
         gc.collect()
 
 
-def merges_adapter(recipe: Recipe) -> bool:
-    """Whether the specialist's adapter is merged into float32 base weights for evaluation.
+class ModelPool:
+    """Instances kept loaded across timing rounds, as many as memory allows (specialist first);
+    `use(key)` gives a kept instance, or loads one that was not kept and frees it afterwards."""
 
-    Merged is what `finetune export --merge` deploys: a plain model with no adapter matmuls and
-    no PEFT wrappers. Only float32 weights can hold the merge: rounding W + BA to bf16 (8-bit
-    mantissa) erases most of a LoRA update, which is small next to W (on the sentiment recipe
-    accuracy fell from 0.795 to 0.777), and merging would re-quantize quantized weights. Those
-    keep the adapter unmerged, in float32 as PEFT loads it.
+    def __init__(self, recipe: Recipe, run_dir: Path, keys: list[str]) -> None:
+        self.recipe, self.run_dir, self.keys = recipe, run_dir, keys
+        self.resident: dict[str, Loaded] = {}
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> ModelPool:
+        for key in self.keys:
+            need = _instance_bytes(self.recipe, key)
+            free, _ = free_memory()
+            if need is not None and need <= RESIDENT_SHARE * free:
+                self.resident[key] = self._stack.enter_context(
+                    loaded_model(self.recipe, self.run_dir, key)
+                )
+            else:
+                log.info("%s does not stay loaded for timing: it loads again for each round", key)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.resident.clear()
+        self._stack.close()
+
+    @contextlib.contextmanager
+    def use(self, key: str) -> Iterator[Loaded]:
+        if key in self.resident:
+            yield self.resident[key]
+            return
+        with loaded_model(self.recipe, self.run_dir, key) as loaded:
+            yield loaded
+
+
+def _instance_bytes(recipe: Recipe, key: str) -> int | None:
+    ref = recipe.model.base if key in (SPECIALIST, "base") else key
+    own = ref == recipe.model.base
+    try:
+        return weights_bytes_needed(
+            resolve(ref, key="eval.baselines.model"),
+            dtype=weight_dtype(recipe.model.dtype),
+            quantization=recipe.model.quantization if own else "none",
+            trust_remote_code=recipe.model.trust_remote_code and own,
+        )
+    except Exception as exc:  # an estimate only: a model it cannot size loads per use
+        log.warning("cannot estimate the size of %s (%s); it loads per use", ref, exc)
+        return None
+
+
+def serving_form(recipe: Recipe) -> str:
+    """How the specialist's adapter is applied for evaluation: `merged` or `adapter`.
+
+    `auto` merges wherever the weights are not quantized, as `finetune export --merge`
+    deploys it: a plain model with no adapter matmuls and no PEFT wrappers, at the base model's
+    speed. Quantized weights cannot take a merge without re-quantizing, so they keep the adapter
+    unmerged, in float32 as PEFT loads it.
+    """
+    form = recipe.eval.specialist_form
+    if form == "auto":
+        return "merged" if recipe.model.quantization == "none" else "adapter"
+    return form
+
+
+def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple[Any, str]:
+    """The base with the run's adapter, and a description of the form it is served in.
+
+    The merge is done on float32 weights and rounded once to the serving dtype. Merging into
+    weights already loaded in bf16 rounds W + BA back onto bf16's grid around W, which erases
+    most of a small update (mean label log-probability error 0.17 against the float32 model on
+    the sentiment recipe, 3x bf16's own 0.05); rounding float32 W + BA once keeps it.
     """
     import torch
+    from peft import PeftModel
 
-    return recipe.model.quantization == "none" and weight_dtype(recipe.model.dtype) == torch.float32
+    dtype = weight_dtype(recipe.model.dtype)
+    form = serving_form(recipe)
+    if form == "merged" and recipe.eval.specialist_form == "auto" and not _fits_float32(source):
+        log.warning(
+            "%s: its float32 weights, needed for the merge, do not fit in memory; the adapter "
+            "stays unmerged (eval.specialist_form)",
+            source.ref,
+        )
+        form = "adapter"
+    if form == "adapter":
+        tuned = PeftModel.from_pretrained(_load(recipe, source), str(adapter))
+        return tuned, "adapter unmerged, in float32"
+    base = _load(recipe, source, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(dtype)
+    name = str(dtype).removeprefix("torch.")
+    rounded = "" if dtype == torch.float32 else f", rounded once to {name}"
+    return merged, f"merged in float32{rounded}"
 
 
-@contextlib.contextmanager
-def active(loaded: Loaded, system: System, *, merge: bool = True) -> Iterator[Any]:
-    """The model as `system` sees it: the plain base for base baselines; base + adapter for the
-    specialist, merged when `merge` (see `merges_adapter`).
+def _fits_float32(source: ModelSource) -> bool:
+    import torch
 
-    The adapter is attached in place, so the specialist comes last in its group.
-    """
-    if system.model != "run" or loaded.adapter is None:
-        if loaded.adapter_attached:
-            raise FinetuneError(f"{system.name}: the base model already carries the adapter")
-        yield loaded.model
-        return
-    if not loaded.adapter_attached:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(loaded.model, str(loaded.adapter))
-        loaded.model = (model.merge_and_unload() if merge else model).eval()
-        loaded.adapter_attached = True
-    yield loaded.model
+    return weights_bytes_needed(source, dtype=torch.float32) <= free_memory()[0]
 
 
 def system_format(system: System, loaded: Loaded, run_format: PromptFormat, recipe: Recipe):
@@ -177,24 +247,25 @@ def _load_run_model(recipe: Recipe, run_dir: Path) -> Loaded:
             model, _tokenizer(full), source, f"{source.ref} fine-tuned (full)", _disk(full, None)
         )
     check_same_base(run_dir, source.identity)
-    merged = " (merged)" if merges_adapter(recipe) else ""
+    model, serving = _attach_adapter(recipe, source, run_dir / "adapter")
+    merged = " (merged)" if serving.startswith("merged") else ""
     return Loaded(
-        _load(recipe, source),
+        model,
         _tokenizer(source),
         source,
         f"{source.ref} + LoRA adapter{merged}",
         _disk(source, run_dir / "adapter"),
-        adapter=run_dir / "adapter",
+        serving=serving,
     )
 
 
-def _load(recipe: Recipe, source: ModelSource) -> Any:
+def _load(recipe: Recipe, source: ModelSource, *, dtype: Any = None) -> Any:
     # The recipe's loading options (quantization, remote code, pickles) are for its own base
     # model; other baselines load plainly.
     own = source.ref == recipe.model.base
     quantization = recipe.model.quantization if own else "none"
     trust = recipe.model.trust_remote_code and own
-    dtype = weight_dtype(recipe.model.dtype)
+    dtype = dtype or weight_dtype(recipe.model.dtype)
     kwargs: dict[str, Any] = {}
     if quantization != "none":
         from finetune.train.model import bnb_config

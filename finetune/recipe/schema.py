@@ -328,6 +328,24 @@ class PriceConfig(Section):
     )
 
 
+class TimingConfig(Section):
+    rounds: PositiveInt = _field(
+        6,
+        help="Timing rounds. Each round times every system on the same items, in a new order (as listed, reversed, then shuffled by `seed`), so that load on the machine falls on all systems alike. Figures are medians over rounds; the specialist's ratio to each baseline gets a sign-test interval over rounds, which needs at least 6 rounds at `eval.confidence` 0.95 (8 at 0.99).",
+        synonyms=("repeats", "repetitions", "timing_rounds"),
+    )
+    throughput_items: PositiveInt = _field(
+        64,
+        help="Test items scored at `eval.batch_size` in each round to measure throughput (and from it machine-time cost).",
+        synonyms=("items",),
+    )
+    max_minutes: Annotated[float, Field(gt=0)] = _field(
+        10.0,
+        help="Time allowed for the timing rounds. A round that would end after it is not started, and the report says how many ran.",
+        synonyms=("budget_minutes", "minutes"),
+    )
+
+
 class EvalConfig(Section):
     metrics: list[str] = _field(
         [],
@@ -351,7 +369,18 @@ class EvalConfig(Section):
         64, help="QA and extraction: generation length limit.", synonyms=("max_tokens",)
     )
     latency_items: PositiveInt = _field(
-        32, help="Items timed one by one (batch size 1) for the latency percentiles."
+        16,
+        help="Items timed one by one (batch size 1) in each timing round for the latency percentiles.",
+    )
+    specialist_form: Literal["auto", "merged", "adapter"] = _field(
+        "auto",
+        help="How the specialist is served: `merged` folds the adapter into float32 weights and rounds them once to `model.dtype` (what `finetune export --merge` writes; the base model's speed); `adapter` keeps it unmerged, in float32; `auto` merges unless the weights are quantized.",
+        synonyms=("serving", "merge"),
+    )
+    timing: TimingConfig = _field(
+        TimingConfig(),
+        help="How latency and throughput are measured: rounds with the order of systems changed between them.",
+        synonyms=("timings", "speed"),
     )
     bootstrap_samples: PositiveInt = _field(
         2000,
@@ -491,10 +520,34 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
         if message:
             problems.append(("eval.metrics", message))
     problems += _model_reference_problems(recipe)
+    problems += _timing_problems(recipe)
+    if recipe.eval.specialist_form == "merged" and recipe.model.quantization != "none":
+        problems.append(
+            (
+                "eval.specialist_form",
+                f"quantized weights ({recipe.model.quantization}) cannot take a merged adapter; "
+                "use specialist_form: adapter or auto",
+            )
+        )
     names = [b.name for b in recipe.eval.baselines]
     if len(set(names)) != len(names):
         problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
     return problems
+
+
+def _timing_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    from finetune.evaluate.stats import rounds_for_interval
+
+    need = rounds_for_interval(recipe.eval.confidence)
+    if recipe.eval.baselines and recipe.eval.timing.rounds < need:
+        return [
+            (
+                "eval.timing.rounds",
+                f"{recipe.eval.timing.rounds} rounds cannot give a {recipe.eval.confidence:g} "
+                f"interval for the timing ratios; use at least {need} (or lower eval.confidence)",
+            )
+        ]
+    return []
 
 
 def _model_reference_problems(recipe: Recipe) -> list[tuple[str, str]]:

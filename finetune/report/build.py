@@ -25,7 +25,7 @@ from finetune.report.results import (
     load_training,
     primary_metric,
 )
-from finetune.report.verdict import verdict
+from finetune.report.verdict import cautions, verdict
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,8 @@ def write_report(run_dir: str | Path, *, console: Console | None = None) -> Repo
         console.print(tables.headline_table(results))
         for sentence in verdict(results):
             console.print(sentence, markup=False, highlight=False)
+        for note in cautions(results):
+            console.print(f"Caution: {note}", markup=False, highlight=False, style="bold red")
         console.print(f"Markdown report: {paths.markdown}", markup=False)
         console.print(f"HTML report (open in a browser): {paths.html}", markup=False)
     return paths

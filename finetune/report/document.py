@@ -14,7 +14,7 @@ from finetune.report import format as fmt
 from finetune.report import tables
 from finetune.report.plots import Figure
 from finetune.report.results import PREDICTIONS_FILE
-from finetune.report.verdict import verdict
+from finetune.report.verdict import cautions, verdict
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class Verdict:
 
     findings: list[str]
     bottom_line: str
+    cautions: tuple[str, ...] = ()  # what may have disturbed the measurements
 
 
 Block = Heading | Paragraph | Bullets | Verdict | tables.Table | Figure
@@ -67,6 +68,30 @@ def setup_text(results: dict[str, Any]) -> str:
     )
 
 
+def timing_text(results: dict[str, Any]) -> str:
+    """How the timing rounds ran: how many, how long, in which orders, what stayed loaded."""
+    t = results["timing"]
+    orders = " | ".join(", ".join(order) for order in t["orders"][:3])
+    more = (
+        f" | ... ({len(t['orders']) - 3} more, shuffled by the seed)"
+        if len(t["orders"]) > 3
+        else ""
+    )
+    loaded = ", ".join(t["resident"]) if t["resident"] else "none"
+    early = (
+        f" Stopped after {t['rounds']} of {t['rounds_requested']} rounds: "
+        f"eval.timing.max_minutes ({t['max_minutes']:g}) was spent."
+        if t["stopped_early"]
+        else ""
+    )
+    return (
+        f"{t['rounds']} rounds in {t['seconds']:,.0f} s; each timed {fmt.count(t['latency_items'])} "
+        f"items one at a time and {fmt.count(t['throughput_items'])} at batch size "
+        f"{results['batch_size']} per system. Orders: {orders}{more}. Kept loaded between "
+        f"rounds: {loaded} (the others load again for each round).{early}"
+    )
+
+
 def _run_line(results: dict[str, Any], run_dir: Path) -> str:
     created = results.get("created_at")
     return f"Run: `{run_dir}`" + (f", evaluated {created}." if created else ".")
@@ -78,10 +103,13 @@ HOW_TO_READ = [
     "items; for classification, significance is McNemar's exact test on the items exactly one "
     "of the two systems got right (otherwise the interval excluding 0).",
     "Latency is measured one item at a time (batch size 1), each prompt computed in full; "
-    "throughput over all test items at the evaluation batch size, with the prompt prefix every "
-    "item shares (system turn, instruction, few-shot examples) computed once, as a serving "
-    "engine with prefix caching does. Repeated timings of the same model differ by up to about "
-    "10% on a shared machine, so smaller gaps in latency or cost are called noise.",
+    "throughput at the evaluation batch size, with the prompt prefix every item shares (system "
+    "turn, instruction, few-shot examples) computed once, as a serving engine with prefix "
+    "caching does. Both are timed in rounds: every round times every system on the same items, "
+    "in a new order each round, so load from other processes falls on all systems alike. Each "
+    "figure is the median over rounds, shown with its range; the specialist's ratio to each "
+    "baseline is taken within each round, and a difference is called only when the sign-test "
+    "interval of the median ratio excludes 1 (otherwise: no clear difference).",
     "Cost per 1,000 requests is the machine's hourly price times the time per item at that "
     "throughput, or the API's token prices where the recipe gives them.",
     "Size on disk counts the adapter plus the base model it needs; memory is the peak while "
@@ -104,18 +132,23 @@ def report_document(
         Heading("Setup"),
         Paragraph(setup_text(results)),
         Heading("Verdict"),
-        Verdict(sentences[:-1], sentences[-1]),
+        Verdict(sentences[:-1], sentences[-1], tuple(cautions(results))),
         Heading("Headline"),
         tables.headline(results),
         Heading("All metrics"),
         tables.metrics(results),
         Heading("Systems"),
         tables.systems(results),
+        Heading("Timing: medians over rounds"),
+        Paragraph(timing_text(results)),
+        tables.timing(results),
     ]
     if results["comparisons"]:
         blocks += [
             Heading("Paired comparisons: the specialist against each baseline"),
             tables.comparisons(results),
+            Heading("Speed and cost against each baseline, paired by round", level=3),
+            tables.timing_ratios(results),
         ]
     per_class = tables.per_class(results)
     if per_class:

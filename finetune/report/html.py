@@ -28,6 +28,8 @@ code { font: 0.9em ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
 .verdict ul { margin: 0.3em 0; padding-left: 1.2em; }
 .verdict li { margin: 0.25em 0; }
 .verdict .bottom { font-weight: 600; margin: 0.6em 0 0.2em; }
+.verdict .caution { background: #fdecea; border-left: 4px solid #c62828; padding: 6px 10px;
+  margin: 0.6em 0 0.2em; }
 .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em;
   font-variant-numeric: tabular-nums; }
@@ -84,7 +86,8 @@ def _block(block: Block) -> str:
     if isinstance(block, Verdict):
         items = "".join(f"<li>{_text(s)}</li>" for s in block.findings)
         bottom = f'<p class="bottom">{_text(block.bottom_line)}</p>'
-        return f'<section class="verdict"><ul>{items}</ul>{bottom}</section>'
+        notes = "".join(f'<p class="caution">{_text(c)}</p>' for c in block.cautions)
+        return f'<section class="verdict"><ul>{items}</ul>{bottom}{notes}</section>'
     if isinstance(block, Table):
         return _table(block)
     if isinstance(block, Figure):

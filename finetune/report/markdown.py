@@ -39,7 +39,8 @@ def _block(block: Block, base: Path) -> list[str]:
         return [f"- {escape(item)}" for item in block.items]
     if isinstance(block, Verdict):
         findings = [f"> - {escape(s)}" for s in block.findings]
-        return [*findings, ">", f"> **{escape(block.bottom_line)}**"]
+        notes = [line for c in block.cautions for line in (">", f"> **Caution:** {escape(c)}")]
+        return [*findings, ">", f"> **{escape(block.bottom_line)}**", *notes]
     if isinstance(block, Table):
         return _table(block)
     if isinstance(block, Figure):

@@ -18,12 +18,13 @@ PREDICTIONS_FILE = Path("eval") / "predictions.jsonl"
 # The fields the report reads; anything else in results.json is passed through untouched.
 FIELDS = {
     "": ("recipe", "task", "labels", "metrics", "test_items", "confidence",
-         "bootstrap_samples", "hardware", "batch_size", "prices", "systems", "comparisons"),
+         "bootstrap_samples", "hardware", "batch_size", "prices", "timing", "systems",
+         "comparisons"),
     "systems": ("name", "role", "model", "shots", "prompt_style", "metrics", "latency_ms",
                 "throughput_items_per_s", "peak_memory_bytes", "parameters", "disk_bytes",
-                "tokens", "cost_per_1k", "truncated_items"),
+                "throughput", "tokens", "cost_per_1k", "truncated_items"),
     "comparisons": ("baseline", "metric", "specialist", "baseline_value", "difference", "low",
-                    "high", "significant"),
+                    "high", "significant", "timing"),
 }  # fmt: skip
 
 

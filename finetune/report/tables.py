@@ -134,6 +134,70 @@ def comparisons(results: dict[str, Any]) -> Table:
     return Table("comparisons", "Paired comparisons", columns, rows)
 
 
+def timing(results: dict[str, Any]) -> Table:
+    """Per system: each timed figure's median over rounds with its range, and disturbed rounds."""
+    disturbed: dict[str, list[str]] = {}
+    for entry in results["timing"]["disturbed"]:
+        disturbed.setdefault(entry["system"], []).append(str(entry["round"]))
+    columns = [
+        "system",
+        "p50 latency (ms)",
+        "p95 latency (ms)",
+        "throughput (items/s)",
+        "cost / 1k requests (USD)",
+        "stayed loaded",
+        "disturbed rounds",
+    ]
+    rows = [
+        [
+            s["name"],
+            _median_range(s["latency_ms"]["p50"], s["latency_ms"], "{:,.1f}"),
+            _number(s["latency_ms"]["p95"], "{:,.1f}"),
+            _median_range(s["throughput_items_per_s"], s["throughput"], "{:,.1f}"),
+            _median_range(s["cost_per_1k"]["usd"], s["cost_per_1k"], None),
+            "yes" if s.get("resident") else "no",
+            ", ".join(disturbed.get(s["name"], [])) or "-",
+        ]
+        for s in results["systems"]
+    ]
+    return Table("timing", "Timing", columns, rows, _specialist_rows(results))
+
+
+def timing_ratios(results: dict[str, Any]) -> Table:
+    """The specialist's latency, throughput and cost as ratios to each baseline's, per round."""
+    level = f"{results['confidence']:.0%}"
+    columns = ["baseline"] + [
+        f"{k} ratio [{level} interval]" for k in ("latency", "throughput", "cost")
+    ]
+    rows = [
+        [c["baseline"], *(_ratio_cell(c["timing"][k]) for k in ("latency", "throughput", "cost"))]
+        for c in results["comparisons"]
+    ]
+    return Table("timing_ratios", "Speed and cost ratios", columns, rows)
+
+
+def _ratio_cell(r: dict[str, Any]) -> str:
+    if r["ratio"] is None:
+        return "-"
+    interval = f"[{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "[too few rounds]"
+    verdict = "" if r["clear"] else " no clear difference"
+    return f"{r['ratio']:.2f}x {interval}{verdict}"
+
+
+def _median_range(value: float | None, spread: dict[str, Any], form: str | None) -> str:
+    """`104.2 (98.0-110.3)`: a median over rounds and its range."""
+    show = fmt.usd if form is None else form.format
+    if value is None:
+        return "-"
+    if spread.get("low") is None:
+        return show(value)
+    return f"{show(value)} ({show(spread['low'])}-{show(spread['high'])})"
+
+
+def _number(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
 def per_class(results: dict[str, Any]) -> list[Table]:
     """Precision, recall and F1 by label, one table per system (classification only)."""
     tables = []

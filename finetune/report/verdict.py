@@ -2,8 +2,10 @@
 
 Every sentence restates measured numbers; nothing is weighed beyond them. Quality uses the
 evaluator's `significant` flag (McNemar for classification, a paired-bootstrap interval that
-excludes 0 otherwise); the other dimensions name the lowest system and its ratio to the
-specialist.
+excludes 0 otherwise). Latency and cost use the evaluator's round-by-round ratios: a baseline
+is called faster, slower, cheaper or dearer only when the interval of its ratio to the
+specialist excludes 1, and otherwise "no clear difference". Memory and size name the lowest
+system and its ratio to the specialist. `cautions` says what may have disturbed the timings.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from finetune.report import format as fmt
 from finetune.report.results import cost, disk_total, latency, primary_metric, specialist
 
 System = dict[str, Any]
-# Timings of one system repeated on this kind of shared machine differ by up to about 10%
-# (the same weights measured as specialist and as base), so smaller gaps are not a finding.
-TIMING_NOISE = 0.10
 
 
 def verdict(results: dict[str, Any]) -> list[str]:
@@ -75,8 +74,6 @@ def _lowest_sentence(
     show: Callable[[System], str],
     what: str,
     verb: str,
-    *,
-    timed: bool = False,
 ) -> str:
     """`WHAT: X, A; the specialist VERB B, r x that.` or, when the specialist is lowest,
     `WHAT: the specialist, A; the next, X, VERB B, r x that.`"""
@@ -91,15 +88,59 @@ def _lowest_sentence(
             f"the next, {other['name']}, {verb} {show(other)}, {times} that."
         )
     times = fmt.ratio(value(special), value(best))
-    noise = (
-        f", within the {TIMING_NOISE:.0%} noise of repeated timings"
-        if timed and value(special) <= value(best) * (1 + TIMING_NOISE)
-        else ""
-    )
     return (
         f"{what}: {best['name']}, {show(best)}; "
-        f"the specialist {verb} {show(special)}, {times} that{noise}."
+        f"the specialist {verb} {show(special)}, {times} that."
     )
+
+
+def timing_call(comparison: dict[str, Any], figure: str) -> str:
+    """`lower`, `higher` or `unclear`: the specialist's figure against the baseline's, called only
+    when the interval of their round-by-round ratio excludes 1."""
+    ratio = comparison["timing"][figure]
+    if not ratio["clear"]:
+        return "unclear"
+    return "lower" if ratio["high"] < 1 else "higher"
+
+
+def _ratio_text(comparison: dict[str, Any], figure: str) -> str:
+    r = comparison["timing"][figure]
+    if r["ratio"] is None:
+        return "not measured"
+    if r["low"] is None:
+        return f"ratio {r['ratio']:.2f}, too few rounds for an interval"
+    return f"ratio {r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+
+
+def _timed_sentence(
+    results: dict[str, Any],
+    figure: str,
+    what: str,
+    show: Callable[[System], str],
+    words: tuple[str, str],
+) -> str:
+    """`WHAT, median of n rounds: the specialist A; LOWER than X (B, ratio r [lo, hi]); HIGHER
+    than Y (...); no clear difference from Z (...); 95% intervals over rounds.`"""
+    special = specialist(results)
+    by_name = {s["name"]: s for s in results["systems"]}
+    groups: dict[str, list[str]] = {"lower": [], "higher": [], "unclear": []}
+    for c in results["comparisons"]:
+        other = by_name[c["baseline"]]
+        groups[timing_call(c, figure)].append(
+            f"{c['baseline']} ({show(other)}, {_ratio_text(c, figure)})"
+        )
+    heads = {
+        "lower": f"{words[0]} than",
+        "higher": f"{words[1]} than",
+        "unclear": "no clear difference from",
+    }
+    parts = [f"{heads[k]} {_and(v)}" for k, v in groups.items() if v]
+    rounds = results["timing"]["rounds"]
+    head = f"{what}, median of {rounds} rounds: the specialist {show(special)}"
+    if not parts:
+        return f"{head}."
+    level = f"{results['confidence']:.0%}"
+    return f"{head}; {'; '.join(parts)}; {level} intervals over rounds."
 
 
 def _peak(system: System) -> float:
@@ -107,13 +148,12 @@ def _peak(system: System) -> float:
 
 
 def _latency_sentence(results: dict[str, Any]) -> str:
-    return _lowest_sentence(
+    return _timed_sentence(
         results,
-        latency,
+        "latency",
+        "p50 latency at batch size 1",
         lambda s: fmt.ms(latency(s)),
-        "Lowest p50 latency at batch size 1",
-        "takes",
-        timed=True,
+        ("faster", "slower"),
     )
 
 
@@ -138,39 +178,47 @@ def _size_sentence(results: dict[str, Any]) -> str:
 
 
 def _cost_sentence(results: dict[str, Any]) -> str:
-    return _lowest_sentence(
+    return _timed_sentence(
         results,
-        cost,
+        "cost",
+        "Cost per 1k requests",
         lambda s: fmt.usd(cost(s)),
-        "Lowest cost per 1k requests",
-        "costs",
-        timed=True,
+        ("cheaper", "dearer"),
     )
 
 
+def _clearly_cheaper(results: dict[str, Any]) -> System | None:
+    """The cheapest of the baselines whose cost is clearly below the specialist's, if any."""
+    by_name = {s["name"]: s for s in results["systems"]}
+    cheaper = [
+        by_name[c["baseline"]]
+        for c in results["comparisons"]
+        if timing_call(c, "cost") == "higher"  # the specialist costs more
+    ]
+    return min(cheaper, key=cost) if cheaper else None
+
+
 def bottom_line(results: dict[str, Any]) -> str:
-    """Deploy the specialist when it significantly beats every baseline and none is cheaper;
-    otherwise name the trade-off: the best-quality system and the cheapest one."""
+    """Deploy the specialist when it significantly beats every baseline and none is clearly
+    cheaper; otherwise name the trade-off: the best-quality system and the cheapest one."""
     comparisons, metric = results["comparisons"], primary_metric(results)
     label = fmt.metric_label(metric)
     if not comparisons:
         return "Bottom line: no baselines were evaluated, so there is nothing to compare against."
     special = specialist(results)
-    cheapest, _ = _lowest(results, cost)
-    if cost(special) <= cost(cheapest) * (1 + TIMING_NOISE):
-        cheapest = special  # cost comes from timings: a gap within their noise is no gap
+    cheapest = _clearly_cheaper(results) or special
     wins_all = all(_outcome(c) == "win" for c in comparisons)
     if wins_all and cheapest is special:
         return (
             f"Bottom line: deploy the specialist; it is significantly better than every baseline "
-            f"on {label} and no baseline is cheaper per 1k requests ({fmt.usd(cost(special))}) "
-            f"by more than the {TIMING_NOISE:.0%} noise of the timings it comes from."
+            f"on {label} and no baseline is clearly cheaper per 1k requests "
+            f"(the specialist: {fmt.usd(cost(special))})."
         )
     if wins_all:
         return (
             f"Bottom line: the trade-off is quality against cost; the specialist is significantly "
-            f"better than every baseline on {label}, while {cheapest['name']} is cheaper at "
-            f"{fmt.usd(cost(cheapest))} per 1k requests against the specialist's "
+            f"better than every baseline on {label}, while {cheapest['name']} is clearly cheaper "
+            f"at {fmt.usd(cost(cheapest))} per 1k requests against the specialist's "
             f"{fmt.usd(cost(special))} ({fmt.ratio(cost(special), cost(cheapest))})."
         )
     best = max(results["systems"], key=lambda s: (s["metrics"][metric]["value"], s is special))
@@ -179,13 +227,51 @@ def bottom_line(results: dict[str, Any]) -> str:
         tail = (
             f"{_name(best, special)} has both the highest {label} ({best_text}) and the lowest "
             f"cost ({fmt.usd(cost(best))} per 1k requests)"
+            + ("; no baseline is clearly cheaper" if best is special else "")
+        )
+    elif cheapest is special:
+        tail = (
+            f"the highest {label} is {_name(best, special)}'s {best_text}, and no baseline is "
+            f"clearly cheaper than the specialist ({fmt.usd(cost(special))} per 1k requests)"
         )
     else:
         tail = (
             f"the highest {label} is {_name(best, special)}'s {best_text} and the cheapest system "
-            f"is {_name(cheapest, special)} at {fmt.usd(cost(cheapest))} per 1k requests"
+            f"is {cheapest['name']} at {fmt.usd(cost(cheapest))} per 1k requests"
         )
     return f"Bottom line: {_record(comparisons, label)}; {tail}."
+
+
+def cautions(results: dict[str, Any]) -> list[str]:
+    """What may have disturbed the timings, system by system, naming the figures it touches."""
+    info = results["timing"]
+    notes = []
+    if info["stopped_early"]:
+        notes.append(
+            f"Timing stopped after {info['rounds']} of {info['rounds_requested']} rounds "
+            f"(eval.timing.max_minutes, {info['max_minutes']:g}, was spent); the ratios' "
+            "intervals are over the rounds that ran."
+        )
+    by_system: dict[str, list[dict[str, Any]]] = {}
+    for entry in info["disturbed"]:
+        by_system.setdefault(entry["system"], []).append(entry)
+    for name, entries in by_system.items():
+        figures = sorted({f for e in entries for f in e["figures"]}, key=_FIGURE_ORDER.index)
+        rounds = "; ".join(f"round {e['round']}: {', '.join(e['reasons'])}" for e in entries)
+        notes.append(
+            f"Timing interference for {name} ({rounds}). Affected: its {_and(figures)}. "
+            f"Figures are medians over {info['rounds']} rounds and ratios are paired within "
+            "rounds, so a disturbed round shifts them little; re-run `finetune eval` on a "
+            "quiet machine to confirm."
+        )
+    return notes
+
+
+_FIGURE_ORDER = ["latency", "throughput", "cost"]
+
+
+def _and(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
 
 
 def _name(system: System, special: System) -> str:

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import evaluation
+import serving
 import training
 from common import ROOT, threads
 from rich.console import Console
 from rich.table import Table
 from training import Bench
 
-SECTIONS = ("train", "hardware", "eval", "memory", "levers", "growth")
+SECTIONS = ("train", "hardware", "eval", "serving", "memory", "levers", "growth")
 TARGETS = {
     "training_speedup": 2.0,
     "heldout_loss_margin": 0.02,
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         ("train", "training: workbench vs trl sft", lambda: training.compare_with_trl(bench)),
         ("hardware", "matmul peaks and FLOPs per token", lambda: training.hardware(bench, run_dir)),
         ("eval", "evaluation: workbench vs lm-eval", lambda: evaluation.compare_with_lm_eval(bench, run_dir)),
+        ("serving", "serving forms of the specialist in bf16", lambda: serving.compare_forms(bench, run_dir)),
         ("memory", "training memory at sequence length 512", lambda: training.memory(bench)),
         ("levers", "training levers", lambda: training.levers(bench)),
         ("growth", "growth with data size", lambda: {
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, title, measure in steps:
         if name not in only:
             continue
-        if name in ("hardware", "eval", "growth") and run_dir is None:
+        if name in ("hardware", "eval", "serving", "growth") and run_dir is None:
             console.print(
                 f"{name}: needs a trained run (the train section, or --run RUN)", markup=False
             )
@@ -87,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     results["summary"] = summarize(results)
     _save(bench, results)
     _print_table(console, results["summary"])
+    if results.get("serving", {}).get("quality"):
+        _print_serving(console, results["serving"])
     if "growth" in results:
         console.print(f"growth plot: {_plot_growth(bench, results['growth'])}", markup=False)
     console.print(f"results: {bench.work / 'results.json'}", markup=False)
@@ -266,6 +270,18 @@ def _print_table(console: Console, rows: list[dict[str, Any]]) -> None:
             met,
         )
     Console(highlight=False, width=max(Console().width, 110)).print(table)
+
+
+def _print_serving(console: Console, result: dict[str, Any]) -> None:
+    table = Table(
+        title=f"serving forms, {result['items']} test items (reference: {result['reference']})"
+    )
+    for column in ("form", "accuracy", "same as ref.", "mean |d logprob|", "p50 ms", "items/s",
+                   "latency vs base", "throughput vs base"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "form" else "right")
+    for row in serving.table_rows(result):
+        table.add_row(*row)
+    Console(highlight=False, width=max(Console().width, 150)).print(table)
 
 
 def _num(value: float | None) -> str:

@@ -209,7 +209,14 @@ def lm_eval_items(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def serving_forms(args: dict[str, Any]) -> dict[str, Any]:
+    from serving import serving_forms as measure
+
+    return measure(args)
+
+
 WORKERS = {
+    "serving_forms": serving_forms,
     "matmul_peak": matmul_peak,
     "heldout_loss": heldout_loss,
     "training_flops": training_flops,

@@ -1,0 +1,272 @@
+"""Latency and throughput measured in rounds, so that load on the machine cannot pick a winner.
+
+Each round times every system on the same items: the latency items one at a time, then the
+throughput items at the evaluation batch size. The order of systems changes between rounds
+(as listed, reversed, then shuffled by the recipe's seed), so a busy minute lands on several
+systems instead of on whichever one happened to be timed then. What else the machine was
+doing is sampled around every measurement (`machine_load`).
+
+From the rounds: each system's figure is the median over rounds with its spread; the
+specialist's ratio to each baseline is taken round by round (paired: both were timed within
+the same round) and gets the sign-test interval for its median (`stats.median_interval`).
+A difference is called only when that interval excludes 1. Rounds that the machine's load or
+a figure far from its median marks as disturbed are listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from finetune.evaluate.machine_load import LoadSample, load_between, snapshot
+from finetune.evaluate.stats import median_interval
+
+# A round whose figure is this far from the system's median, or 4 robust standard deviations
+# of all systems' rounds if that is wider, is called out. On an idle 2-core machine here single
+# rounds strayed up to 1.37x from their system's median (27% of p50 latency, 6 rounds, 4
+# systems); a CPU hog made them 3-4x.
+OUTLIER_FLOOR = math.log(1.5)
+OUTLIER_SIGMAS = 4.0
+FIGURES = ("latency", "throughput", "cost")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    latencies_ms: list[float]
+    throughput_seconds: float
+    throughput_items: int
+
+
+@dataclass(frozen=True)
+class Target:
+    """One system to time: `open()` makes it ready (loading it, for a model that does not stay
+    loaded) and yields a function that takes one measurement."""
+
+    name: str
+    open: Callable[[], AbstractContextManager[Callable[[], Measurement]]]
+    resident: bool = True
+
+
+@dataclass(frozen=True)
+class Record:
+    round: int  # 1-based
+    position: int  # 1-based place in the round's order
+    name: str
+    measurement: Measurement
+    load: LoadSample
+
+    @property
+    def p50(self) -> float:
+        return float(statistics.median(self.measurement.latencies_ms))
+
+    @property
+    def p95(self) -> float:
+        return _percentile(self.measurement.latencies_ms, 95)
+
+    @property
+    def throughput(self) -> float:
+        m = self.measurement
+        return m.throughput_items / m.throughput_seconds if m.throughput_seconds > 0 else math.nan
+
+
+@dataclass
+class Rounds:
+    """Everything the timing rounds produced."""
+
+    requested: int
+    orders: list[list[str]] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_early: bool = False
+    resident: list[str] = field(default_factory=list)  # systems whose model stayed loaded
+
+    def of(self, name: str) -> list[Record]:
+        return sorted((r for r in self.records if r.name == name), key=lambda r: r.round)
+
+    @property
+    def done(self) -> int:
+        return len(self.orders)
+
+
+Observer = Callable[[str, int, str], None]  # (event "start" | "end", round, system name)
+
+
+def round_orders(names: list[str], rounds: int, seed: int) -> list[list[str]]:
+    """As listed, reversed, then a fresh seeded shuffle for every further round."""
+    rng = random.Random(seed)
+    orders = []
+    for r in range(rounds):
+        if r == 0:
+            orders.append(list(names))
+        elif r == 1:
+            orders.append(names[::-1])
+        else:
+            orders.append(rng.sample(names, len(names)))
+    return orders
+
+
+def run_rounds(
+    targets: list[Target],
+    rounds: int,
+    *,
+    seed: int,
+    budget_seconds: float,
+    observer: Observer | None = None,
+    on_step: Callable[[int, str], None] | None = None,
+) -> Rounds:
+    """Time every target once per round; stop starting rounds once another would overrun
+    `budget_seconds` (the first round always runs)."""
+    by_name = {t.name: t for t in targets}
+    result = Rounds(requested=rounds)
+    start = time.monotonic()
+    longest = 0.0
+    for number, order in enumerate(round_orders(list(by_name), rounds, seed), start=1):
+        elapsed = time.monotonic() - start
+        if number > 1 and elapsed + longest > budget_seconds:
+            result.stopped_early = True
+            break
+        began = time.monotonic()
+        result.orders.append(order)
+        for position, name in enumerate(order, start=1):
+            result.records.append(_time_one(by_name[name], number, position, observer))
+            if on_step:
+                on_step(number, name)
+        longest = max(longest, time.monotonic() - began)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _time_one(target: Target, number: int, position: int, observer: Observer | None) -> Record:
+    with target.open() as measure:
+        if observer:
+            observer("start", number, target.name)
+        try:
+            before = snapshot()
+            measurement = measure()
+            after = snapshot()
+        finally:
+            if observer:
+                observer("end", number, target.name)
+    return Record(number, position, target.name, measurement, load_between(before, after))
+
+
+def figures_by_round(records: list[Record], cost: Callable[[float], float | None]) -> dict:
+    """Per round: p50 latency (ms), throughput (items/s) and cost per 1k requests (USD)."""
+    return {
+        "latency": [r.p50 for r in records],
+        "throughput": [r.throughput for r in records],
+        "cost": [cost(r.throughput) for r in records],
+    }
+
+
+def summary(values: list[float | None]) -> dict[str, Any]:
+    """Median over rounds with its spread (min, max)."""
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    if not clean:
+        return {"median": None, "low": None, "high": None, "rounds": values}
+    return {
+        "median": float(statistics.median(clean)),
+        "low": float(min(clean)),
+        "high": float(max(clean)),
+        "rounds": values,
+    }
+
+
+def paired_ratio(
+    mine: list[float | None], theirs: list[float | None], confidence: float
+) -> dict[str, Any]:
+    """The round-by-round ratio mine / theirs: its median, the sign-test interval for that
+    median, and whether the interval excludes 1 (`clear`)."""
+    ratios = [
+        a / b
+        for a, b in zip(mine, theirs, strict=True)
+        if a is not None and b and not math.isnan(a)
+    ]
+    if not ratios:
+        return {"ratio": None, "low": None, "high": None, "rounds": 0, "clear": False}
+    interval = median_interval(ratios, confidence)
+    low, high = interval if interval else (None, None)
+    return {
+        "ratio": float(statistics.median(ratios)),
+        "low": low,
+        "high": high,
+        "rounds": len(ratios),
+        "clear": interval is not None and (high < 1 or low > 1),
+    }
+
+
+def normal_spread(figures: list[dict[str, list]]) -> float:
+    """A robust standard deviation of log(figure / its system's median), pooled over systems."""
+    pooled = []
+    for figs in figures:
+        for key in ("latency", "throughput"):
+            logs = _logs(figs[key])
+            if len(logs) >= 3:
+                center = statistics.median(logs)
+                pooled += [abs(x - center) for x in logs]
+    return 1.4826 * statistics.median(pooled) if pooled else 0.0
+
+
+def disturbed_rounds(
+    records: list[Record], figures: dict[str, list], spread: float = 0.0
+) -> list[dict[str, Any]]:
+    """Rounds of one system that the machine's load or a figure far from its median (beyond
+    `normal_spread`) mark, with the figures they touch (a busy machine touches them all; cost
+    follows throughput)."""
+    limit = max(OUTLIER_FLOOR, OUTLIER_SIGMAS * spread)
+    out = []
+    deviations = {k: _deviations(figures[k], limit) for k in ("latency", "throughput")}
+    for i, record in enumerate(records):
+        reasons = [_load_reason(record.load)] if record.load.busy else []
+        outliers = {k for k, devs in deviations.items() if devs[i] is not None}
+        reasons += [f"{k} {math.exp(deviations[k][i]):.2f}x its median" for k in sorted(outliers)]
+        if not reasons:
+            continue
+        affected = set(FIGURES) if record.load.busy else outliers
+        if "throughput" in affected:
+            affected.add("cost")
+        out.append(
+            {
+                "system": record.name,
+                "round": record.round,
+                "figures": [f for f in FIGURES if f in affected],
+                "reasons": reasons,
+                "load": record.load.as_dict(),
+            }
+        )
+    return out
+
+
+def _logs(values: list[float | None]) -> list[float]:
+    return [math.log(v) for v in values if v and not math.isnan(v) and v > 0]
+
+
+def _deviations(values: list[float | None], limit: float) -> list[float | None]:
+    """log(value / median) where it is beyond `limit`, else None."""
+    clean = _logs(values)
+    if len(clean) < 3:
+        return [None] * len(values)
+    center = statistics.median(clean)
+    logs = [math.log(v) if v and not math.isnan(v) and v > 0 else None for v in values]
+    return [x - center if x is not None and abs(x - center) > limit else None for x in logs]
+
+
+def _load_reason(load: LoadSample) -> str:
+    parts = []
+    if load.others_cores is not None:
+        parts.append(f"other processes used {load.others_cores:.2f} cores")
+    if load.steal_share:
+        parts.append(f"the hypervisor took {load.steal_share:.0%} of the CPU time")
+    return "machine busy: " + ", ".join(parts)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q))

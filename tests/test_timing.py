@@ -1,0 +1,253 @@
+"""Timing in rounds: orders, the median interval, load sampling, budgets, disturbed rounds, and
+an evaluation with a real CPU hog started only while one of two identical systems is timed."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import build_tiny_model, tiny_recipe_factory
+
+from finetune.evaluate import evaluate
+from finetune.evaluate.machine_load import BUSY_CORES, LoadSample, load_between, snapshot
+from finetune.evaluate.stats import median_interval, rounds_for_interval
+from finetune.evaluate.timing import (
+    Measurement,
+    Record,
+    Target,
+    disturbed_rounds,
+    figures_by_round,
+    round_orders,
+    run_rounds,
+)
+from finetune.recipe import load_recipe
+from finetune.report import verdict
+from finetune.report.verdict import cautions, timing_call
+from finetune.train import train
+
+# Burns one core until killed, and at most 60 s whatever happens to the test that started it.
+BURNER = "import sys, time\nend = time.time() + 60\nprint('burning', flush=True)\nwhile time.time() < end: pass\n"
+
+
+@contextlib.contextmanager
+def cpu_hog(cores: int):
+    """`cores` processes spinning on the CPU, each already burning when this yields."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", BURNER], stdout=subprocess.PIPE, text=True)
+        for _ in range(cores)
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "burning"
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_round_orders_go_as_listed_then_reversed_then_seeded_shuffles():
+    names = ["a", "b", "c", "d"]
+    orders = round_orders(names, 6, seed=3)
+    assert orders[0] == names and orders[1] == ["d", "c", "b", "a"]
+    assert all(sorted(o) == names for o in orders)
+    assert orders == round_orders(names, 6, seed=3)
+    assert orders[2:] != round_orders(names, 6, seed=4)[2:]
+
+
+def test_median_interval_is_the_sign_test_interval_and_covers_the_median():
+    from scipy.stats import binom
+
+    for n, confidence in ((6, 0.95), (10, 0.95), (15, 0.95), (8, 0.99), (30, 0.9)):
+        values = list(range(1, n + 1))
+        low, high = median_interval(values, confidence)
+        k = int(low)  # the values are their own ranks
+        assert high == n + 1 - k
+        # Coverage 1 - 2 P[Binomial(n, 1/2) <= k - 1]: at least the level, and one rank further
+        # in it would fall below.
+        assert 1 - 2 * binom.cdf(k - 1, n, 0.5) >= confidence
+        assert 1 - 2 * binom.cdf(k, n, 0.5) < confidence
+    assert median_interval([1.0] * 5, 0.95) is None  # 1 - 2/32 < 0.95
+    assert [rounds_for_interval(c) for c in (0.9, 0.95, 0.99)] == [5, 6, 8]
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(4000):  # lognormal rounds, true median 1
+        low, high = median_interval(np.exp(rng.normal(0, 0.2, 6)), 0.95)
+        covered += low <= 1 <= high
+    assert covered / 4000 == pytest.approx(1 - 2 / 64, abs=0.01)
+
+
+def test_another_process_burning_cpu_shows_in_the_load_sample():
+    before = snapshot()
+    time.sleep(0.5)
+    idle = load_between(before, snapshot())
+    with cpu_hog(1):
+        before = snapshot()
+        time.sleep(1.0)
+        busy = load_between(before, snapshot())
+    assert busy.others_cores == pytest.approx(1.0, abs=0.3) and busy.busy
+    assert idle.others_cores < BUSY_CORES and not idle.busy
+    # Our own CPU time is not someone else's.
+    before = snapshot()
+    end = time.process_time() + 0.5
+    while time.process_time() < end:
+        pass
+    assert load_between(before, snapshot()).others_cores < BUSY_CORES
+
+
+def _record(round_, name, latency_ms, seconds, busy=False):
+    load = LoadSample(1.0, 1.5 if busy else 0.0, 0.0, 1.0)
+    return Record(round_, 1, name, Measurement([latency_ms] * 3, seconds, 10), load)
+
+
+def test_disturbed_rounds_name_the_figures_they_touch():
+    latencies = [100, 102, 99, 101, 98, 100]
+    records = [_record(i + 1, "a", ms, 1.0) for i, ms in enumerate(latencies)]
+    figures = figures_by_round(records, lambda thr: 1.0 / thr)
+    assert disturbed_rounds(records, figures) == []  # a 2% spread is normal
+    records[2] = _record(3, "a", 230, 1.0)  # an outlier in latency only
+    records[4] = _record(5, "a", 100, 1.0, busy=True)  # busy, figures in line
+    found = disturbed_rounds(records, figures_by_round(records, lambda thr: 1.0 / thr))
+    assert [(d["round"], d["figures"]) for d in found] == [
+        (3, ["latency"]),
+        (5, ["latency", "throughput", "cost"]),
+    ]
+    assert found[0]["reasons"] == ["latency 2.29x its median"]  # 230 / 100.5
+    assert found[1]["reasons"] == ["machine busy: other processes used 1.50 cores"]
+
+
+def test_rounds_stop_starting_once_the_budget_would_be_overrun():
+    events = []
+
+    def target(name, seconds):
+        @contextlib.contextmanager
+        def open_():
+            yield lambda: (time.sleep(seconds), Measurement([1.0], seconds, 1))[1]
+
+        return Target(name, open_)
+
+    rounds = run_rounds(
+        [target("a", 0.1), target("b", 0.1)],
+        6,
+        seed=0,
+        budget_seconds=0.5,
+        observer=lambda *e: events.append(e),
+    )
+    assert rounds.stopped_early and rounds.done == 2  # a third round would end after 0.6 s
+    assert [r.name for r in rounds.records] == ["a", "b", "b", "a"]
+    assert events[:4] == [("start", 1, "a"), ("end", 1, "a"), ("start", 1, "b"), ("end", 1, "b")]
+
+
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory):
+    """A LoRA run on a 2-layer model whose compute outweighs Python's overhead (hidden 1024),
+    trained in float32 so the specialist is merged: the same compute as its base. Beside it, a
+    model of twice the layers."""
+    root = tmp_path_factory.mktemp("timing")
+    model = build_tiny_model(root / "two-layers", hidden=1024, layers=2)
+    deeper = build_tiny_model(root / "four-layers", hidden=1024, layers=4)
+    make = tiny_recipe_factory(root, model)
+    path = make(
+        train={"max_steps": 2, "eval_every": 2, "save_every": 2},
+        eval={
+            "baselines": [{"name": "base zero-shot", "model": "base"}],
+            "batch_size": 4,
+            "latency_items": 6,
+            "bootstrap_samples": 100,
+            # 10 rounds at 99%: the interval is [min, max], so identical systems are called
+            # different only if 9 undisturbed rounds all fall on one side (p = 1/512).
+            "confidence": 0.99,
+            "timing": {"rounds": 10, "throughput_items": 12},
+        },
+    )
+    recipe = load_recipe(path)
+    return path, train(recipe, recipe_path=path).run_dir, deeper
+
+
+def test_a_hog_during_one_systems_timing_is_flagged_and_decides_nothing(timed_run):
+    path, run_dir, _ = timed_run
+    recipe = load_recipe(path)
+    hog = contextlib.ExitStack()
+
+    def observer(event, round_, name):
+        if round_ == 1 and name == "specialist":
+            if event == "start":
+                hog.enter_context(cpu_hog(os.cpu_count() or 2))
+            else:
+                hog.close()
+
+    try:
+        results = json.loads(evaluate(recipe, run_dir, observer=observer).read_text())
+    finally:
+        hog.close()
+    special = results["systems"][0]
+    assert special["model"].endswith("(merged)")  # the same shapes as the base: same compute
+    rounds = special["latency_ms"]["rounds"]
+    assert rounds[0] > 1.3 * statistics.median(rounds)  # the hog did slow the first round
+    assert special["load"][0]["busy"] and special["load"][0]["others_cores"] > 0.5
+    (comparison,) = results["comparisons"]
+    for figure in ("latency", "throughput", "cost"):
+        assert timing_call(comparison, figure) == "unclear", (figure, comparison["timing"])
+    sentences = verdict(results)
+    latency, cost, bottom = sentences[1], sentences[4], sentences[5]
+    assert "no clear difference from base zero-shot" in latency
+    assert "no clear difference from base zero-shot" in cost
+    assert "faster than" not in latency and "slower than" not in latency
+    assert "cheaper than" not in cost and "dearer than" not in cost
+    assert "clearly cheaper at" not in bottom
+    flagged = [d for d in results["timing"]["disturbed"] if d["system"] == "specialist"]
+    assert flagged[0]["round"] == 1 and flagged[0]["figures"] == ["latency", "throughput", "cost"]
+    assert flagged[0]["reasons"][0].startswith("machine busy: other processes used")
+    assert any(
+        note.startswith("Timing interference for specialist (round 1:")
+        for note in cautions(results)
+    )
+
+
+def test_without_the_hog_a_model_of_twice_the_layers_is_called_slower(timed_run):
+    path, run_dir, deeper = timed_run
+    recipe = load_recipe(
+        path,
+        [f'eval.baselines=[{{"name": "deeper", "model": "{deeper}"}}]'],
+    )
+    results = json.loads(evaluate(recipe, run_dir).read_text())
+    (comparison,) = results["comparisons"]
+    latency = comparison["timing"]["latency"]
+    assert 0.35 < latency["ratio"] < 0.75, latency
+    assert timing_call(comparison, "latency") == "lower"  # the specialist is faster
+    assert timing_call(comparison, "cost") == "lower"  # and cheaper
+    assert timing_call(comparison, "throughput") == "higher"
+    assert "faster than deeper" in verdict(results)[1]
+    assert math.isclose(
+        results["systems"][0]["latency_ms"]["p50"],
+        statistics.median(results["systems"][0]["latency_ms"]["rounds"]),
+    )
+
+
+def test_systems_that_do_not_fit_in_memory_load_again_for_every_round(timed_run, monkeypatch):
+    from finetune.evaluate import systems
+
+    path, run_dir, _ = timed_run
+    recipe = load_recipe(path, ["eval.timing.rounds=8"])
+    loads = []
+    real = systems.loaded_model
+
+    def counted(recipe, run_dir, key):
+        loads.append(key)
+        return real(recipe, run_dir, key)
+
+    monkeypatch.setattr(systems, "free_memory", lambda: (1, "a machine with no memory to spare"))
+    monkeypatch.setattr(systems, "loaded_model", counted)
+    results = json.loads(evaluate(recipe, run_dir).read_text())
+    assert results["timing"]["resident"] == [] and results["timing"]["rounds"] == 8
+    assert not any(s["resident"] for s in results["systems"])
+    # Each pool use loads afresh: 8 rounds x 2 systems (the quality pass loads directly).
+    assert loads.count("specialist") == 8 and loads.count("base") == 8

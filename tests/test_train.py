@@ -244,6 +244,32 @@ def test_validation_loss_equals_trl_validation_loss(tiny_recipe, tiny_model_dir,
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
 
 
+def test_validation_computes_the_shared_prompt_prefix_once_and_gives_the_full_loss(
+    tiny_recipe, tiny_model_dir, tmp_path
+):
+    path = tiny_recipe(
+        train={"batch_size": 4},
+        task={"instruction": "Is this review fresh or rotten? Answer with one word."},
+    )
+    _, ours = _trainer_pair(path, tiny_model_dir, tmp_path / "out")
+    data = ours.train_dataset
+    prefix = ours._shared_validation_prefix(data)
+    assert len(prefix) >= 8 and all(ids[: len(prefix)] == prefix for ids in data["input_ids"])
+    seen = []
+    hook = ours.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, out: seen.append(args[0].shape[1])
+    )
+    shared = ours.evaluate(eval_dataset=data)["eval_loss"]
+    batches = -(-len(data) // 4)
+    assert seen[0] == len(prefix) and len(seen) == batches + 1  # the prefix once, then suffixes
+    seen.clear()
+    ours._shared_validation_prefix = lambda data: []  # the full computation, every token
+    full = ours.evaluate(eval_dataset=data)["eval_loss"]
+    hook.remove()
+    assert len(seen) == batches and min(seen) > len(prefix)
+    assert shared == pytest.approx(full, rel=1e-5)
+
+
 def test_supervised_positions_keep_only_what_has_a_next_token_label():
     from finetune.train.loss import supervised_positions
 
@@ -378,24 +404,26 @@ def test_compile_finds_every_decoder_layer(tiny_model_dir):
 
 
 @pytest.mark.parametrize(
-    ("requested", "dtype", "cuda", "fast", "expected"),
+    ("requested", "dtype", "cuda", "fast", "length", "expected"),
     [
-        ("auto", "auto", False, True, "eager"),  # CPU with native bf16: bf16 autocast
-        ("auto", "bfloat16", False, False, "eager"),
-        ("auto", "auto", False, False, None),  # float32 on this CPU: transformers' default
-        ("auto", "float32", False, True, None),
-        ("auto", "bfloat16", True, True, None),  # CUDA's fused attention is the fast one
-        ("sdpa", "bfloat16", False, True, "sdpa"),
+        ("auto", "auto", False, True, 100, "eager"),  # CPU with native bf16: bf16 autocast
+        ("auto", "bfloat16", False, False, 192, "eager"),
+        ("auto", "auto", False, True, 193, None),  # long batches: the fused kernel
+        ("auto", "auto", False, False, 100, None),  # float32 on this CPU: transformers' default
+        ("auto", "float32", False, True, 100, None),
+        ("auto", "bfloat16", True, True, 100, None),  # CUDA's fused attention is the fast one
+        ("sdpa", "bfloat16", False, True, 100, "sdpa"),
+        ("eager", "bfloat16", False, True, 512, "eager"),
     ],
 )
-def test_auto_attention_is_eager_only_for_bf16_training_on_cpu(
-    monkeypatch, requested, dtype, cuda, fast, expected
+def test_auto_attention_is_eager_only_for_short_bf16_training_on_cpu(
+    monkeypatch, requested, dtype, cuda, fast, length, expected
 ):
     from finetune import hardware
 
     monkeypatch.setattr(hardware, "has_cuda", lambda: cuda)
     monkeypatch.setattr(hardware, "fast_bf16", lambda: fast)
-    assert hardware.training_attention(requested, dtype) == expected
+    assert hardware.training_attention(requested, dtype, length) == expected
 
 
 def test_the_attention_setting_reaches_the_loaded_model(tiny_recipe):
@@ -678,3 +706,47 @@ def test_two_process_ddp_ends_with_identical_weights_on_both_ranks(tiny_recipe, 
     )  # identical because trained, not untouched
     # 64 training examples, 4 per process and 2 processes: 8 optimizer steps in one epoch.
     assert summary["train_examples"] == 64 and summary["steps"] == 8
+
+
+def test_lora_inputs_stay_bf16_under_autocast_same_numbers_fewer_saved_bytes(tiny_recipe):
+    """PEFT's cast of each adapter input to float32 is undone by autocast at the matmul: the
+    same values, one more copy per adapted layer kept for backward."""
+    from peft import get_peft_model
+
+    from finetune.models import resolve
+    from finetune.train.model import adapter_inputs_kept, load_base_for_training, lora_config
+
+    recipe = load_recipe(tiny_recipe(model={"dtype": "bfloat16"}))
+    torch.manual_seed(0)
+    model = get_peft_model(
+        load_base_for_training(recipe, resolve(recipe.model.base)), lora_config(recipe)
+    )
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    ids = torch.randint(0, 300, (4, 40))
+
+    def step():
+        saved = {}
+
+        def pack(t):
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        model.zero_grad()
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, sum(saved.values())
+
+    loss, grads, cast_bytes = step()
+    with adapter_inputs_kept(model, recipe):
+        kept_loss, kept_grads, kept_bytes = step()
+    assert torch.equal(loss, kept_loss) and grads.keys() == kept_grads.keys() and grads
+    assert all(torch.equal(grads[n], kept_grads[n]) for n in grads)
+    assert kept_bytes < cast_bytes
+    with adapter_inputs_kept(model, load_recipe(tiny_recipe(model={"dtype": "float32"}))):
+        layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
+        assert layers and all(m.cast_input_dtype_enabled for m in layers)  # no autocast: left on

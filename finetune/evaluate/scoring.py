@@ -112,7 +112,7 @@ class LabelScorer:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=(shared + torch.arange(width)).expand(size, width),
-            past_key_values=_expanded_cache(prefix, size) if prefix else None,
+            past_key_values=expanded_cache(prefix, size) if prefix else None,
             use_cache=multi_token,
             logits_to_keep=(lengths - 1)[:, None],
         )
@@ -153,7 +153,7 @@ class LabelScorer:
         return (picked * keep.repeat(size, 1)).sum(-1).view(size, n_labels)
 
 
-def _expanded_cache(prefix: list[tuple[Any, Any]], size: int) -> Any:
+def expanded_cache(prefix: list[tuple[Any, Any]], size: int) -> Any:
     from transformers import DynamicCache
 
     # expand() makes views; the cache's first update concatenates, so the prefix stays intact.

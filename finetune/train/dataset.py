@@ -24,6 +24,7 @@ class EncodedSplit:
     examples: int
     tokens: int
     truncated: int
+    typical_length: int = 0  # the 90th percentile of the examples' lengths, in tokens
 
 
 def encode_split(
@@ -58,5 +59,6 @@ def encode_split(
             recipe.model.max_length,
             recipe.model.truncation,
         )
-    tokens = sum(map(len, columns["input_ids"]))
-    return EncodedSplit(Dataset.from_dict(columns), len(rows), tokens, truncated)
+    lengths = sorted(map(len, columns["input_ids"]))
+    typical = lengths[min(len(lengths) - 1, int(0.9 * len(lengths)))]
+    return EncodedSplit(Dataset.from_dict(columns), len(rows), sum(lengths), truncated, typical)

@@ -9,6 +9,12 @@ loss a classification example supervises two or three of its ~80 tokens, and Smo
 the same normalization as TRL, so losses and gradients are unchanged (a test compares
 them with TRL's own `compute_loss`). Validation loss takes the same path, which also keeps
 a (batch x length x 49k) logits tensor out of memory.
+
+Validation also computes the prompt prefix that every validation example shares (the chat
+template's system turn and the instruction: 48 of the sentiment recipe's 82 tokens on
+average) once per pass and reuses its key/value cache for every batch, as the evaluator's
+scorer does. Batches keep their composition and order, so the loss is the one the full
+computation gives (a test checks them equal).
 """
 
 from __future__ import annotations
@@ -36,8 +42,22 @@ def supervised_positions(labels: Any) -> Any:
     )
 
 
+# Below this many shared tokens a prefix cache costs more than it saves (as in scoring).
+MIN_SHARED_PREFIX = 8
+
+
 class SupervisedSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss projects only the supervised positions through the LM head."""
+
+    def evaluate(self, eval_dataset=None, *args, **kwargs):
+        """One validation pass, the shared prompt prefix computed once for all its batches."""
+        data = self.eval_dataset if eval_dataset is None else eval_dataset
+        self._eval_prefix = self._shared_validation_prefix(data)
+        self._eval_cache = None  # the weights changed since the last pass
+        try:
+            return super().evaluate(eval_dataset, *args, **kwargs)
+        finally:
+            self._eval_prefix, self._eval_cache = [], None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not self._plain_nll(model):
@@ -47,9 +67,12 @@ class SupervisedSFTTrainer(SFTTrainer):
 
         labels = inputs["labels"]
         positions = supervised_positions(labels)
+        shared = self._usable_prefix(model, inputs, positions)
         forward = {k: v for k, v in inputs.items() if k != "labels"}
+        if shared:
+            forward = self._suffix_inputs(model, inputs, shared)
         # Through `model(...)` (not its backbone) so DDP's gradient hooks see the forward pass.
-        outputs = model(**forward, use_cache=False, logits_to_keep=positions)
+        outputs = model(**forward, use_cache=False, logits_to_keep=positions - shared)
         logits = outputs.logits
         targets = labels[:, positions + 1]
         summed = F.cross_entropy(
@@ -62,6 +85,58 @@ class SupervisedSFTTrainer(SFTTrainer):
             loss = loss * self.accelerator.num_processes
         # Validation asks for the outputs too; only the loss is used (prediction_loss_only).
         return (loss, outputs) if return_outputs else loss
+
+    def _shared_validation_prefix(self, data: Any) -> list[int]:
+        """The tokens every validation example starts with, short of the first supervised one."""
+        from finetune.evaluate.scoring import shared_prefix_length
+
+        if data is None or isinstance(data, dict) or "input_ids" not in data.column_names:
+            return []
+        # TRL turns the completion mask into labels (-100 where unsupervised).
+        if "labels" in data.column_names:
+            supervised = [[label != IGNORE for label in row] for row in data["labels"]]
+        elif "completion_mask" in data.column_names:
+            supervised = [[bool(m) for m in row] for row in data["completion_mask"]]
+        else:
+            return []
+        ids = data["input_ids"]
+        # The logit that predicts the first supervised token sits one position before it.
+        first = min((row.index(True) for row in supervised if True in row), default=0)
+        length = min(shared_prefix_length(ids), first - 1)
+        return list(ids[0][:length]) if length >= MIN_SHARED_PREFIX else []
+
+    def _usable_prefix(self, model: Any, inputs: dict[str, Any], positions: Any) -> int:
+        """How many leading tokens come from the shared prefix cache (0: the full computation)."""
+        import torch
+
+        shared = len(getattr(self, "_eval_prefix", []))
+        if model.training or not shared or set(inputs) - {"input_ids", "attention_mask", "labels"}:
+            return 0
+        ids = inputs["input_ids"]
+        mask = inputs.get("attention_mask")
+        prefix = torch.tensor(self._eval_prefix, device=ids.device)
+        same = ids.shape[1] > shared and bool((ids[:, :shared] == prefix).all())
+        full = mask is None or bool(mask[:, :shared].all())
+        return shared if same and full and int(positions.min()) >= shared else 0
+
+    def _suffix_inputs(self, model: Any, inputs: dict[str, Any], shared: int) -> dict[str, Any]:
+        """The batch past the shared prefix, with the prefix's key/value cache for every row."""
+        import torch
+
+        from finetune.evaluate.scoring import expanded_cache
+
+        ids = inputs["input_ids"]
+        if self._eval_cache is None:
+            out = model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
+            self._eval_cache = [(layer[0], layer[1]) for layer in out.past_key_values]
+        size, width = ids.shape[0], ids.shape[1] - shared
+        mask = inputs.get("attention_mask")
+        return {
+            "input_ids": ids[:, shared:],
+            "attention_mask": mask if mask is not None else torch.ones_like(ids),
+            "position_ids": (shared + torch.arange(width, device=ids.device)).expand(size, width),
+            "past_key_values": expanded_cache(self._eval_cache, size),
+        }
 
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy != "group_by_length":

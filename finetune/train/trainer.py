@@ -40,6 +40,7 @@ from finetune.train.callbacks import (
 )
 from finetune.train.dataset import EncodedSplit, encode_split
 from finetune.train.model import (
+    adapter_inputs_kept,
     check_trainable_here,
     compile_decoder_layers,
     load_base_for_training,
@@ -192,7 +193,8 @@ def _fit(
         "training %s of %s parameters (%s)", f"{trainable:,}", f"{total:,}", job.recipe.train.method
     )
 
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with adapter_inputs_kept(trainer.model, job.recipe):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
 
     digests = rank_checksums(trainer.model)
     if job.run is None:
@@ -293,7 +295,9 @@ def _build_trainer(
     )
     try:
         trainer = SupervisedSFTTrainer(
-            model=load_base_for_training(job.recipe, source),
+            model=load_base_for_training(
+                job.recipe, source, typical_length=splits.train.typical_length
+            ),
             args=args,
             train_dataset=splits.train.dataset,
             eval_dataset=splits.validation.dataset if has_eval else None,

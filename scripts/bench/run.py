@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from training import Bench
 
-SECTIONS = ("train", "hardware", "eval", "serving", "memory", "levers", "growth")
+SECTIONS = ("train", "recipe", "dtype", "hardware", "eval", "serving", "memory", "levers", "growth")
 TARGETS = {
     "training_speedup": 2.0,
     "heldout_loss_margin": 0.02,
@@ -36,6 +36,7 @@ TARGETS = {
     "eval_speedup": 3.0,
     "agreement": 0.99,
     "train_memory_bytes": 1.5e9,
+    "validation_share": 0.10,
 }
 
 
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run
     steps = [
         ("train", "training: workbench vs trl sft", lambda: training.compare_with_trl(bench)),
+        ("recipe", "the default recipe as shipped", lambda: training.as_shipped(bench)),
+        ("dtype", "training in float32 and in bf16", lambda: training.dtypes(bench)),
         ("hardware", "matmul peaks and FLOPs per token", lambda: training.hardware(bench, run_dir)),
         ("eval", "evaluation: workbench vs lm-eval", lambda: evaluation.compare_with_lm_eval(bench, run_dir)),
         ("serving", "serving forms of the specialist in bf16", lambda: serving.compare_forms(bench, run_dir)),
@@ -146,6 +149,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                 None,
             )
         )
+    rows += _recipe_rows(results)
     hw = results.get("hardware")
     if hw and train:
         achieved = hw["flops"]["flops_per_token"] * train["workbench"]["tokens_per_s"]
@@ -197,7 +201,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     mem = results.get("memory")
     if mem:
-        for label, run in mem["layouts"].items():
+        for label, run in {**mem["layouts"], **mem.get("peers", {})}.items():
             gb = run["peak_rss_bytes"] / 1e9
             rows.append(
                 _row(
@@ -239,6 +243,51 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f"{label}: linear fit R^2", fit["r2"], None, None, ">= 0.99", fit["r2"] >= 0.99
                 )
             )
+    return rows  # fmt: skip
+
+
+def _recipe_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The default recipe as shipped (validation share, memory) and float32 against bf16."""
+    rows = []
+    shipped = results.get("recipe")
+    if shipped:
+        share = shipped["validation_share"]
+        rows.append(
+            _row(
+                f"validation share of the default recipe's training ({shipped['eval_seconds']:.0f} of "
+                f"{shipped['train_seconds']:.0f} s; {shipped['steps']}/{shipped['max_steps']} steps, "
+                f"{shipped['stopped_by']})",
+                share,
+                None,
+                None,
+                f"<= {TARGETS['validation_share']:.0%}",
+                share <= TARGETS["validation_share"],
+            )
+        )
+        rows.append(
+            _row(
+                "training peak RSS (GB), default recipe as shipped",
+                shipped["peak_rss_bytes"] / 1e9,
+                None,
+                None,
+                "",
+                None,
+            )
+        )
+    dtype = results.get("dtype")
+    if dtype:
+        fp32, bf16 = dtype["runs"]["float32"], dtype["runs"]["bfloat16"]
+        faster = "bfloat16" if bf16["tokens_per_s"] > fp32["tokens_per_s"] else "float32"
+        rows.append(
+            _row(
+                f"training tokens/s, bf16 vs float32 (auto picks {dtype['auto']})",
+                bf16["tokens_per_s"],
+                fp32["tokens_per_s"],
+                bf16["tokens_per_s"] / fp32["tokens_per_s"],
+                "auto picks the faster",
+                dtype["auto"] == faster,
+            )
+        )
     return rows  # fmt: skip
 
 

@@ -247,8 +247,52 @@ def _long_recipe(bench: Bench, k: int, count: int) -> Path:
     return recipe
 
 
+def as_shipped(bench: Bench) -> dict[str, Any]:
+    """The default recipe exactly as shipped (its budget, validation and checkpoints): how much
+    of the training time validation takes, how far the budget gets, and peak memory."""
+    ours = train_ours(
+        bench,
+        "recipe-as-shipped",
+        RECIPE,
+        ["tracking.wandb.mode=disabled", f"tracking.runs_dir={bench.work / 'runs'}"],
+    )
+    summary = read_json(Path(ours["run_dir"]) / "train_summary.json")
+    return {
+        **ours,
+        "train_seconds": summary["train_seconds"],
+        "eval_seconds": summary["eval_seconds"],
+        "validation_share": summary["eval_seconds"] / summary["train_seconds"],
+        "max_steps": summary["max_steps"],
+        "stopped_by": summary["stopped_by"],
+    }
+
+
+def dtypes(bench: Bench) -> dict[str, Any]:
+    """Training speed in float32 and in bf16 on the same short run: is `model.dtype: auto`'s
+    choice the faster one on this machine?"""
+    from finetune.hardware import weight_dtype_name
+    from finetune.recipe import load_recipe
+
+    n = bench.scaled(160, 96)
+    runs = {
+        dtype: train_ours(
+            bench, f"dtype-{dtype}", RECIPE, _overrides(bench, n, f"model.dtype={dtype}")
+        )
+        for dtype in ("float32", "bfloat16")
+    }
+    return {
+        "examples": n,
+        "auto": weight_dtype_name(load_recipe(RECIPE, []).model.dtype),
+        "runs": runs,
+    }
+
+
 def memory(bench: Bench) -> dict[str, Any]:
-    """Peak resident memory of LoRA training at sequence length 512, by batch layout."""
+    """Peak resident memory of LoRA training at sequence length 512, by batch layout, beside
+    `trl sft` on the same examples at batch 8."""
+    from finetune.data import load_split
+    from finetune.recipe import load_recipe
+
     recipe = _long_recipe(bench, 8, 32)
     layouts = {
         "batch 8": ["train.batch_size=8"],
@@ -267,7 +311,15 @@ def memory(bench: Bench) -> dict[str, Any]:
             recipe,
             _overrides(bench, 32, "model.max_length=512", "train.max_steps=2", *extra),
         )
-    return {"max_length": 512, "layouts": found}
+    long = load_recipe(recipe, _overrides(bench, 16, "model.max_length=512", "train.batch_size=8"))
+    rows = load_split(long, "train")
+    peers = {
+        f"trl sft{'' if gc else ', no checkpointing'}, batch 8": train_trl(
+            bench, f"memory-trl-{'gc' if gc else 'nogc'}", long, rows, checkpointing=gc
+        )
+        for gc in (True, False)
+    }
+    return {"max_length": 512, "layouts": found, "peers": peers}
 
 
 def growth(bench: Bench) -> dict[str, Any]:

@@ -180,6 +180,20 @@ BAD_RECIPES = [
         ["eval.baselines: baseline names must be distinct; found ['b', 'b']"],
     ),
     (
+        "too few timing rounds for the confidence",
+        with_changes(("eval", {"timing": {"rounds": 5}, "confidence": 0.95})),
+        [
+            "eval.timing.rounds: 5 rounds cannot give a 0.95 interval for the timing ratios; use at least 6 (or lower eval.confidence)"
+        ],
+    ),
+    (
+        "merged adapter on quantized weights",
+        with_changes(("eval", {"specialist_form": "merged"}), ("model.quantization", "8bit")),
+        [
+            "eval.specialist_form: quantized weights (8bit) cannot take a merged adapter; use specialist_form: adapter or auto"
+        ],
+    ),
+    (
         "base not a string",
         with_changes(("base", 3)),
         ["base: expected the path of another recipe file; found 3"],

@@ -126,8 +126,13 @@ def evaluate(
         order = [s.name for s in systems_of(recipe)]
         plans.sort(key=lambda p: order.index(p.system.name))
         outcomes.sort(key=lambda o: order.index(o.system.name))
+        _say_line(
+            console,
+            f"timing {len(plans)} systems in {recipe.eval.timing.rounds} rounds, the order changed "
+            f"between rounds (eval.timing; at most {recipe.eval.timing.max_minutes:g} min)",
+        )
         rounds = _time(recipe, run_dir, plans, progress, observer)
-    _say_timing(console, recipe, rounds)
+    _say_timing(console, rounds)
     results = summarize(recipe, run_dir, items, outcomes, golds, rounds)
     out = run_dir / EVAL_DIR
     write_atomic(out / PREDICTIONS_FILE, _predictions_jsonl(recipe, items, outcomes, golds))
@@ -636,36 +641,33 @@ def _say(console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any]) -> No
     )
     truncated = sum(outcome.truncated)
     note = f"; {truncated} input(s) truncated to model.max_length" if truncated else ""
-    console.print(
-        f"{outcome.system.name}: {name} {value:.3f} on {len(golds)} items in {outcome.seconds:.0f} s{note}",
-        markup=False,
-        highlight=False,
+    _say_line(
+        console,
+        f"{outcome.system.name}: {name} {value:.3f} on {len(golds)} items in "
+        f"{outcome.seconds:.0f} s{note}",
     )
 
 
-def _say_timing(console: Any, recipe: Recipe, rounds: timing.Rounds) -> None:
+def _say_line(console: Any, text: str) -> None:
+    if console is not None:
+        console.print(text, markup=False, highlight=False)
+
+
+def _say_timing(console: Any, rounds: timing.Rounds) -> None:
     """Per system: median p50 latency and throughput over the rounds; then any busy round."""
-    if console is None:
-        return
     early = " (stopped early: eval.timing.max_minutes spent)" if rounds.stopped_early else ""
-    console.print(
-        f"timing: {rounds.done} of {rounds.requested} rounds in {rounds.seconds:.0f} s{early}",
-        markup=False,
-        highlight=False,
-    )
-    names = list(dict.fromkeys(r.name for r in rounds.records))
-    for name in names:
+    lines = [f"timing: {rounds.done} of {rounds.requested} rounds in {rounds.seconds:.0f} s{early}"]
+    for name in dict.fromkeys(r.name for r in rounds.records):
         records = rounds.of(name)
         p50 = timing.summary([r.p50 for r in records])
         speed = timing.summary([r.throughput for r in records])
         busy = [r.round for r in records if r.load.busy]
         note = f"; machine busy in round(s) {', '.join(map(str, busy))}" if busy else ""
-        console.print(
+        lines.append(
             f"  {name}: p50 {p50['median']:.1f} ms [{p50['low']:.1f}-{p50['high']:.1f}], "
-            f"{speed['median']:.1f} items/s [{speed['low']:.1f}-{speed['high']:.1f}]{note}",
-            markup=False,
-            highlight=False,
+            f"{speed['median']:.1f} items/s [{speed['low']:.1f}-{speed['high']:.1f}]{note}"
         )
+    _say_line(console, "\n".join(lines))
 
 
 def _progress(console: Any):

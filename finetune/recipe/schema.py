@@ -524,7 +524,27 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
         if message:
             problems.append(("eval.metrics", message))
     problems += _model_reference_problems(recipe)
-    problems += _timing_problems(recipe)
+    problems += _eval_problems(recipe)
+    names = [b.name for b in recipe.eval.baselines]
+    if len(set(names)) != len(names):
+        problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
+    return problems
+
+
+def _eval_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """Timing rounds enough for the confidence level; a serving form the weights allow."""
+    from finetune.evaluate.stats import rounds_for_interval
+
+    problems = []
+    need = rounds_for_interval(recipe.eval.confidence)
+    if recipe.eval.baselines and recipe.eval.timing.rounds < need:
+        problems.append(
+            (
+                "eval.timing.rounds",
+                f"{recipe.eval.timing.rounds} rounds cannot give a {recipe.eval.confidence:g} "
+                f"interval for the timing ratios; use at least {need} (or lower eval.confidence)",
+            )
+        )
     if recipe.eval.specialist_form == "merged" and recipe.model.quantization != "none":
         problems.append(
             (
@@ -533,25 +553,7 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 "use specialist_form: adapter or auto",
             )
         )
-    names = [b.name for b in recipe.eval.baselines]
-    if len(set(names)) != len(names):
-        problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
     return problems
-
-
-def _timing_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    from finetune.evaluate.stats import rounds_for_interval
-
-    need = rounds_for_interval(recipe.eval.confidence)
-    if recipe.eval.baselines and recipe.eval.timing.rounds < need:
-        return [
-            (
-                "eval.timing.rounds",
-                f"{recipe.eval.timing.rounds} rounds cannot give a {recipe.eval.confidence:g} "
-                f"interval for the timing ratios; use at least {need} (or lower eval.confidence)",
-            )
-        ]
-    return []
 
 
 def _model_reference_problems(recipe: Recipe) -> list[tuple[str, str]]:

@@ -457,7 +457,7 @@ def test_wandb_offline_run_holds_the_report_tables(tmp_path):
     assert logged["config"]["recipe"] == results["recipe"]
     assert logged["config"]["test_items"] == 400 and "systems" not in logged["config"]
     rows = {k: v for row in logged["history"] for k, v in row.items()}
-    for key in ("headline", "metrics", "comparisons"):
+    for key in ("headline", "metrics", "comparisons", "timing", "timing_ratios"):
         assert rows[f"report/{key}/_type"] == "table-file"
     for figure in paths.figures:
         assert rows[f"report/{figure.stem}/_type"] == "image-file"

@@ -86,6 +86,11 @@ def headline_numbers(results: dict[str, Any]) -> dict[str, Any]:
         name = c["baseline"].replace("/", "_")
         values[f"vs {name}/difference"] = c["difference"]
         values[f"vs {name}/significant"] = c["significant"]
+        for figure, ratio in c["timing"].items():
+            values[f"vs {name}/{figure}_ratio"] = ratio["ratio"]
+            values[f"vs {name}/{figure}_clear"] = ratio["clear"]
+    values["timing/rounds"] = results["timing"]["rounds"]
+    values["timing/disturbed_rounds"] = len(results["timing"]["disturbed"])
     values["bottom_line"] = verdict(results)[-1]
     return values
 
@@ -109,6 +114,8 @@ def _track(results: dict[str, Any], run_dir: Path, figures: list[Figure]) -> Non
             tables.headline(results),
             tables.metrics(results),
             tables.comparisons(results),
+            tables.timing(results),
+            tables.timing_ratios(results),
         ):
             tracker.log_table(f"report/{table.key}", table.columns, table.rows)
         for figure in figures:

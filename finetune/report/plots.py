@@ -49,8 +49,10 @@ def tradeoff(
     x: Callable[[dict[str, Any]], float],
     xlabel: str,
     path: Path,
+    spread: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
 ) -> Path:
-    """Primary metric (with CI error bars) against a cost-like quantity, one point per system."""
+    """Primary metric (with CI error bars) against a cost-like quantity, one point per system;
+    `spread(system)` gives the quantity's range over timing rounds (`low`, `high`) as x bars."""
     plt = _pyplot()
     metric, special = primary_metric(results), specialist(results)
     xs = [x(s) for s in results["systems"]]
@@ -58,9 +60,14 @@ def tradeoff(
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for s in results["systems"]:
         m, is_special = s["metrics"][metric], s is special
+        xr = spread(s) if spread else {}
+        xerr = None
+        if xr.get("low") is not None and xr.get("high") is not None:
+            xerr = [[max(x(s) - xr["low"], 0)], [max(xr["high"] - x(s), 0)]]
         ax.errorbar(
             x(s),
             m["value"],
+            xerr=xerr,
             yerr=[[m["value"] - m["low"]], [m["high"] - m["value"]]],
             fmt="*" if is_special else "o",
             markersize=14 if is_special else 8,
@@ -163,20 +170,24 @@ def make_figures(
             tradeoff(
                 results,
                 latency,
-                "p50 latency per item at batch size 1 (ms)",
+                "p50 latency per item at batch size 1 (ms), median over timing rounds",
                 out_dir / "quality_vs_latency.png",
+                lambda s: s["latency_ms"],
             ),
-            f"{label} against p50 latency (batch size 1); bars are confidence intervals.",
+            f"{label} against p50 latency (batch size 1); vertical bars are confidence intervals, "
+            "horizontal bars the range over timing rounds.",
         ),
         Figure(
             "quality_vs_cost",
             tradeoff(
                 results,
                 cost,
-                "estimated cost per 1,000 requests (USD)",
+                "estimated cost per 1,000 requests (USD), median over timing rounds",
                 out_dir / "quality_vs_cost.png",
+                lambda s: s["cost_per_1k"],
             ),
-            f"{label} against estimated cost per 1,000 requests; bars are confidence intervals.",
+            f"{label} against estimated cost per 1,000 requests; vertical bars are confidence "
+            "intervals, horizontal bars the range over timing rounds.",
         ),
     ]
     if results["task"] == "classification" and any(s.get("confusion") for s in results["systems"]):

@@ -93,14 +93,14 @@ def test_another_process_burning_cpu_shows_in_the_load_sample():
         before = snapshot()
         time.sleep(1.0)
         busy = load_between(before, snapshot())
-    assert busy.others_cores == pytest.approx(1.0, abs=0.3) and busy.busy
-    assert idle.others_cores < BUSY_CORES and not idle.busy
+    # One burning core more than whatever else the machine was doing (nothing, usually).
+    assert busy.others_cores - idle.others_cores == pytest.approx(1.0, abs=0.3) and busy.busy
     # Our own CPU time is not someone else's.
     before = snapshot()
     end = time.process_time() + 0.5
     while time.process_time() < end:
         pass
-    assert load_between(before, snapshot()).others_cores < BUSY_CORES
+    assert load_between(before, snapshot()).others_cores < idle.others_cores + BUSY_CORES
 
 
 def _record(round_, name, latency_ms, seconds, busy=False):

@@ -54,8 +54,14 @@ class SupervisedSFTTrainer(SFTTrainer):
         data = self.eval_dataset if eval_dataset is None else eval_dataset
         self._eval_prefix = self._shared_validation_prefix(data)
         self._eval_cache = None  # the weights changed since the last pass
+        import torch
+
+        # Under train.compile, validation's prefix and cached-suffix calls would each compile a
+        # graph of their own (three recompiles, most of a cold run's compile time), for a few
+        # forward-only passes: they run the layers eagerly instead.
         try:
-            return super().evaluate(eval_dataset, *args, **kwargs)
+            with torch.compiler.set_stance("force_eager"):
+                return super().evaluate(eval_dataset, *args, **kwargs)
         finally:
             self._eval_prefix, self._eval_cache = [], None
 

@@ -131,6 +131,10 @@ def compile_decoder_layers(model: Any) -> int:
     """
     names = set(getattr(without_peft(model), "_no_split_modules", None) or ())
     layers = [m for m in model.modules() if type(m).__name__ in names]
+    if layers and hasattr(model, "enable_input_require_grads"):
+        # With frozen embeddings the first layer's input would not require grad and every
+        # other layer's would: two graphs to compile instead of one.
+        model.enable_input_require_grads()
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)

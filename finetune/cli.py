@@ -167,7 +167,6 @@ def train(
 ) -> None:
     """Train the specialist and write runs/<recipe name>/<run id>/ (adapter, log, loss curve, summary)."""
     from finetune.recipe import load_recipe
-    from finetune.train import train as run_training
 
     if resume is not None:
         if recipe is not None or overrides:
@@ -181,6 +180,10 @@ def train(
         )
     else:
         loaded = _load(recipe, overrides)
+    # Imported once the arguments and the recipe are known good: transformers and PEFT take
+    # seconds to import, which a usage error should not wait for.
+    from finetune.train import train as run_training
+
     run_training(loaded, recipe_path=recipe, overrides=overrides or [], resume=resume, console=err)
 
 

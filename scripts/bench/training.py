@@ -270,10 +270,12 @@ def as_shipped(bench: Bench) -> dict[str, Any]:
 def dtypes(bench: Bench) -> dict[str, Any]:
     """Training speed in float32 and in bf16 on the same short run: is `model.dtype: auto`'s
     choice the faster one on this machine?"""
-    from finetune.hardware import weight_dtype_name
+    from finetune.hardware import fast_bf16, weight_dtype_name
     from finetune.recipe import load_recipe
 
-    n = bench.scaled(160, 96)
+    # Without native bf16 a bf16 step is 30-100x slower (an AVX2-only EPYC, 2026-12-02: 1.2 vs 39.5
+    # GFLOP/s at the MLP's shapes): two steps each tell the rates apart in minutes, not hours.
+    n = bench.scaled(160, 96) if fast_bf16() else 16
     runs = {
         dtype: train_ours(
             bench, f"dtype-{dtype}", RECIPE, _overrides(bench, n, f"model.dtype={dtype}")

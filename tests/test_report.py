@@ -386,7 +386,8 @@ def test_disturbed_rounds_are_named_in_the_verdict_box(tmp_path):
         "Timing interference for specialist (round 1: machine busy: other processes used 1.85 "
         "cores, latency 2.31x its median). Affected: its latency, throughput and cost. Figures "
         "are medians over 6 rounds and ratios are paired within rounds, so a disturbed round "
-        "shifts them little; re-run `finetune eval` on a quiet machine to confirm."
+        "shifts them little; round 1 is left out of its ratios to the others (machine busy); "
+        "re-run `finetune eval` on a quiet machine to confirm."
     )
     results["timing"] |= {"stopped_early": True, "rounds": 4}
     assert cautions(results)[0].startswith("Timing stopped after 4 of 6 rounds")

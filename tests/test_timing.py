@@ -25,6 +25,7 @@ from finetune.evaluate.timing import (
     Target,
     disturbed_rounds,
     figures_by_round,
+    paired_ratio,
     round_orders,
     run_rounds,
 )
@@ -124,6 +125,21 @@ def test_disturbed_rounds_name_the_figures_they_touch():
     assert found[1]["reasons"] == ["machine busy: other processes used 1.50 cores"]
 
 
+def test_busy_rounds_are_left_out_of_the_paired_ratio():
+    # The baseline was timed while the machine was busy in round 1: in, it stretches the
+    # interval over 1 and hides a real 2x; out, the 2x is called, and the round is named.
+    mine, theirs = [2.0] * 7, [4.0] + [1.0] * 6
+    kept = paired_ratio(mine, theirs, 0.95)
+    assert (kept["low"], kept["high"], kept["clear"]) == (0.5, 2.0, False)
+    busy = [True] + [False] * 6
+    out = paired_ratio(mine, theirs, 0.95, busy, [1, 2, 3, 4, 5, 6, 7])
+    assert (out["ratio"], out["low"], out["high"], out["clear"]) == (2.0, 2.0, 2.0, True)
+    assert out["left_out"] == [1] and out["rounds"] == 6
+    # Five rounds left cannot give a 95% interval (1 - 2/32 < 0.95): nothing is called.
+    five = paired_ratio(mine[:6], theirs[:6], 0.95, busy[:6])
+    assert five["rounds"] == 5 and five["low"] is None and not five["clear"]
+
+
 def test_rounds_stop_starting_once_the_budget_would_be_overrun():
     events = []
 
@@ -163,7 +179,7 @@ def timed_run(tmp_path_factory):
             "latency_items": 6,
             "bootstrap_samples": 100,
             # 10 rounds at 99%: the interval is [min, max], so identical systems are called
-            # different only if 9 undisturbed rounds all fall on one side (p = 1/512).
+            # different only if the 9 rounds the hog leaves all fall on one side (p = 1/256).
             "confidence": 0.99,
             "timing": {"rounds": 10, "throughput_items": 12},
         },
@@ -196,6 +212,9 @@ def test_a_hog_during_one_systems_timing_is_flagged_and_decides_nothing(timed_ru
     (comparison,) = results["comparisons"]
     for figure in ("latency", "throughput", "cost"):
         assert timing_call(comparison, figure) == "unclear", (figure, comparison["timing"])
+        # Left out of the paired ratios, by the load sample, not by how slow it was.
+        assert comparison["timing"][figure]["left_out"] == [1]
+        assert comparison["timing"][figure]["rounds"] == 9
     sentences = verdict(results)
     latency, cost, bottom = sentences[1], sentences[4], sentences[5]
     assert "no clear difference from base zero-shot" in latency
@@ -206,10 +225,9 @@ def test_a_hog_during_one_systems_timing_is_flagged_and_decides_nothing(timed_ru
     flagged = [d for d in results["timing"]["disturbed"] if d["system"] == "specialist"]
     assert flagged[0]["round"] == 1 and flagged[0]["figures"] == ["latency", "throughput", "cost"]
     assert flagged[0]["reasons"][0].startswith("machine busy: other processes used")
-    assert any(
-        note.startswith("Timing interference for specialist (round 1:")
-        for note in cautions(results)
-    )
+    (note,) = [n for n in cautions(results) if n.startswith("Timing interference for specialist")]
+    assert note.startswith("Timing interference for specialist (round 1:")
+    assert "round 1 is left out of its ratios to the others (machine busy)" in note
 
 
 def test_without_the_hog_a_model_of_twice_the_layers_is_called_slower(timed_run):

@@ -580,12 +580,9 @@ def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labe
         "low": low,
         "high": high,
         "mcnemar": None,
-        "timing": {
-            k: timing.paired_ratio(
-                figures[specialist.system.name][k], figures[baseline.system.name][k], ev.confidence
-            )
-            for k in timing.FIGURES
-        },
+        "timing": _timing_ratios(
+            figures[specialist.system.name], figures[baseline.system.name], ev.confidence
+        ),
     }
     if task == "classification":
         test = mcnemar_exact(
@@ -601,6 +598,16 @@ def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labe
     else:
         entry["significant"] = low > 0 or high < 0
     return entry
+
+
+def _timing_ratios(mine: dict, theirs: dict, confidence: float) -> dict[str, Any]:
+    """Each timing figure as a ratio paired by round, rounds where either was disturbed by a
+    busy machine left out."""
+    busy = [a or b for a, b in zip(mine["busy"], theirs["busy"], strict=True)]
+    return {
+        k: timing.paired_ratio(mine[k], theirs[k], confidence, busy, mine["round"])
+        for k in timing.FIGURES
+    }
 
 
 def _metric_names(recipe: Recipe) -> list[str]:

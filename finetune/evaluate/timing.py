@@ -157,11 +157,14 @@ def _time_one(target: Target, number: int, position: int, observer: Observer | N
 
 
 def figures_by_round(records: list[Record], cost: Callable[[float], float | None]) -> dict:
-    """Per round: p50 latency (ms), throughput (items/s) and cost per 1k requests (USD)."""
+    """Per round: p50 latency (ms), throughput (items/s) and cost per 1k requests (USD), the
+    round's number and whether the machine was busy during it."""
     return {
         "latency": [r.p50 for r in records],
         "throughput": [r.throughput for r in records],
         "cost": [cost(r.throughput) for r in records],
+        "round": [r.round for r in records],
+        "busy": [r.load.busy for r in records],
     }
 
 
@@ -179,17 +182,32 @@ def summary(values: list[float | None]) -> dict[str, Any]:
 
 
 def paired_ratio(
-    mine: list[float | None], theirs: list[float | None], confidence: float
+    mine: list[float | None],
+    theirs: list[float | None],
+    confidence: float,
+    busy: list[bool] | None = None,
+    numbers: list[int] | None = None,
 ) -> dict[str, Any]:
     """The round-by-round ratio mine / theirs: its median, the sign-test interval for that
-    median, and whether the interval excludes 1 (`clear`)."""
-    ratios = [
-        a / b
-        for a, b in zip(mine, theirs, strict=True)
-        if a is not None and b and not math.isnan(a)
-    ]
+    median, and whether the interval excludes 1 (`clear`).
+
+    Rounds in which the machine was busy while either was timed (`busy`, from the load sampled
+    around each measurement, not from the figures) are left out and listed in `left_out` by
+    their `numbers`: the interval is [min, max] at these round counts, so one busy round kept
+    in would stretch it over 1 whatever the other rounds say."""
+    busy = busy or [False] * len(mine)
+    numbers = numbers or list(range(1, len(mine) + 1))
+    ratios, left_out = [], []
+    for a, b, disturbed, number in zip(mine, theirs, busy, numbers, strict=True):
+        if a is None or not b or math.isnan(a):
+            continue
+        if disturbed:
+            left_out.append(number)
+        else:
+            ratios.append(a / b)
     if not ratios:
-        return {"ratio": None, "low": None, "high": None, "rounds": 0, "clear": False}
+        return {"ratio": None, "low": None, "high": None, "rounds": 0, "clear": False,
+                "left_out": left_out}  # fmt: skip
     interval = median_interval(ratios, confidence)
     low, high = interval if interval else (None, None)
     return {
@@ -198,6 +216,7 @@ def paired_ratio(
         "high": high,
         "rounds": len(ratios),
         "clear": interval is not None and (high < 1 or low > 1),
+        "left_out": left_out,
     }
 
 

@@ -258,11 +258,16 @@ def cautions(results: dict[str, Any]) -> list[str]:
     for name, entries in by_system.items():
         figures = sorted({f for e in entries for f in e["figures"]}, key=_FIGURE_ORDER.index)
         rounds = "; ".join(f"round {e['round']}: {', '.join(e['reasons'])}" for e in entries)
+        busy = [str(e["round"]) for e in entries if e["reasons"][0].startswith("machine busy")]
+        left_out = ""
+        if busy:
+            which = f"round {busy[0]} is" if len(busy) == 1 else f"rounds {_and(busy)} are"
+            left_out = f"; {which} left out of its ratios to the others (machine busy)"
         notes.append(
             f"Timing interference for {name} ({rounds}). Affected: its {_and(figures)}. "
             f"Figures are medians over {info['rounds']} rounds and ratios are paired within "
-            "rounds, so a disturbed round shifts them little; re-run `finetune eval` on a "
-            "quiet machine to confirm."
+            f"rounds, so a disturbed round shifts them little{left_out}; re-run `finetune eval` "
+            "on a quiet machine to confirm."
         )
     return notes
 

@@ -378,6 +378,7 @@ def test_disturbed_rounds_are_named_in_the_verdict_box(tmp_path):
                 "machine busy: other processes used 1.85 cores",
                 "latency 2.31x its median",
             ],
+            "busy": True,
             "load": {},
         }
     ]

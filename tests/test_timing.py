@@ -123,6 +123,7 @@ def test_disturbed_rounds_name_the_figures_they_touch():
     ]
     assert found[0]["reasons"] == ["latency 2.29x its median"]  # 230 / 100.5
     assert found[1]["reasons"] == ["machine busy: other processes used 1.50 cores"]
+    assert [d["busy"] for d in found] == [False, True]
 
 
 def test_busy_rounds_are_left_out_of_the_paired_ratio():

@@ -256,6 +256,7 @@ def disturbed_rounds(
                 "round": record.round,
                 "figures": [f for f in FIGURES if f in affected],
                 "reasons": reasons,
+                "busy": record.load.busy,
                 "load": record.load.as_dict(),
             }
         )

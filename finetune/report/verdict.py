@@ -258,7 +258,7 @@ def cautions(results: dict[str, Any]) -> list[str]:
     for name, entries in by_system.items():
         figures = sorted({f for e in entries for f in e["figures"]}, key=_FIGURE_ORDER.index)
         rounds = "; ".join(f"round {e['round']}: {', '.join(e['reasons'])}" for e in entries)
-        busy = [str(e["round"]) for e in entries if e["reasons"][0].startswith("machine busy")]
+        busy = [str(e["round"]) for e in entries if e.get("busy")]
         left_out = ""
         if busy:
             which = f"round {busy[0]} is" if len(busy) == 1 else f"rounds {_and(busy)} are"

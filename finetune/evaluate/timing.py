@@ -205,13 +205,10 @@ def paired_ratio(
             left_out.append(number)
         else:
             ratios.append(a / b)
-    if not ratios:
-        return {"ratio": None, "low": None, "high": None, "rounds": 0, "clear": False,
-                "left_out": left_out}  # fmt: skip
-    interval = median_interval(ratios, confidence)
+    interval = median_interval(ratios, confidence)  # None for too few ratios, or none
     low, high = interval if interval else (None, None)
     return {
-        "ratio": float(statistics.median(ratios)),
+        "ratio": float(statistics.median(ratios)) if ratios else None,
         "low": low,
         "high": high,
         "rounds": len(ratios),

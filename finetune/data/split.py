@@ -33,12 +33,17 @@ def stratified_split(examples: list[dict], recipe: Recipe) -> dict[str, list[dic
         splits["test"] += group[:n_test]
         splits["validation"] += group[n_test : n_test + n_val]
         splits["train"] += group[n_test + n_val :]
-    return {name: sorted(rows, key=lambda e: _rank(recipe.seed, e["id"])) for name, rows in splits.items()}
+    return {
+        name: sorted(rows, key=lambda e: _rank(recipe.seed, e["id"]))
+        for name, rows in splits.items()
+    }
 
 
 def carve_validation(train: list[dict], recipe: Recipe) -> tuple[list[dict], list[dict]]:
     """Take a validation split out of an explicit train file, stratified the same way."""
-    share = recipe.data.split.validation / max(recipe.data.split.train + recipe.data.split.validation, 1e-9)
+    share = recipe.data.split.validation / max(
+        recipe.data.split.train + recipe.data.split.validation, 1e-9
+    )
     rest, validation = [], []
     for group in _ranked_label_groups(train, recipe.seed):
         n_val = round(len(group) * share)
@@ -58,7 +63,13 @@ def _ranked_label_groups(examples: list[dict], seed: int) -> list[list[dict]]:
 def fingerprint(splits: dict[str, list[dict]], recipe: Recipe) -> str:
     """sha256 over the split contents and the parameters that produced them."""
     digest = hashlib.sha256()
-    params = {"seed": recipe.seed, "split": recipe.data.split.model_dump(), "dedupe": recipe.data.dedupe, "labels": recipe.task.labels, "label_map": recipe.data.label_map}
+    params = {
+        "seed": recipe.seed,
+        "split": recipe.data.split.model_dump(),
+        "dedupe": recipe.data.dedupe,
+        "labels": recipe.task.labels,
+        "label_map": recipe.data.label_map,
+    }
     digest.update(json.dumps(params, sort_keys=True).encode())
     for name in SPLITS:
         for example in splits[name]:
@@ -98,12 +109,20 @@ def leakage(splits: dict[str, list[dict]]) -> dict[str, Any]:
                 continue
             matches = _near_matches(_shingles(example["text"]), shingle_index, train_shingles)
             if matches:
-                near.append({"id": example["id"], "train_ids": [train[i]["id"] for i, _ in matches], "jaccard": round(matches[0][1], 3)})
+                near.append(
+                    {
+                        "id": example["id"],
+                        "train_ids": [train[i]["id"] for i, _ in matches],
+                        "jaccard": round(matches[0][1], 3),
+                    }
+                )
         report[name] = {"exact": exact, "near": near}
     return report
 
 
-def _near_matches(shingles: set[str], index: dict[str, set[int]], train_shingles: list[set[str]]) -> list[tuple[int, float]]:
+def _near_matches(
+    shingles: set[str], index: dict[str, set[int]], train_shingles: list[set[str]]
+) -> list[tuple[int, float]]:
     counts: dict[int, int] = defaultdict(int)
     for s in shingles:
         for i in index.get(s, ()):
@@ -118,7 +137,13 @@ def _near_matches(shingles: set[str], index: dict[str, set[int]], train_shingles
 
 def drop_leaked(splits: dict[str, list[dict]], report: dict[str, Any]) -> int:
     """Remove train rows that duplicate a held-out row; returns how many were removed."""
-    leaked = {tid for name in ("validation", "test") for kind in ("exact", "near") for hit in report[name][kind] for tid in hit["train_ids"]}
+    leaked = {
+        tid
+        for name in ("validation", "test")
+        for kind in ("exact", "near")
+        for hit in report[name][kind]
+        for tid in hit["train_ids"]
+    }
     before = len(splits["train"])
     splits["train"] = [e for e in splits["train"] if e["id"] not in leaked]
     return before - len(splits["train"])

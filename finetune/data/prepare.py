@@ -13,8 +13,23 @@ from typing import Any
 
 from finetune.data.builtin import BUILTIN
 from finetune.data.card import build_card, card_markdown
-from finetune.data.read import TARGET_FIELD, DataError, Rejected, read_file, read_hub, raise_for_rejects, to_examples
-from finetune.data.split import SPLITS, carve_validation, drop_leaked, fingerprint, leakage, stratified_split
+from finetune.data.read import (
+    TARGET_FIELD,
+    DataError,
+    Rejected,
+    raise_for_rejects,
+    read_file,
+    read_hub,
+    to_examples,
+)
+from finetune.data.split import (
+    SPLITS,
+    carve_validation,
+    drop_leaked,
+    fingerprint,
+    leakage,
+    stratified_split,
+)
 from finetune.files import read_jsonl, write_atomic, write_json
 from finetune.recipe import Recipe
 
@@ -56,9 +71,16 @@ def prepare(recipe: Recipe, *, force: bool = False) -> PreparedData:
     report = leakage(splits)
     removed = drop_leaked(splits, report) if recipe.data.dedupe else 0
     fp = fingerprint(splits, recipe)
-    facts |= {"fingerprint": fp, "inputs_key": key, "rejected": len(rejected), "on_bad_row": recipe.data.on_bad_row,
-              "leakage": report, "dedupe": recipe.data.dedupe, "dedupe_removed": removed,
-              "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    facts |= {
+        "fingerprint": fp,
+        "inputs_key": key,
+        "rejected": len(rejected),
+        "on_bad_row": recipe.data.on_bad_row,
+        "leakage": report,
+        "dedupe": recipe.data.dedupe,
+        "dedupe_removed": removed,
+        "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     card = build_card(splits, target=TARGET_FIELD[recipe.task.type], facts=facts)
     _write(out, splits, rejected, card)
     return PreparedData(out, fp, card)
@@ -68,7 +90,11 @@ def load_split(recipe: Recipe, split: str) -> list[dict]:
     """Examples of one prepared split (preparing first if needed), capped by the recipe's limits."""
     prepared = prepare(recipe)
     rows = read_jsonl(prepared.path / f"{split}.jsonl")
-    caps = {"train": recipe.data.max_train_examples, "validation": recipe.data.max_validation_examples, "test": recipe.data.max_test_examples}
+    caps = {
+        "train": recipe.data.max_train_examples,
+        "validation": recipe.data.max_validation_examples,
+        "test": recipe.data.max_test_examples,
+    }
     cap = caps.get(split)
     return rows[:cap] if cap else rows
 
@@ -84,19 +110,33 @@ def _read_splits(recipe: Recipe) -> tuple[dict[str, list[dict]], list[Rejected],
         if "validation" not in splits:
             splits["train"], splits["validation"] = carve_validation(splits["train"], recipe)
         _check_ids_across(splits)
-        facts |= {"source": ", ".join(f"{k}: {v}" for k, v in recipe.data.split_files.items()), "licence": "(user data)", "description": "explicit split files"}
+        facts |= {
+            "source": ", ".join(f"{k}: {v}" for k, v in recipe.data.split_files.items()),
+            "licence": "(user data)",
+            "description": "explicit split files",
+        }
         return splits, rejected, facts
     source = recipe.data.source
     if source in BUILTIN:
         ds = BUILTIN[source]
         stats: dict[str, int] = {}
         examples, rejected = to_examples(ds.build(ds, stats), recipe)
-        facts |= {"source": f"PyPI package {ds.package}", "licence": ds.licence, "description": ds.description}
-        facts["notes"] += [f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()]
+        facts |= {
+            "source": f"PyPI package {ds.package}",
+            "licence": ds.licence,
+            "description": ds.description,
+        }
+        facts["notes"] += [f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()] + ds.notes
     else:
-        rows = read_file(source) if Path(source).suffix or Path(source).exists() else read_hub(source)
+        rows = (
+            read_file(source) if Path(source).suffix or Path(source).exists() else read_hub(source)
+        )
         examples, rejected = to_examples(rows, recipe)
-        facts |= {"source": source, "licence": "(user data)", "description": f"prepared from {source}"}
+        facts |= {
+            "source": source,
+            "licence": "(user data)",
+            "description": f"prepared from {source}",
+        }
     _check(rejected, recipe)
     if not examples:
         raise DataError(f"data.source: no usable rows in {source}")
@@ -115,27 +155,57 @@ def _check_ids_across(splits: dict[str, list[dict]]) -> None:
     for name, rows in splits.items():
         for example in rows:
             if example["id"] in seen:
-                raise DataError(f"data.split_files: id {example['id']!r} is in both {seen[example['id']]} and {name}")
+                raise DataError(
+                    f"data.split_files: id {example['id']!r} is in both {seen[example['id']]} and {name}"
+                )
             seen[example["id"]] = name
 
 
 def _inputs_key(recipe: Recipe) -> str:
     """What the prepared files depend on: data settings, labels, seed and the source files' state."""
     files = [recipe.data.source, *recipe.data.split_files.values()]
-    state = [(f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns) for f in files if f and Path(f).is_file()]
-    payload = {"data": recipe.data.model_dump(exclude={"max_train_examples", "max_validation_examples", "max_test_examples"}), "task": recipe.task.model_dump(include={"type", "labels"}), "seed": recipe.seed, "files": state, "version": 1}
+    state = [
+        (f, Path(f).stat().st_size, Path(f).stat().st_mtime_ns)
+        for f in files
+        if f and Path(f).is_file()
+    ]
+    # version: raised when what a preparation writes changes (2: the card counts repeated texts and entity types)
+    payload = {
+        "data": recipe.data.model_dump(
+            exclude={"max_train_examples", "max_validation_examples", "max_test_examples"}
+        ),
+        "task": recipe.task.model_dump(include={"type", "labels"}),
+        "seed": recipe.seed,
+        "files": state,
+        "version": 2,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _write(out: Path, splits: dict[str, list[dict]], rejected: list[Rejected], card: dict[str, Any]) -> None:
+def _write(
+    out: Path, splits: dict[str, list[dict]], rejected: list[Rejected], card: dict[str, Any]
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # The card marks a finished build: gone first, so a build killed half-way is never reused.
     (out / "card.json").unlink(missing_ok=True)
     for name in SPLITS:
-        write_atomic(out / f"{name}.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in splits[name]))
+        write_atomic(
+            out / f"{name}.jsonl",
+            "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in splits[name]),
+        )
     rejects = out / "rejects.jsonl"
     if rejected:
-        write_atomic(rejects, "".join(json.dumps({"file": r.file, "line": r.line, "reason": r.reason, "row": r.row}, ensure_ascii=False) + "\n" for r in rejected))
+        write_atomic(
+            rejects,
+            "".join(
+                json.dumps(
+                    {"file": r.file, "line": r.line, "reason": r.reason, "row": r.row},
+                    ensure_ascii=False,
+                )
+                + "\n"
+                for r in rejected
+            ),
+        )
     else:
         rejects.unlink(missing_ok=True)
     write_atomic(out / "card.md", card_markdown(card))

@@ -48,10 +48,17 @@ def read_file(path: str | Path) -> Iterator[RawRow]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data.source: file '{path}' does not exist")
-    readers = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet}
+    readers = {
+        ".jsonl": _read_jsonl,
+        ".json": _read_jsonl,
+        ".csv": _read_csv,
+        ".parquet": _read_parquet,
+    }
     reader = readers.get(path.suffix.lower())
     if reader is None:
-        raise DataError(f"data.source: '{path}' has extension '{path.suffix}'; expected one of .jsonl, .csv, .parquet")
+        raise DataError(
+            f"data.source: '{path}' has extension '{path.suffix}'; expected one of .jsonl, .csv, .parquet"
+        )
     if path.stat().st_size == 0:
         raise DataError(f"data.source: '{path}' is empty")
     return reader(path)
@@ -63,7 +70,9 @@ def _check_utf8(path: Path) -> None:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 ({exc.reason} at byte {exc.start}); re-save the file as UTF-8"
+        ) from None
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
@@ -76,10 +85,24 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield RawRow(str(path), line_no, {"__error__": f"malformed JSON ({exc.msg} at column {exc.pos + 1})", "__raw__": line[:500]})
+                yield RawRow(
+                    str(path),
+                    line_no,
+                    {
+                        "__error__": f"malformed JSON ({exc.msg} at column {exc.pos + 1})",
+                        "__raw__": line[:500],
+                    },
+                )
                 continue
             if not isinstance(obj, dict):
-                yield RawRow(str(path), line_no, {"__error__": f"expected a JSON object, found {type(obj).__name__}", "__raw__": line[:500]})
+                yield RawRow(
+                    str(path),
+                    line_no,
+                    {
+                        "__error__": f"expected a JSON object, found {type(obj).__name__}",
+                        "__raw__": line[:500],
+                    },
+                )
                 continue
             yield RawRow(str(path), line_no, obj)
 
@@ -95,7 +118,14 @@ def _read_csv(path: Path) -> Iterator[RawRow]:
         for row in reader:
             if "__extra__" in row or None in row.values():
                 count = len(reader.fieldnames or [])
-                yield RawRow(str(path), start, {"__error__": f"bad CSV row: expected {count} fields", "__raw__": str(row)[:500]})
+                yield RawRow(
+                    str(path),
+                    start,
+                    {
+                        "__error__": f"bad CSV row: expected {count} fields",
+                        "__raw__": str(row)[:500],
+                    },
+                )
             else:
                 yield RawRow(str(path), start, dict(row))
             start = reader.line_num + 1
@@ -118,27 +148,45 @@ def read_hub(dataset_id: str) -> Iterator[RawRow]:
     from finetune.hub import unreachable_reason
 
     offline = f"Sources that work offline: the built-in datasets ({', '.join(BUILTIN)}; `finetune prepare --list`), a local JSONL, CSV or Parquet file, or (with HF_HUB_OFFLINE=1) a Hub dataset already in the Hugging Face cache"
-    reason = None if constants.HF_HUB_OFFLINE else unreachable_reason()  # offline mode reads the cache
+    reason = (
+        None if constants.HF_HUB_OFFLINE else unreachable_reason()
+    )  # offline mode reads the cache
     if reason is not None:
-        raise DataError(f"data.source: could not load Hub dataset '{dataset_id}' ({reason}). {offline}")
+        raise DataError(
+            f"data.source: could not load Hub dataset '{dataset_id}' ({reason}). {offline}"
+        )
     try:
         loaded = datasets.load_dataset(dataset_id)
     except Exception as exc:
-        raise DataError(f"data.source: could not load Hub dataset '{dataset_id}' ({type(exc).__name__}: {str(exc)[:200]}). {offline}") from None
+        raise DataError(
+            f"data.source: could not load Hub dataset '{dataset_id}' ({type(exc).__name__}: {str(exc)[:200]}). {offline}"
+        ) from None
     for split_name, split in loaded.items():
         for index, row in enumerate(split, 1):
             yield RawRow(f"{dataset_id}[{split_name}]", index, dict(row))
 
 
-def to_examples(rows: Iterable[RawRow], recipe: Recipe, default_fields: dict[str, str] | None = None) -> tuple[list[dict], list[Rejected]]:
+def to_examples(
+    rows: Iterable[RawRow], recipe: Recipe, default_fields: dict[str, str] | None = None
+) -> tuple[list[dict], list[Rejected]]:
     """Map raw rows to examples `{id, text, <target>}` and validate them; returns (examples, rejected)."""
     target = TARGET_FIELD[recipe.task.type]
-    mapping = {"id": "id", "text": "text", target: target, **(default_fields or {}), **recipe.data.fields}
+    mapping = {
+        "id": "id",
+        "text": "text",
+        target: target,
+        **(default_fields or {}),
+        **recipe.data.fields,
+    }
     examples, rejected, seen_ids = [], [], set()
     checked_columns = False
     for row in rows:
         if "__error__" in row.fields:
-            rejected.append(Rejected(row.file, row.line, row.fields["__error__"], {"raw": row.fields["__raw__"]}))
+            rejected.append(
+                Rejected(
+                    row.file, row.line, row.fields["__error__"], {"raw": row.fields["__raw__"]}
+                )
+            )
             continue
         if not checked_columns:
             _check_columns(row, mapping, target)
@@ -159,30 +207,72 @@ def _check_columns(row: RawRow, mapping: dict[str, str], target: str) -> None:
         column = mapping[name]
         if column not in row.fields:
             found = ", ".join(map(str, row.fields)) or "(none)"
-            raise DataError(f"data.fields.{name}: column '{column}' not found in {row.file}; columns found: {found}. Map it with data.fields.{name}: <column>")
+            raise DataError(
+                f"data.fields.{name}: column '{column}' not found in {row.file}; columns found: {found}. Map it with data.fields.{name}: <column>"
+            )
 
 
-def _map_row(row: RawRow, mapping: dict[str, str], target: str, recipe: Recipe) -> tuple[dict, str | None]:
+def _map_row(
+    row: RawRow, mapping: dict[str, str], target: str, recipe: Recipe
+) -> tuple[dict, str | None]:
     text = row.fields.get(mapping["text"])
     value = row.fields.get(mapping[target])
     row_id = row.fields.get(mapping["id"])
-    example = {"id": str(row_id) if row_id not in (None, "") else f"{Path(row.file).stem}-{row.line}", "text": text}
+    example = {
+        "id": str(row_id) if row_id not in (None, "") else f"{Path(row.file).stem}-{row.line}",
+        "text": text,
+    }
     if not isinstance(text, str) or not text.strip():
         return example, "empty or whitespace-only text"
     if target == "label":
         label = recipe.data.label_map.get(str(value), str(value)) if value is not None else None
         if label not in recipe.task.labels:
-            return example, f"label {value!r} is not one of task.labels {recipe.task.labels} (map it with data.label_map)"
+            return (
+                example,
+                f"label {value!r} is not one of task.labels {recipe.task.labels} (map it with data.label_map)",
+            )
         example["label"] = label
     elif target == "answer":
         if not isinstance(value, str) or not value.strip():
             return example, "empty or missing answer"
         example["answer"] = value
     else:
-        if not isinstance(value, list):
-            return example, f"entities must be a list of {{text, type}} objects; found {type(value).__name__}"
-        example["entities"] = value
+        reason = entities_reason(text, value)
+        if reason:
+            return example, reason
+        example["entities"] = value  # whole: extra keys (offsets, say) are kept
     return example, None
+
+
+def entities_reason(text: str, entities: Any) -> str | None:
+    """Why `entities` is not a list of `{text, type}` objects with optional `start`/`end` offsets into `text`."""
+    if not isinstance(entities, list):
+        return f"entities must be a list of {{text, type}} objects; found {type(entities).__name__}"
+    for index, entity in enumerate(entities):
+        reason = _entity_reason(text, entity)
+        if reason:
+            return f"entities[{index}]: {reason}"
+    return None
+
+
+def _entity_reason(text: str, entity: Any) -> str | None:
+    if not isinstance(entity, dict) or not all(
+        isinstance(entity.get(k), str) and entity[k].strip() for k in ("text", "type")
+    ):
+        return f"expected an object with non-empty string text and type; found {entity!r}"
+    if "start" not in entity and "end" not in entity:
+        return None
+    start, end = entity.get("start"), entity.get("end")
+    # bool is an int to Python, but a true/false offset is a mistake, not position 1 or 0
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (start, end)):
+        return (
+            f"start and end must both be non-negative integers; found start={start!r}, end={end!r}"
+        )
+    if text[start:end] != entity["text"]:
+        return (
+            f"text[{start}:{end}] is {text[start:end]!r}, not the entity's text {entity['text']!r}"
+        )
+    return None
 
 
 def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
@@ -192,4 +282,6 @@ def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:
 def raise_for_rejects(rejected: list[Rejected]) -> None:
     shown = "\n".join(f"  {r}" for r in rejected[:MAX_LISTED])
     more = f"\n  ... and {len(rejected) - MAX_LISTED} more" if len(rejected) > MAX_LISTED else ""
-    raise DataError(f"{len(rejected)} bad row(s):\n{shown}{more}\nFix them, or set data.on_bad_row: skip to drop them (they are counted and written to a rejects file)")
+    raise DataError(
+        f"{len(rejected)} bad row(s):\n{shown}{more}\nFix them, or set data.on_bad_row: skip to drop them (they are counted and written to a rejects file)"
+    )

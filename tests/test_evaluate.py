@@ -16,9 +16,9 @@ from test_scoring import direct_logprob
 from finetune.data import load_split
 from finetune.errors import FinetuneError
 from finetune.evaluate import evaluate
+from finetune.evaluate.causal import draw_shots
 from finetune.evaluate.metrics import compute
 from finetune.evaluate.scoring import label_token_ids
-from finetune.evaluate.systems import draw_shots
 from finetune.prompts import PromptFormat, encode
 from finetune.recipe import load_recipe
 from finetune.train import train
@@ -61,7 +61,13 @@ def evaluated(tmp_path_factory, tiny_model_dir, tiny_plain_model_dir):
 def test_every_system_scores_the_same_items_in_the_same_order(evaluated):
     recipe, _, _, results, predictions = evaluated
     names = [s["name"] for s in results["systems"]]
-    assert names == ["specialist", "base zero-shot", "base 2-shot", "plain model"]
+    assert names == [
+        "specialist",
+        "base zero-shot",
+        "base 2-shot",
+        "plain model",
+        "tf-idf + logreg",
+    ]
     test_ids = [row["id"] for row in load_split(recipe, "test")]
     assert [p["id"] for p in predictions] == test_ids
     assert results["test_items"] == len(test_ids)
@@ -159,7 +165,10 @@ def test_a_long_input_is_truncated_counted_and_flagged_never_dropped(evaluated):
     long = [p for p in predictions if p["id"] == "long"]
     assert long, "the long review must be in the test split"
     assert long[0]["predictions"]["specialist"]["truncated"] is True
-    assert all(s["truncated_items"] == 1 for s in results["systems"])
+    language_models = [s for s in results["systems"] if s["name"] != "tf-idf + logreg"]
+    assert all(s["truncated_items"] == 1 for s in language_models)
+    # The TF-IDF classifier reads every word: nothing to truncate.
+    assert results["systems"][-1]["truncated_items"] == 0
 
 
 def test_shots_are_fixed_by_the_seed_and_take_turns_over_labels(evaluated):
@@ -182,6 +191,7 @@ def test_the_plain_baseline_uses_its_own_prompt_style(evaluated):
         "base zero-shot": "chat",
         "base 2-shot": "chat",
         "plain model": "plain",
+        "tf-idf + logreg": "tf-idf features",
     }
     two_shot = results["systems"][2]
     assert two_shot["tokens"]["input_per_item"] > results["systems"][1]["tokens"]["input_per_item"]
@@ -380,3 +390,88 @@ def test_a_bf16_specialist_is_merged_in_float32_and_rounded_once(evaluated):
         lora = {p.dtype for n, p in loaded.model.named_parameters() if "lora_" in n}
         rest = {p.dtype for n, p in loaded.model.named_parameters() if "lora_" not in n}
         assert lora == {torch.float32} and rest == {torch.bfloat16}
+
+
+def test_the_tfidf_classifier_equals_a_direct_scikit_learn_fit_on_the_same_rows(evaluated):
+    """Fitted on the run's training rows with the recipe's settings, scored on the same items."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    recipe, _, _, results, predictions = evaluated
+    train_rows = load_split(recipe, "train")
+    direct = make_pipeline(
+        TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+        LogisticRegression(C=10.0, max_iter=2000, random_state=recipe.seed),
+    ).fit([r["text"] for r in train_rows], [r["label"] for r in train_rows])
+    texts = [row["text"] for row in load_split(recipe, "test")]
+    expected = direct.predict(texts)
+    logprobs = direct.predict_log_proba(texts)
+    name = "tf-idf + logreg"
+    got = [p["predictions"][name] for p in predictions]
+    assert [g["prediction"] for g in got] == list(expected)
+    for entry, row in zip(got, logprobs, strict=True):
+        by_label = dict(zip(direct.classes_, row, strict=True))
+        assert entry["label_logprobs"] == {
+            k: pytest.approx(by_label[k], abs=1e-5) for k in by_label
+        }
+    system = next(s for s in results["systems"] if s["name"] == name)
+    golds = [p["gold"] for p in predictions]
+    assert system["metrics"]["accuracy"]["value"] == np.mean(expected == np.array(golds))
+    assert system["model"] == (
+        "TF-IDF (word 1-2-grams) + logistic regression (C=10), "
+        f"fitted on {len(train_rows)} training rows"
+    )
+    assert system["parameters"]["total"] == direct[-1].coef_.size + direct[-1].intercept_.size
+    assert system["disk_bytes"]["model"] > 0 and system["tokens"]["output_per_item"] == 0
+
+
+def test_the_majority_class_floor_is_trains_most_common_label_on_the_same_items(evaluated):
+    recipe, _, _, results, predictions = evaluated
+    train_labels = Counter(r["label"] for r in load_split(recipe, "train"))
+    label, count = min(train_labels.items(), key=lambda kv: (-kv[1], kv[0]))
+    floor = results["floor"]
+    assert (floor["label"], floor["train_share"]) == (label, count / sum(train_labels.values()))
+    golds = [p["gold"] for p in predictions]
+    assert floor["metrics"]["accuracy"]["value"] == golds.count(label) / len(golds)
+    vs = floor["specialist_vs"]
+    spec_ok = [p["predictions"]["specialist"]["score"] == 1 for p in predictions]
+    floor_ok = [g == label for g in golds]
+    assert vs["mcnemar"]["specialist_only"] == sum(
+        a and not b for a, b in zip(spec_ok, floor_ok, strict=True)
+    )
+    assert vs["difference"] == pytest.approx((sum(spec_ok) - sum(floor_ok)) / len(golds))
+
+
+@pytest.mark.parametrize(
+    ("tfidf", "key", "message"),
+    [
+        (
+            {"word_ngrams": None},
+            "eval.tfidf",
+            "needs word_ngrams or char_ngrams (or enabled: false to leave it out)",
+        ),
+        ({"char_ngrams": [5, 2]}, "eval.tfidf.char_ngrams", "is [min, max]; found [5, 2]"),
+        (
+            {"name": "base zero-shot"},
+            "eval.tfidf.name",
+            "'base zero-shot' is already a system's name; give it another",
+        ),
+    ],
+)
+def test_tfidf_settings_are_checked_with_the_key_to_fix(write_recipe, tfidf, key, message):
+    from finetune.recipe import RecipeError
+
+    path = write_recipe(
+        {
+            "name": "x",
+            "task": {"type": "classification", "labels": ["a", "b"]},
+            "data": {"source": "rotten-tomatoes"},
+            "model": {"base": "smollm2-135m-instruct"},
+            "eval": {"tfidf": tfidf},
+        }
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"{path}: {key}: {message}" in str(err.value)

@@ -548,3 +548,45 @@ def test_bottom_line_when_a_cheaper_baseline_wins():
         "base zero-shot has both the highest accuracy (0.950) and the lowest cost ($0.0020 per 1k "
         "requests)."
     )
+
+
+def _with_floor(results: dict, *, significant: bool, p: float) -> dict:
+    floor_ci = {"value": 0.5, "low": 0.45, "high": 0.55}
+    results["floor"] = {
+        "label": "fresh",
+        "train_share": 0.52,
+        "train_rows": 3892,
+        "metrics": {"accuracy": floor_ci, "macro_f1": {"value": 0.33, "low": 0.3, "high": 0.36}},
+        "specialist_vs": {
+            **_comparison("floor", 0.5, 0.41, (0.36, 0.46), significant, p),
+            "other_value": 0.5,
+        },
+    }
+    return results
+
+
+def test_the_majority_class_floor_is_a_row_and_a_sentence_of_every_classification_report():
+    from finetune.report.tables import headline, metrics
+
+    results = _with_floor(make_results(), significant=True, p=1e-30)
+    for table in (headline(results), metrics(results)):
+        row = table.rows[-1]
+        assert row[:2] == ["floor: always 'fresh'", "0.500 [0.450, 0.550]"]
+        assert len(row) == len(table.columns)
+    sentences = verdict(results)
+    assert sentences[0] == (
+        "The specialist is above the floor of always answering 'fresh' (the majority class, 52% "
+        "of 3,892 training rows), which scores 0.500: +0.410 [0.360, 0.460], McNemar p = 1.0e-30."
+    )
+
+
+def test_a_specialist_no_better_than_the_floor_is_not_deployed():
+    results = _with_floor(make_results(), significant=False, p=0.3)
+    assert verdict(results)[0].startswith(
+        "The specialist is not significantly better than always answering 'fresh'"
+    )
+    assert _bottom_line(results) == (
+        "Bottom line: do not deploy the specialist as it is; it is not significantly better on "
+        "accuracy than always answering 'fresh'; the specialist is significantly better than 2 "
+        "of 3 baselines on accuracy (no significant difference from qwen2.5-0.5b zero-shot)."
+    )

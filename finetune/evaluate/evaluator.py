@@ -30,16 +30,17 @@ from finetune.data.read import TARGET_FIELD
 from finetune.errors import FinetuneError
 from finetune.evaluate import metrics as M
 from finetune.evaluate import timing
-from finetune.evaluate.scoring import LabelScorer, generate_answers, label_token_ids
+from finetune.evaluate.statistical import majority_label
 from finetune.evaluate.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
 from finetune.evaluate.systems import (
+    Context,
+    Inference,
     Loaded,
     ModelPool,
+    Plan,
     System,
-    draw_shots,
     load_groups,
     loaded_model,
-    system_format,
     systems_of,
 )
 from finetune.files import write_atomic, write_json
@@ -50,7 +51,7 @@ from finetune.hardware import (
     reset_peak_memory,
     weight_dtype_name,
 )
-from finetune.prompts import Encoded, PromptFormat, encode
+from finetune.prompts import PromptFormat
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import is_complete
 
@@ -59,21 +60,6 @@ EVAL_DIR = "eval"
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 TEXT_PREVIEW = 300
-
-
-@dataclass
-class Plan:
-    """One system ready to run: the instance it runs on, its prompts, how they become answers."""
-
-    system: System
-    key: str
-    fmt: PromptFormat
-    infer: _Inference
-    encoded: list[Encoded]
-
-    @property
-    def prompts(self) -> list[list[int]]:
-        return [e.input_ids for e in self.encoded]
 
 
 @dataclass
@@ -108,17 +94,15 @@ def evaluate(
     `observer(event, round, system)` is called as each timed measurement starts and ends."""
     run_dir = Path(run_dir)
     check_run(recipe, run_dir)
-    run_format = PromptFormat.load(run_dir)
     items = load_split(recipe, "test")
     golds = [item[TARGET_FIELD[recipe.task.type]] for item in items]
-    train_rows = load_split(recipe, "train")
+    context = Context(run_dir, items, load_split(recipe, "train"))
     plans, outcomes = [], []
     with _progress(console) as progress:
         for key, group in load_groups(recipe, systems_of(recipe)):
             with loaded_model(recipe, run_dir, key) as loaded:
-                _check_chat_template(run_dir, run_format, loaded, key)
                 for system in group:
-                    plan = _plan(recipe, system, key, loaded, run_format, items, train_rows)
+                    plan = loaded.kind.plan(recipe, system, key, loaded, context)
                     outcome = _score(recipe, run_dir, plan, loaded, progress)
                     plans.append(plan)
                     outcomes.append(outcome)
@@ -133,7 +117,8 @@ def evaluate(
         )
         rounds = _time(recipe, run_dir, plans, progress, observer)
     _say_timing(console, rounds)
-    results = summarize(recipe, run_dir, items, outcomes, golds, rounds)
+    results = summarize(recipe, run_dir, items, outcomes, golds, rounds, context.train_rows)
+    _say_floor(console, results)
     out = run_dir / EVAL_DIR
     write_atomic(out / PREDICTIONS_FILE, _predictions_jsonl(recipe, items, outcomes, golds))
     return write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished eval
@@ -177,27 +162,9 @@ def check_run(recipe: Recipe, run_dir: Path) -> None:
         )
 
 
-def _check_chat_template(run_dir: Path, fmt: PromptFormat, loaded: Loaded, key: str) -> None:
-    if key != "specialist" or fmt.style != "chat" or (run_dir / "model").is_dir():
-        return
-    if loaded.tokenizer.chat_template != fmt.chat_template:
-        raise FinetuneError(
-            f"{run_dir}: the base model's chat template is not the one stored with the run "
-            "(prompt.json); the specialist would see prompts it was not trained on"
-        )
-
-
-def _plan(recipe, system, key, loaded, run_format, items, train_rows) -> Plan:
-    fmt = system_format(system, loaded, run_format, recipe)
-    shots = draw_shots(recipe, train_rows, system.shots)
-    infer = _inference(recipe, fmt, loaded.tokenizer)
-    encoded = _encode_items(recipe, fmt, loaded.tokenizer, items, shots, infer.reserve)
-    return Plan(system, key, fmt, infer, encoded)
-
-
 def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: Any) -> Outcome:
     """Every test item through the system, at the evaluation batch size, with its peak memory."""
-    model, prompts, batch = loaded.model, plan.prompts, recipe.eval.batch_size
+    model, prompts, batch = loaded.model, plan.inputs, recipe.eval.batch_size
     reset_peak_memory()
     task = progress.add_task(plan.system.name, total=len(prompts))
     start = time.perf_counter()
@@ -207,16 +174,16 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
     seconds = time.perf_counter() - start
     peak = peak_memory_bytes()
     progress.remove_task(task)
-    weights, total, adapter_params = _parameters(model)
+    weights, total, adapter_params = loaded.kind.sizes(model)
     is_specialist = plan.system.role == "specialist"
     return Outcome(
         system=plan.system,
-        description=loaded.description if is_specialist else loaded.source.ref,
+        description=loaded.description,
         serving=loaded.serving if is_specialist else "as loaded",
-        prompt_style=plan.fmt.style,
+        prompt_style=plan.style,
         predictions=predictions,
         details=details,
-        truncated=[e.truncated for e in plan.encoded],
+        truncated=plan.truncated,
         seconds=seconds,
         peak_memory=peak,
         weights_bytes=weights,
@@ -225,7 +192,7 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
             "trainable": _trained_parameters(run_dir, adapter_params) if is_specialist else 0,
         },
         disk_bytes=loaded.disk_bytes,
-        input_tokens=float(np.mean([len(p) for p in prompts])),
+        input_tokens=float(np.mean(plan.input_tokens)),
         output_tokens=float(np.mean(out_tokens)),
     )
 
@@ -272,7 +239,7 @@ def _ready(
     (first passes allocate and pick kernels, ~10% slower here), one item in every later round
     (the previous system's weights have filled the caches since)."""
     with pool.use(plan.key) as loaded:
-        model, prompts, batch = loaded.model, plan.prompts, recipe.eval.batch_size
+        model, prompts, batch = loaded.model, plan.inputs, recipe.eval.batch_size
         first = plan.key not in pool.resident or plan.system.name not in warmed
         if first:
             plan.infer.run(model, prompts[:batch], batch, True)
@@ -282,7 +249,7 @@ def _ready(
 
 
 def _measure(recipe: Recipe, plan: Plan, model: Any) -> timing.Measurement:
-    prompts = plan.prompts
+    prompts = plan.inputs
     latencies = _latencies(plan.infer, model, prompts[: recipe.eval.latency_items])
     n = min(recipe.eval.timing.throughput_items, len(prompts))
     _sync()
@@ -292,78 +259,7 @@ def _measure(recipe: Recipe, plan: Plan, model: Any) -> timing.Measurement:
     return timing.Measurement(latencies, time.perf_counter() - start, n)
 
 
-@dataclass
-class _Inference:
-    """How a task turns prompts into predictions, and how many tokens to keep free for the answer."""
-
-    reserve: int
-    run: Callable[..., tuple[list[Any], list[dict], list[int]]]
-
-
-def _inference(recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> _Inference:
-    task = recipe.task
-    if task.type == "classification":
-        label_ids = label_token_ids(fmt, tokenizer, task.labels)
-
-        def classify(model, prompts, batch_size, share_prefix, on_batch=None):
-            scorer = LabelScorer(
-                model,
-                label_ids,
-                tokenizer.pad_token_id,
-                batch_size=batch_size,
-                length_normalize=recipe.eval.length_normalize,
-                share_prefix=share_prefix,
-            )
-            scores = scorer.score(prompts, on_batch)
-            best = [int(np.argmax(row)) for row in scores]
-            details = [
-                {"label_logprobs": dict(zip(task.labels, map(_round, row), strict=True))}
-                for row in scores
-            ]
-            return [task.labels[b] for b in best], details, [len(label_ids[b]) for b in best]
-
-        return _Inference(max(len(ids) for ids in label_ids), classify)
-
-    def answer(model, prompts, batch_size, share_prefix, on_batch=None):
-        outputs = generate_answers(
-            model,
-            tokenizer,
-            fmt,
-            prompts,
-            max_new_tokens=recipe.eval.max_new_tokens,
-            batch_size=batch_size,
-            on_batch=on_batch,
-        )
-        texts = [text for text, _ in outputs]
-        predictions = [M.parse_entities(t) for t in texts] if task.type == "extraction" else texts
-        details = [{"raw": t} for t in texts] if task.type == "extraction" else [{} for _ in texts]
-        return predictions, details, [count for _, count in outputs]
-
-    return _Inference(recipe.eval.max_new_tokens, answer)
-
-
-def _encode_items(recipe, fmt, tokenizer, items, shots, reserve):
-    """Prompts for every item: the item's part fits `model.max_length`; the shots come on top."""
-    unbounded = 10**9
-    with_shots = encode(fmt, tokenizer, "", None, max_length=unbounded, shots=shots)
-    without = encode(fmt, tokenizer, "", None, max_length=unbounded)
-    limit = recipe.model.max_length + with_shots.prompt_length - without.prompt_length
-    return [
-        encode(
-            fmt,
-            tokenizer,
-            item["text"],
-            None,
-            max_length=limit,
-            truncation=recipe.model.truncation,
-            shots=shots,
-            reserve=reserve,
-        )
-        for item in items
-    ]
-
-
-def _latencies(infer: _Inference, model: Any, prompts: list[list[int]]) -> list[float]:
+def _latencies(infer: Inference, model: Any, prompts: list[Any]) -> list[float]:
     """Milliseconds per request at batch size 1, the whole prompt computed (no shared cache)."""
     timings = []
     for prompt in prompts:
@@ -382,17 +278,6 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _parameters(model: Any) -> tuple[int, int, int]:
-    """(weight bytes, parameters, adapter parameters) of a loaded model."""
-    total = weights = adapter = 0
-    for name, param in model.named_parameters():
-        total += param.numel()
-        weights += param.numel() * param.element_size()
-        if "lora_" in name:
-            adapter += param.numel()
-    return weights, total, adapter
-
-
 def _trained_parameters(run_dir: Path, adapter_params: int) -> int:
     summary = run_dir / "train_summary.json"
     if summary.is_file():
@@ -407,8 +292,10 @@ def summarize(
     outcomes: list[Outcome],
     golds: list[Any],
     rounds: timing.Rounds,
+    train_rows: list[dict],
 ) -> dict[str, Any]:
-    """The results document: per-system measurements and the specialist's paired comparisons."""
+    """The results document: per-system measurements, the specialist's paired comparisons and,
+    for classification, the majority-class floor."""
     task = recipe.task.type
     names = _metric_names(recipe)
     labels = list(recipe.task.labels) or None
@@ -438,6 +325,7 @@ def summarize(
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "systems": systems,
         "comparisons": comparisons,
+        "floor": _floor(recipe, train_rows, golds, specialist, names) if labels else None,
     }
 
 
@@ -474,19 +362,9 @@ def _timing_header(recipe: Recipe, rounds: timing.Rounds, figures: dict) -> dict
 
 
 def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figures):
-    task, ev = recipe.task.type, recipe.eval
+    task = recipe.task.type
     preds = outcome.predictions
-    metrics = {}
-    for name in names:
-        value = M.compute(task, name, golds, preds, labels=labels)
-        low, high = bootstrap_ci(
-            M.indexed_metric(task, name, golds, preds, labels),
-            len(golds),
-            samples=ev.bootstrap_samples,
-            confidence=ev.confidence,
-            seed=recipe.seed,
-        )
-        metrics[name] = {"value": value, "low": low, "high": high}
+    metrics = _metric_entries(recipe, golds, preds, names)
     return {
         "name": outcome.system.name,
         "role": outcome.system.role,
@@ -512,6 +390,24 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figure
         "truncated_items": sum(outcome.truncated),
         "eval_seconds": round(outcome.seconds, 2),
     }
+
+
+def _metric_entries(recipe: Recipe, golds: list, preds: list, names: list[str]) -> dict:
+    """Each metric's value with its bootstrap confidence interval."""
+    task, ev = recipe.task.type, recipe.eval
+    labels = list(recipe.task.labels) or None
+    metrics = {}
+    for name in names:
+        value = M.compute(task, name, golds, preds, labels=labels)
+        low, high = bootstrap_ci(
+            M.indexed_metric(task, name, golds, preds, labels),
+            len(golds),
+            samples=ev.bootstrap_samples,
+            confidence=ev.confidence,
+            seed=recipe.seed,
+        )
+        metrics[name] = {"value": value, "low": low, "high": high}
+    return metrics
 
 
 def _speed_entry(recipe, outcome: Outcome, rounds: timing.Rounds, figures) -> dict[str, Any]:
@@ -562,32 +458,43 @@ def cost_per_1k(
 
 
 def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labels, figures):
+    entry = {
+        "baseline": baseline.system.name,
+        **paired_quality(recipe, specialist.predictions, baseline.predictions, golds, metric),
+        "timing": _timing_ratios(
+            figures[specialist.system.name], figures[baseline.system.name], recipe.eval.confidence
+        ),
+    }
+    entry["baseline_value"] = entry.pop("other_value")
+    return entry
+
+
+def paired_quality(recipe: Recipe, mine: list, theirs: list, golds: list, metric: str) -> dict:
+    """Two systems' predictions on the same items: the metric's difference with a paired
+    bootstrap interval and, for classification, McNemar's exact test on the items they split."""
     task, ev = recipe.task.type, recipe.eval
+    labels = list(recipe.task.labels) or None
     difference, low, high = paired_bootstrap_ci(
-        M.indexed_metric(task, metric, golds, specialist.predictions, labels),
-        M.indexed_metric(task, metric, golds, baseline.predictions, labels),
+        M.indexed_metric(task, metric, golds, mine, labels),
+        M.indexed_metric(task, metric, golds, theirs, labels),
         len(golds),
         samples=ev.bootstrap_samples,
         confidence=ev.confidence,
         seed=recipe.seed,
     )
     entry = {
-        "baseline": baseline.system.name,
         "metric": metric,
-        "specialist": M.compute(task, metric, golds, specialist.predictions, labels=labels),
-        "baseline_value": M.compute(task, metric, golds, baseline.predictions, labels=labels),
+        "specialist": M.compute(task, metric, golds, mine, labels=labels),
+        "other_value": M.compute(task, metric, golds, theirs, labels=labels),
         "difference": difference,
         "low": low,
         "high": high,
         "mcnemar": None,
-        "timing": _timing_ratios(
-            figures[specialist.system.name], figures[baseline.system.name], ev.confidence
-        ),
     }
     if task == "classification":
         test = mcnemar_exact(
-            [p == g for p, g in zip(specialist.predictions, golds, strict=True)],
-            [p == g for p, g in zip(baseline.predictions, golds, strict=True)],
+            [p == g for p, g in zip(mine, golds, strict=True)],
+            [p == g for p, g in zip(theirs, golds, strict=True)],
         )
         entry["mcnemar"] = {
             "specialist_only": test.a_only,
@@ -598,6 +505,20 @@ def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labe
     else:
         entry["significant"] = low > 0 or high < 0
     return entry
+
+
+def _floor(recipe: Recipe, train_rows: list[dict], golds: list, specialist: Outcome, names):
+    """The majority-class floor: train's most common label answered for every test item, its
+    metrics with intervals, and the specialist against it on the same items."""
+    label, share = majority_label(train_rows)
+    constant = [label] * len(golds)
+    return {
+        "label": label,
+        "train_share": share,
+        "train_rows": len(train_rows),
+        "metrics": _metric_entries(recipe, golds, constant, names),
+        "specialist_vs": paired_quality(recipe, specialist.predictions, constant, golds, names[0]),
+    }
 
 
 def _timing_ratios(mine: dict, theirs: dict, confidence: float) -> dict[str, Any]:
@@ -655,6 +576,17 @@ def _say(console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any]) -> No
     )
 
 
+def _say_floor(console: Any, results: dict[str, Any]) -> None:
+    floor = results["floor"]
+    if floor:
+        metric = results["metrics"][0]
+        _say_line(
+            console,
+            f"floor: always '{floor['label']}' (majority class of train) scores {metric} "
+            f"{floor['metrics'][metric]['value']:.3f}",
+        )
+
+
 def _say_line(console: Any, text: str) -> None:
     if console is not None:
         console.print(text, markup=False, highlight=False)
@@ -695,7 +627,3 @@ def _progress(console: Any):
         disable=console is None or not console.is_terminal,
         transient=True,
     )
-
-
-def _round(x: float) -> float:
-    return round(float(x), 5)

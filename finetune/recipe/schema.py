@@ -318,6 +318,48 @@ class BaselineConfig(Section):
     )
 
 
+NgramRange = tuple[PositiveInt, PositiveInt]
+
+
+class TfidfConfig(Section):
+    enabled: bool = _field(
+        True,
+        help="Put a TF-IDF + logistic-regression classifier (scikit-learn), fitted in seconds on the same training rows, beside the specialist in every classification evaluation: the cheapest specialist there is, and the one a neural specialist has to beat.",
+        synonyms=("enable", "on"),
+    )
+    name: str = _field("tf-idf + logreg", help="Its label in the report.")
+    word_ngrams: NgramRange | None = _field(
+        (1, 2),
+        help="Word n-gram range `[min, max]` (null: no word features).",
+        synonyms=("ngram_range", "ngrams", "words"),
+    )
+    char_ngrams: NgramRange | None = _field(
+        None,
+        help="Character n-gram range `[min, max]` within word boundaries, e.g. `[2, 5]`, which helps with misspellings and short texts (null: none).",
+        synonyms=("chars", "char_ngram_range"),
+    )
+    min_df: PositiveInt = _field(
+        1,
+        help="Ignore n-grams found in fewer training rows than this.",
+        synonyms=("min_count",),
+    )
+    max_features: PositiveInt | None = _field(
+        None, help="Keep only the most frequent n-grams of each kind (null: all)."
+    )
+    sublinear_tf: bool = _field(
+        True, help="Count term frequency as 1 + log(tf), so a repeated word does not dominate."
+    )
+    c: Annotated[float, Field(gt=0)] = _field(
+        10.0,
+        help="Inverse regularization strength of the logistic regression (scikit-learn's `C`): larger fits the training rows more closely. 10 did as well as 1 or better on the validation splits of the built-in classification domains (sentiment 0.659 against 0.645, spam 0.986 against 0.948, topics 0.982 both).",
+        synonyms=("C", "regularization", "inverse_regularization"),
+    )
+    class_weight: Literal["none", "balanced"] = _field(
+        "none",
+        help="`balanced` weights each label by the inverse of its frequency, for rare labels that matter.",
+    )
+
+
 class PriceConfig(Section):
     machine_per_hour: Annotated[float, Field(ge=0)] = _field(
         0.10,
@@ -360,6 +402,11 @@ class EvalConfig(Section):
         [BaselineConfig(name="base zero-shot", model="base", shots=0)],
         help="General systems the specialist is compared with, all on the same test items.",
         synonyms=("baseline", "compare", "systems"),
+    )
+    tfidf: TfidfConfig = _field(
+        TfidfConfig(),
+        help="The statistical baseline of classification tasks: TF-IDF features and logistic regression.",
+        synonyms=("statistical", "statistical_baseline", "tf_idf"),
     )
     batch_size: PositiveInt = _field(
         16, help="Items per forward pass when measuring throughput.", synonyms=("eval_batch_size",)
@@ -528,6 +575,7 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
     names = [b.name for b in recipe.eval.baselines]
     if len(set(names)) != len(names):
         problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
+    problems += _tfidf_problems(recipe, names)
     return problems
 
 
@@ -553,6 +601,26 @@ def _eval_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 "use specialist_form: adapter or auto",
             )
         )
+    return problems
+
+
+def _tfidf_problems(recipe: Recipe, names: list[str]) -> list[tuple[str, str]]:
+    tfidf = recipe.eval.tfidf
+    if not (tfidf.enabled and recipe.task.type == "classification"):
+        return []
+    problems = []
+    if tfidf.name in [*names, "specialist"]:
+        problems.append(
+            ("eval.tfidf.name", f"{tfidf.name!r} is already a system's name; give it another")
+        )
+    if tfidf.word_ngrams is None and tfidf.char_ngrams is None:
+        problems.append(
+            ("eval.tfidf", "needs word_ngrams or char_ngrams (or enabled: false to leave it out)")
+        )
+    for key in ("word_ngrams", "char_ngrams"):
+        grams = getattr(tfidf, key)
+        if grams is not None and grams[0] > grams[1]:
+            problems.append((f"eval.tfidf.{key}", f"is [min, max]; found [{grams[0]}, {grams[1]}]"))
     return problems
 
 

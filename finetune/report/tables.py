@@ -61,6 +61,7 @@ def headline(results: dict[str, Any]) -> Table:
         ]
         for s in results["systems"]
     ]
+    rows += _floor_rows(results, [metric], blanks=len(columns) - 2)
     return Table("headline", "Headline", columns, rows, _specialist_rows(results))
 
 
@@ -71,7 +72,22 @@ def metrics(results: dict[str, Any]) -> Table:
         [s["name"], *(fmt.with_ci(s["metrics"][m]) for m in results["metrics"])]
         for s in results["systems"]
     ]
+    rows += _floor_rows(results, results["metrics"])
     return Table("metrics", "All metrics", columns, rows, _specialist_rows(results))
+
+
+def floor_name(floor: dict[str, Any]) -> str:
+    return f"floor: always '{floor['label']}'"
+
+
+def _floor_rows(results: dict[str, Any], metrics: list[str], blanks: int = 0) -> list[list[str]]:
+    """The majority-class floor as a last row, its cells beyond the metrics left blank."""
+    floor = results.get("floor")
+    if not floor:
+        return []
+    return [
+        [floor_name(floor), *(fmt.with_ci(floor["metrics"][m]) for m in metrics)] + ["—"] * blanks
+    ]
 
 
 def systems(results: dict[str, Any]) -> Table:
@@ -285,4 +301,9 @@ def headline_table(results: dict[str, Any]) -> RichTable:
             style="bold" if s is special else None,
             end_section=True,
         )
+    floor = results.get("floor")
+    if floor:
+        m = floor["metrics"][metric]
+        cells = f"{fmt.score(m['value'])}\n{fmt.interval(m['low'], m['high'])}"
+        table.add_row(Text(floor_name(floor)), Text(cells), *["—"] * 5, style="dim")
     return table

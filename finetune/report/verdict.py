@@ -21,7 +21,9 @@ System = dict[str, Any]
 
 def verdict(results: dict[str, Any]) -> list[str]:
     """Quality against each baseline, then latency, memory, size, cost, and the bottom line."""
+    floor = [floor_sentence(results["floor"])] if results.get("floor") else []
     return [
+        *floor,
         *(quality_sentence(c) for c in results["comparisons"]),
         _latency_sentence(results),
         _memory_sentence(results),
@@ -38,6 +40,23 @@ def _outcome(comparison: dict[str, Any]) -> str:
     if comparison["significant"] and comparison["difference"] < 0:
         return "loss"
     return "tie"
+
+
+def floor_sentence(floor: dict[str, Any]) -> str:
+    """The specialist against answering the training split's most common label every time."""
+    c = floor["specialist_vs"]
+    metric, mc = fmt.metric_label(c["metric"]), c["mcnemar"]
+    always = (
+        f"always answering '{floor['label']}' (the majority class, {floor['train_share']:.0%} of "
+        f"{fmt.count(floor['train_rows'])} training rows), which scores {fmt.score(c['other_value'])}"
+    )
+    p = f", McNemar p = {fmt.p_value(mc['p_value'])}" if mc else ""
+    if _outcome(c) == "win":
+        return f"The specialist is above the floor of {always}: {fmt.difference(c)}{p}."
+    return (
+        f"The specialist is not significantly better than {always} on {metric} "
+        f"({fmt.score(c['specialist'])}, {fmt.difference(c)}{p})."
+    )
 
 
 def quality_sentence(c: dict[str, Any]) -> str:
@@ -206,6 +225,12 @@ def bottom_line(results: dict[str, Any]) -> str:
     if not comparisons:
         return "Bottom line: no baselines were evaluated, so there is nothing to compare against."
     special = specialist(results)
+    floor = results.get("floor")
+    if floor and _outcome(floor["specialist_vs"]) != "win":
+        return (
+            f"Bottom line: do not deploy the specialist as it is; it is not significantly better "
+            f"on {label} than always answering '{floor['label']}'; {_record(comparisons, label)}."
+        )
     cheapest = _clearly_cheaper(results) or special
     wins_all = all(_outcome(c) == "win" for c in comparisons)
     if wins_all and cheapest is special:

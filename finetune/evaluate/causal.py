@@ -1,0 +1,329 @@
+"""The causal-LM kind: the run's specialist (base + adapter, or a fully fine-tuned model), the
+untouched base and any other decoder, each prompted with the recipe's task.
+
+Classification scores every label's tokens after the prompt (`scoring.LabelScorer`); QA and
+extraction generate greedily. The specialist keeps the prompt format stored with its run; a
+baseline gets its own prompt style's format and, with `shots`, in-context examples drawn from
+train by the recipe's seed.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune.errors import FinetuneError
+from finetune.evaluate import metrics as M
+from finetune.evaluate.scoring import LabelScorer, generate_answers, label_token_ids
+from finetune.evaluate.systems import SPECIALIST, Context, Inference, Loaded, Plan, System
+from finetune.hardware import free_memory, weight_dtype
+from finetune.models import (
+    ModelSource,
+    check_fits,
+    load_causal_lm,
+    load_tokenizer,
+    resolve,
+    weights_bytes_needed,
+)
+from finetune.prompts import PromptFormat, encode, prompt_format, target_text
+from finetune.recipe import Recipe
+
+log = __import__("logging").getLogger(__name__)
+
+
+class CausalLM:
+    """The `Kind` of every decoder system (see `systems.Kind`)."""
+
+    def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
+        if key == SPECIALIST:
+            loaded = _load_run_model(recipe, run_dir, self)
+        else:
+            source = resolve(
+                recipe.model.base if key == "base" else key, key="eval.baselines.model"
+            )
+            model = _load(recipe, source)
+            loaded = Loaded(
+                model, _tokenizer(source), source.ref, self, _disk(source, None), identity=source
+            )
+        loaded.model.eval()
+        return loaded
+
+    def plan(
+        self, recipe: Recipe, system: System, key: str, loaded: Loaded, context: Context
+    ) -> Plan:
+        run_format = PromptFormat.load(context.run_dir)
+        if key == SPECIALIST:
+            _check_chat_template(context.run_dir, run_format, loaded)
+        fmt = system_format(system, loaded, run_format, recipe)
+        shots = draw_shots(recipe, context.train_rows, system.shots)
+        infer = _inference(recipe, fmt, loaded.tokenizer)
+        encoded = _encode_items(recipe, fmt, loaded.tokenizer, context.items, shots, infer.reserve)
+        return Plan(
+            system,
+            key,
+            fmt.style,
+            infer,
+            [e.input_ids for e in encoded],
+            [len(e.input_ids) for e in encoded],
+            [e.truncated for e in encoded],
+        )
+
+    def sizes(self, model: Any) -> tuple[int, int, int]:
+        total = weights = adapter = 0
+        for name, param in model.named_parameters():
+            total += param.numel()
+            weights += param.numel() * param.element_size()
+            if "lora_" in name:
+                adapter += param.numel()
+        return weights, total, adapter
+
+    def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
+        ref = recipe.model.base if key in (SPECIALIST, "base") else key
+        own = ref == recipe.model.base
+        try:
+            return weights_bytes_needed(
+                resolve(ref, key="eval.baselines.model"),
+                dtype=weight_dtype(recipe.model.dtype),
+                quantization=recipe.model.quantization if own else "none",
+                trust_remote_code=recipe.model.trust_remote_code and own,
+            )
+        except Exception as exc:  # an estimate only: a model it cannot size loads per use
+            log.warning("cannot estimate the size of %s (%s); it loads per use", ref, exc)
+            return None
+
+
+def _check_chat_template(run_dir: Path, fmt: PromptFormat, loaded: Loaded) -> None:
+    if fmt.style != "chat" or (run_dir / "model").is_dir():
+        return
+    if loaded.tokenizer.chat_template != fmt.chat_template:
+        raise FinetuneError(
+            f"{run_dir}: the base model's chat template is not the one stored with the run "
+            "(prompt.json); the specialist would see prompts it was not trained on"
+        )
+
+
+def serving_form(recipe: Recipe) -> str:
+    """How the specialist's adapter is applied for evaluation: `merged` or `adapter`.
+
+    `auto` merges wherever the weights are not quantized, as `finetune export --merge`
+    deploys it: a plain model with no adapter matmuls and no PEFT wrappers, at the base model's
+    speed. Quantized weights cannot take a merge without re-quantizing, so they keep the adapter
+    unmerged, in float32 as PEFT loads it.
+    """
+    form = recipe.eval.specialist_form
+    if form == "auto":
+        return "merged" if recipe.model.quantization == "none" else "adapter"
+    return form
+
+
+def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple[Any, str]:
+    """The base with the run's adapter, and a description of the form it is served in.
+
+    The merge is done on float32 weights and rounded once to the serving dtype. Merging into
+    weights already loaded in bf16 rounds W + BA back onto bf16's grid around W, which erases
+    most of a small update (mean label log-probability error 0.17 against the float32 model on
+    the sentiment recipe, 3x bf16's own 0.05); rounding float32 W + BA once keeps it.
+    """
+    import torch
+    from peft import PeftModel
+
+    dtype = weight_dtype(recipe.model.dtype)
+    form = serving_form(recipe)
+    if form == "merged" and recipe.eval.specialist_form == "auto" and not _fits_float32(source):
+        log.warning(
+            "%s: its float32 weights, needed for the merge, do not fit in memory; the adapter "
+            "stays unmerged (eval.specialist_form)",
+            source.ref,
+        )
+        form = "adapter"
+    if form == "adapter":
+        tuned = PeftModel.from_pretrained(_load(recipe, source), str(adapter))
+        return tuned, "adapter unmerged, in float32"
+    base = _load(recipe, source, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(dtype)
+    name = str(dtype).removeprefix("torch.")
+    rounded = "" if dtype == torch.float32 else f", rounded once to {name}"
+    return merged, f"merged in float32{rounded}"
+
+
+def _fits_float32(source: ModelSource) -> bool:
+    import torch
+
+    return weights_bytes_needed(source, dtype=torch.float32) <= free_memory()[0]
+
+
+def system_format(system: System, loaded: Loaded, run_format: PromptFormat, recipe: Recipe):
+    """The specialist keeps the run's stored format; a baseline gets its own style's format."""
+    if system.model == "run":
+        return run_format
+    if system.model in ("base", recipe.model.base) and system.prompt_style in (
+        "auto",
+        run_format.style,
+    ):
+        return run_format
+    return prompt_format(loaded.tokenizer, recipe.task, system.prompt_style)
+
+
+def draw_shots(recipe: Recipe, train_rows: list[dict], k: int) -> list[tuple[str, str]]:
+    """k in-context examples from train, fixed by the recipe's seed, shared by every test item.
+
+    Drawn from the shorter half of train so the examples do not crowd out the item, and for
+    classification taken in turn from each label so no label is missing by chance.
+    """
+    if k == 0 or not train_rows:
+        return []
+    rng = random.Random(recipe.seed)
+    lengths = sorted(len(r["text"]) for r in train_rows)
+    short = [r for r in train_rows if len(r["text"]) <= lengths[len(lengths) // 2]]
+    if recipe.task.type == "classification":
+        by_label = {
+            label: [r for r in short if r["label"] == label] for label in recipe.task.labels
+        }
+        for rows in by_label.values():
+            rng.shuffle(rows)
+        order = [label for label in recipe.task.labels if by_label[label]]
+        rng.shuffle(order)
+        picked = [by_label[order[i % len(order)]][i // len(order)] for i in range(k)]
+    else:
+        picked = rng.sample(short, min(k, len(short)))
+    return [(r["text"], target_text(recipe.task.type, r)) for r in picked]
+
+
+def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:
+    from finetune.runs import check_same_base
+
+    source = resolve(recipe.model.base)
+    if (run_dir / "model").is_dir():  # full fine-tuning: the run holds the whole model
+        full = ModelSource(str(run_dir / "model"), "local", str(run_dir / "model"), {})
+        model = _load(recipe, full)
+        description = f"{source.ref} fine-tuned (full)"
+        return Loaded(
+            model, _tokenizer(full), description, kind, _disk(full, None), identity=source
+        )
+    check_same_base(run_dir, source.identity)
+    model, serving = _attach_adapter(recipe, source, run_dir / "adapter")
+    merged = " (merged)" if serving.startswith("merged") else ""
+    return Loaded(
+        model,
+        _tokenizer(source),
+        f"{source.ref} + LoRA adapter{merged}",
+        kind,
+        _disk(source, run_dir / "adapter"),
+        serving=serving,
+        identity=source,
+    )
+
+
+def _load(recipe: Recipe, source: ModelSource, *, dtype: Any = None) -> Any:
+    # The recipe's loading options (quantization, remote code, pickles) are for its own base
+    # model; other baselines load plainly.
+    own = source.ref == recipe.model.base
+    quantization = recipe.model.quantization if own else "none"
+    trust = recipe.model.trust_remote_code and own
+    dtype = dtype or weight_dtype(recipe.model.dtype)
+    kwargs: dict[str, Any] = {}
+    if quantization != "none":
+        from finetune.train.model import bnb_config
+
+        kwargs["quantization_config"] = bnb_config(recipe)
+    if recipe.model.check_memory:
+        check_fits(source, dtype=dtype, quantization=quantization, trust_remote_code=trust)
+    return load_causal_lm(
+        source,
+        dtype=dtype,
+        trust_remote_code=trust,
+        allow_pickle=recipe.model.allow_pickle and own,
+        **kwargs,
+    )
+
+
+def _tokenizer(source: ModelSource) -> Any:
+    tokenizer = load_tokenizer(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _disk(source: ModelSource, adapter: Path | None) -> dict[str, int | None]:
+    """On-disk weight bytes of the model (None for a Hub id not downloaded here) and adapter."""
+    model = _weights_bytes(Path(source.location)) if source.kind != "hub" else None
+    return {"adapter": _weights_bytes(adapter) if adapter else None, "model": model}
+
+
+def _weights_bytes(directory: Path) -> int | None:
+    files = [
+        p
+        for p in directory.iterdir()
+        if p.suffix in (".safetensors", ".bin", ".pt") or p.name.endswith(".gguf")
+    ]
+    return sum(p.stat().st_size for p in files) if files else None
+
+
+def _inference(recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
+    task = recipe.task
+    if task.type == "classification":
+        label_ids = label_token_ids(fmt, tokenizer, task.labels)
+
+        def classify(model, prompts, batch_size, share_prefix, on_batch=None):
+            scorer = LabelScorer(
+                model,
+                label_ids,
+                tokenizer.pad_token_id,
+                batch_size=batch_size,
+                length_normalize=recipe.eval.length_normalize,
+                share_prefix=share_prefix,
+            )
+            scores = scorer.score(prompts, on_batch)
+            best = [int(np.argmax(row)) for row in scores]
+            details = [
+                {"label_logprobs": dict(zip(task.labels, map(_round, row), strict=True))}
+                for row in scores
+            ]
+            return [task.labels[b] for b in best], details, [len(label_ids[b]) for b in best]
+
+        return Inference(max(len(ids) for ids in label_ids), classify)
+
+    def answer(model, prompts, batch_size, share_prefix, on_batch=None):
+        outputs = generate_answers(
+            model,
+            tokenizer,
+            fmt,
+            prompts,
+            max_new_tokens=recipe.eval.max_new_tokens,
+            batch_size=batch_size,
+            on_batch=on_batch,
+        )
+        texts = [text for text, _ in outputs]
+        predictions = [M.parse_entities(t) for t in texts] if task.type == "extraction" else texts
+        details = [{"raw": t} for t in texts] if task.type == "extraction" else [{} for _ in texts]
+        return predictions, details, [count for _, count in outputs]
+
+    return Inference(recipe.eval.max_new_tokens, answer)
+
+
+def _encode_items(recipe, fmt, tokenizer, items, shots, reserve):
+    """Prompts for every item: the item's part fits `model.max_length`; the shots come on top."""
+    unbounded = 10**9
+    with_shots = encode(fmt, tokenizer, "", None, max_length=unbounded, shots=shots)
+    without = encode(fmt, tokenizer, "", None, max_length=unbounded)
+    limit = recipe.model.max_length + with_shots.prompt_length - without.prompt_length
+    return [
+        encode(
+            fmt,
+            tokenizer,
+            item["text"],
+            None,
+            max_length=limit,
+            truncation=recipe.model.truncation,
+            shots=shots,
+            reserve=reserve,
+        )
+        for item in items
+    ]
+
+
+def _round(x: float) -> float:
+    return round(float(x), 5)

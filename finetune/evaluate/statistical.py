@@ -1,0 +1,131 @@
+"""The statistical kind: a TF-IDF + logistic-regression classifier fitted on the run's training
+rows, and the majority-class floor every classification result is read against.
+
+Both are what a practitioner tries before any neural model. The classifier (scikit-learn,
+settings in `eval.tfidf`) is fitted when the evaluation loads it, in seconds, on the same
+training rows the specialist was given; it predicts the most probable label and keeps every
+label's log-probability, as the other classifiers do. The floor is the training split's most
+common label answered for every item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finetune.deps import require
+from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System
+from finetune.recipe import Recipe
+
+_FITTED: dict[str, Any] = {}  # the fitted pipeline by training rows and settings, per process
+
+
+class Tfidf:
+    """The `Kind` of the TF-IDF classifier (see `systems.Kind`)."""
+
+    def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
+        from finetune.data import load_split
+
+        rows = load_split(recipe, "train")
+        pipeline = fitted(recipe, rows)
+        size = len(pickle.dumps(pipeline))
+        return Loaded(pipeline, None, describe(recipe, len(rows)), self, {"model": size})
+
+    def plan(
+        self, recipe: Recipe, system: System, key: str, loaded: Loaded, context: Context
+    ) -> Plan:
+        texts = [item["text"] for item in context.items]
+        words = [len(text.split()) for text in texts]
+        return Plan(
+            system, key, "tf-idf features", _inference(recipe), texts, words, [False] * len(texts)
+        )
+
+    def sizes(self, model: Any) -> tuple[int, int, int]:
+        logreg = model.named_steps["logreg"]
+        weights = logreg.coef_.nbytes + logreg.intercept_.nbytes
+        return weights, logreg.coef_.size + logreg.intercept_.size, 0
+
+    def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
+        return 0  # a sparse vocabulary and one weight per feature and label: always kept loaded
+
+
+def fitted(recipe: Recipe, rows: list[dict]) -> Any:
+    """The pipeline fitted on `rows`, fitted once per process for the same rows and settings."""
+    settings = recipe.eval.tfidf
+    digest = hashlib.sha256(
+        json.dumps(
+            [settings.model_dump(), recipe.seed, [(r["text"], r["label"]) for r in rows]]
+        ).encode()
+    ).hexdigest()
+    if digest not in _FITTED:
+        pipeline = build(recipe)
+        pipeline.fit([r["text"] for r in rows], [r["label"] for r in rows])
+        _FITTED[digest] = pipeline
+    return _FITTED[digest]
+
+
+def build(recipe: Recipe) -> Any:
+    """An unfitted scikit-learn pipeline: word and/or character TF-IDF, then logistic regression."""
+    require("sklearn", package="scikit-learn", needed_for="eval.tfidf")
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import FeatureUnion, Pipeline
+
+    s = recipe.eval.tfidf
+    common = {"min_df": s.min_df, "sublinear_tf": s.sublinear_tf, "max_features": s.max_features}
+    parts = []
+    if s.word_ngrams:
+        parts.append(("word", TfidfVectorizer(ngram_range=tuple(s.word_ngrams), **common)))
+    if s.char_ngrams:
+        vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(s.char_ngrams), **common)
+        parts.append(("char", vectorizer))
+    logreg = LogisticRegression(
+        C=s.c,
+        class_weight=None if s.class_weight == "none" else s.class_weight,
+        max_iter=2000,
+        random_state=recipe.seed,
+    )
+    return Pipeline([("features", FeatureUnion(parts)), ("logreg", logreg)])
+
+
+def describe(recipe: Recipe, rows: int) -> str:
+    s = recipe.eval.tfidf
+    grams = []
+    if s.word_ngrams:
+        grams.append(f"word {s.word_ngrams[0]}-{s.word_ngrams[1]}-grams")
+    if s.char_ngrams:
+        grams.append(f"char {s.char_ngrams[0]}-{s.char_ngrams[1]}-grams")
+    return f"TF-IDF ({' + '.join(grams)}) + logistic regression (C={s.c:g}), fitted on {rows:,} training rows"
+
+
+def _inference(recipe: Recipe) -> Inference:
+    labels = list(recipe.task.labels)
+
+    def classify(model, texts, batch_size, share_prefix, on_batch=None):
+        columns = [list(model.classes_).index(x) if x in model.classes_ else None for x in labels]
+        predictions, details = [], []
+        for start in range(0, len(texts), batch_size):
+            batch = texts[start : start + batch_size]
+            for row in model.predict_log_proba(batch):
+                scores = [None if c is None else round(float(row[c]), 5) for c in columns]
+                best = int(np.argmax([-np.inf if x is None else x for x in scores]))
+                predictions.append(labels[best])
+                details.append({"label_logprobs": dict(zip(labels, scores, strict=True))})
+            if on_batch:
+                on_batch(len(batch))
+        return predictions, details, [0] * len(texts)
+
+    return Inference(0, classify)
+
+
+def majority_label(rows: list[dict]) -> tuple[str, float]:
+    """The most common training label (ties: the first in sorted order) and its share of rows."""
+    counts = Counter(r["label"] for r in rows)
+    label = min(counts, key=lambda x: (-counts[x], x))
+    return label, counts[label] / len(rows)

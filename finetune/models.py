@@ -209,6 +209,56 @@ def reference_problem(ref: str) -> str | None:
     )
 
 
+# Architectures whose class writes text: a decoder, or an encoder-decoder's generator.
+_WRITING_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+
+
+def model_role(ref: str) -> Literal["causal-lm", "encoder"] | None:
+    """Whether `ref` is a decoder (`causal-lm`) or an encoder, without loading it: the registry's
+    role, else its config.json in a local directory or the Hugging Face cache (None: no config here)."""
+    if ref in REGISTRY:
+        return REGISTRY[ref].role
+    folder: str | None = str(Path(ref).expanduser())
+    if not Path(folder).is_dir():
+        from finetune.hub import cached_snapshot
+
+        folder = cached_snapshot(ref) if HUB_ID.match(ref) else None
+    config = Path(folder) / "config.json" if folder else None
+    if config is None or not config.is_file():
+        return None
+    return config_role(json.loads(config.read_text(encoding="utf-8")))
+
+
+def source_role(source: ModelSource, *, trust_remote_code: bool = False) -> str:
+    """`model_role` of a resolved source; a Hub model not in the cache is asked for its config."""
+    role = model_role(source.ref if source.kind == "registry" else source.location)
+    if role is not None:
+        return role
+    from transformers import AutoConfig
+
+    with explained_load_errors(source):
+        config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+    return config_role(config.to_dict())
+
+
+def config_role(config: dict[str, Any]) -> Literal["causal-lm", "encoder"]:
+    """An encoder is neither a decoder nor an encoder-decoder, and its model type has a masked-LM
+    class in transformers (BERT, RoBERTa, DeBERTa, ModernBERT, ...). `BertModel` and `LlamaModel`
+    look alike by architecture, so only a masked-LM or a text-writing class decides it alone."""
+    if config.get("is_decoder") or config.get("is_encoder_decoder"):
+        return "causal-lm"
+    architectures = config.get("architectures") or []
+    if any(a.endswith(_WRITING_ARCHITECTURES) for a in architectures):
+        return "causal-lm"
+    if any(a.endswith("ForMaskedLM") for a in architectures):
+        return "encoder"
+    # Imports torch (seconds), so only for configs the architectures leave open.
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    masked = config.get("model_type") in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return "encoder" if masked else "causal-lm"
+
+
 def is_cached(name: str) -> bool:
     path = model_cache_path(name)
     return (path / "manifest.json").is_file()
@@ -413,10 +463,59 @@ def load_causal_lm(
     """Load a causal LM preferring safetensors; pickled weights only when the recipe allows them."""
     from transformers import AutoModelForCausalLM
 
+    return _load_pretrained(
+        AutoModelForCausalLM, source, dtype, trust_remote_code, allow_pickle, **kwargs
+    )
+
+
+def load_sequence_classifier(
+    source: ModelSource,
+    labels: list[str],
+    *,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    **kwargs: Any,
+):
+    """Load the model with a sequence-classification head of one output per label, in order
+    (`id2label`), loading weights as `load_causal_lm` does. A head the checkpoint lacks, or has
+    for another number of labels, is newly initialized (`output_loading_info=True` lists it)."""
+    from transformers import AutoModelForSequenceClassification
+
+    # transformers warns of every weight the checkpoint lacks; a new head is the point here:
+    # training names and trains what is new, evaluation restores it from the run.
+    loader_log = logging.getLogger("transformers.modeling_utils")
+    level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
+    try:
+        return _load_pretrained(
+            AutoModelForSequenceClassification,
+            source,
+            dtype,
+            trust_remote_code,
+            allow_pickle,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+            ignore_mismatched_sizes=True,
+            **kwargs,
+        )
+    finally:
+        loader_log.setLevel(level)
+
+
+def _load_pretrained(
+    auto_class: Any,
+    source: ModelSource,
+    dtype: Any,
+    trust_remote_code: bool,
+    allow_pickle: bool,
+    **kwargs: Any,
+):
     _warn_remote_code(source, trust_remote_code)
     try:
         with explained_load_errors(source):
-            return AutoModelForCausalLM.from_pretrained(
+            return auto_class.from_pretrained(
                 source.location,
                 dtype=dtype,
                 trust_remote_code=trust_remote_code,
@@ -478,23 +577,32 @@ def explained_load_errors(source: ModelSource) -> Iterator[None]:
         ) from None
 
 
-def parameter_count(source: ModelSource, *, trust_remote_code: bool = False) -> int:
-    """Parameters of the model, from its config alone: built on the meta device, no weights read."""
+def parameter_count(
+    source: ModelSource, *, trust_remote_code: bool = False, head: str = "causal-lm"
+) -> int:
+    """Parameters of the model with its `head` (`causal-lm` or `sequence-classification`), from
+    its config alone: built on the meta device, no weights read."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     with explained_load_errors(source):
         config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+    auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        model = auto.from_config(config, trust_remote_code=trust_remote_code)
     return sum(p.numel() for p in model.parameters())
 
 
 def weights_bytes_needed(
-    source: ModelSource, *, dtype: Any, quantization: str = "none", trust_remote_code: bool = False
+    source: ModelSource,
+    *,
+    dtype: Any,
+    quantization: str = "none",
+    trust_remote_code: bool = False,
+    head: str = "causal-lm",
 ) -> int:
     """Bytes the model's weights take once loaded in `dtype` (or quantized), from its config."""
-    params = parameter_count(source, trust_remote_code=trust_remote_code)
+    params = parameter_count(source, trust_remote_code=trust_remote_code, head=head)
     return int(params * bytes_per_parameter(dtype, quantization))
 
 
@@ -509,12 +617,13 @@ def check_fits(
     quantization: str = "none",
     training: str | None = None,
     trust_remote_code: bool = False,
+    head: str = "causal-lm",
 ) -> None:
     """Refuse, before loading, a model whose weights (for full training also gradients and AdamW
     state) alone exceed this machine's free memory. The estimate is a floor: activations come on top."""
     from finetune.hardware import free_memory
 
-    params = parameter_count(source, trust_remote_code=trust_remote_code)
+    params = parameter_count(source, trust_remote_code=trust_remote_code, head=head)
     need = params * bytes_per_parameter(dtype, quantization) * (4 if training == "full" else 1)
     free, where = free_memory()
     if need <= free:

@@ -6,7 +6,8 @@ else the recipe's plain template. Training stores the format in the run director
 (`prompt.json`) and evaluation loads it from there, so both see identical prompts.
 
 Prompt and answer are tokenized separately and concatenated, so the answer's tokens are
-the same whether they are trained on, scored or generated.
+the same whether they are trained on, scored or generated. A sequence classifier reads no
+prompt: its format is `text` (the input alone, `encode_text`), stored the same way.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ _PROBE_ANSWER = "ANSWER"
 
 @dataclass(frozen=True)
 class PromptFormat:
-    """Everything needed to rebuild a prompt exactly: style, texts and the chat template itself."""
+    """Everything needed to rebuild a prompt exactly: style, texts and the chat template itself.
 
-    style: Literal["chat", "plain"]
+    Style `text` is a sequence classifier's: the input text alone; its instruction and template
+    are the recipe's, kept for the checks that compare a run with its recipe."""
+
+    style: Literal["chat", "plain", "text"]
     instruction: str
     template: str
     chat_template: str | None
@@ -82,6 +86,23 @@ def prompt_format(tokenizer: Any, task: Any, style: str = "auto") -> PromptForma
     return PromptFormat(
         "plain", task.instruction, task.template, None, " ", tokenizer.eos_token or ""
     )
+
+
+def text_format(task: Any) -> PromptFormat:
+    """The format of a sequence classifier, which reads the input text alone."""
+    return PromptFormat("text", task.instruction, task.template, None, "", "")
+
+
+def encode_text(tokenizer: Any, text: str, *, max_length: int, truncation: str = "left") -> Encoded:
+    """The input text alone as a sequence classifier reads it, with the tokenizer's special tokens
+    (`[CLS] ... [SEP]` for BERT), cut to `max_length` tokens at the `truncation` end."""
+    whole = len(_ids(tokenizer, text)) + tokenizer.num_special_tokens_to_add()
+    side, tokenizer.truncation_side = tokenizer.truncation_side, truncation
+    try:
+        ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    finally:
+        tokenizer.truncation_side = side
+    return Encoded(ids, [0] * len(ids), truncated=whole > max_length, prompt_length=len(ids))
 
 
 def render_prompt(

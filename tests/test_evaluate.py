@@ -475,3 +475,54 @@ def test_tfidf_settings_are_checked_with_the_key_to_fix(write_recipe, tfidf, key
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert f"{path}: {key}: {message}" in str(err.value)
+
+
+def test_another_finished_run_is_a_baseline_served_as_its_own_recipe_serves_it(evaluated, tmp_path):
+    """A second specialist (another LoRA rank) beside the first: its predictions in the first
+    run's report equal those of its own evaluation, on the same items."""
+    _, path, run_dir, _, _ = evaluated
+    run_dir = _copy_run(run_dir, tmp_path)  # evaluated again: keep the fixture's results
+    other_recipe = load_recipe(path, ["lora.r=4", "name=other-rank"])
+    other_dir = train(
+        other_recipe, recipe_path=path, overrides=["lora.r=4", "name=other-rank"]
+    ).run_dir
+    own = json.loads(evaluate(other_recipe, other_dir).read_text())
+    combined_recipe = load_recipe(
+        path, [f'eval.baselines=[{{"name": "rank 4", "run": "{other_dir}"}}]']
+    )
+    combined = json.loads(evaluate(combined_recipe, run_dir).read_text())
+    names = [s["name"] for s in combined["systems"]]
+    assert names == ["specialist", "rank 4", "tf-idf + logreg"]
+    rank4 = combined["systems"][1]
+    assert rank4["model"] == f"{own['systems'][0]['model']} (run {other_dir})"
+    assert rank4["metrics"] == own["systems"][0]["metrics"]
+    mine = [json.loads(x) for x in (run_dir / "eval/predictions.jsonl").open()]
+    theirs = [json.loads(x) for x in (other_dir / "eval/predictions.jsonl").open()]
+    for a, b in zip(mine, theirs, strict=True):
+        assert a["predictions"]["rank 4"] == b["predictions"]["specialist"]
+
+
+def test_a_run_baseline_trained_on_other_data_is_refused_naming_both_runs(evaluated, tmp_path):
+    _, path, run_dir, _, _ = evaluated
+    other_dir = _copy_run(run_dir, tmp_path)
+    provenance = json.loads((other_dir / "provenance.json").read_text())
+    provenance["data"]["fingerprint"] = "f" * 64
+    (other_dir / "provenance.json").write_text(json.dumps(provenance))
+    combined = load_recipe(path, [f'eval.baselines=[{{"name": "copy", "run": "{other_dir}"}}]'])
+    with pytest.raises(FinetuneError) as err:
+        evaluate(combined, run_dir)
+    assert str(err.value).startswith(
+        f"eval.baselines: run {other_dir} cannot be compared with run {run_dir}: prepared data "
+        "ffffffffffff against "
+    )
+
+
+def test_a_run_baseline_takes_no_model_settings(evaluated):
+    from finetune.recipe import RecipeError
+
+    _, path, run_dir, _, _ = evaluated
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, [f'eval.baselines=[{{"name": "x", "run": "{run_dir}", "shots": 2}}]'])
+    assert str(err.value).endswith(
+        "eval.baselines.0: a run baseline is served as its own recipe serves it; remove shots"
+    )

@@ -182,7 +182,7 @@ def _trainer_pair(recipe_path: Path, tiny_model_dir: Path, out: Path):
     from finetune.train.dataset import encode_split
     from finetune.train.loss import SupervisedSFTTrainer
     from finetune.train.model import lora_config
-    from finetune.train.trainer import sft_config
+    from finetune.train.objective import sft_config
 
     recipe = load_recipe(recipe_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

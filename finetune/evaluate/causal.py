@@ -9,6 +9,7 @@ train by the recipe's seed.
 
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from finetune.models import (
 from finetune.prompts import PromptFormat, encode, prompt_format, target_text
 from finetune.recipe import Recipe
 
-log = __import__("logging").getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 class CausalLM:
@@ -156,12 +157,14 @@ def _fits_float32(source: ModelSource) -> bool:
 
 
 def system_format(system: System, loaded: Loaded, run_format: PromptFormat, recipe: Recipe):
-    """The specialist keeps the run's stored format; a baseline gets its own style's format."""
+    """The specialist keeps the run's stored format; a baseline gets its own style's format (the
+    base model shares the run's, unless the run is a sequence classifier that reads no prompt)."""
     if system.model == "run":
         return run_format
-    if system.model in ("base", recipe.model.base) and system.prompt_style in (
-        "auto",
-        run_format.style,
+    if (
+        system.model in ("base", recipe.model.base)
+        and system.prompt_style in ("auto", run_format.style)
+        and run_format.style != "text"
     ):
         return run_format
     return prompt_format(loaded.tokenizer, recipe.task, system.prompt_style)

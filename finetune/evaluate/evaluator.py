@@ -179,7 +179,7 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
     return Outcome(
         system=plan.system,
         description=loaded.description,
-        serving=loaded.serving if is_specialist else "as loaded",
+        serving=loaded.serving,
         prompt_style=plan.style,
         predictions=predictions,
         details=details,

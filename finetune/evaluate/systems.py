@@ -104,16 +104,21 @@ class Kind(Protocol):
 
 def kinds() -> dict[str, Kind]:
     from finetune.evaluate.causal import CausalLM
+    from finetune.evaluate.encoder import Encoder
+    from finetune.evaluate.other_run import OtherRun
     from finetune.evaluate.statistical import Tfidf
 
-    return {"causal-lm": CausalLM(), "tfidf": Tfidf()}
+    return {"causal-lm": CausalLM(), "encoder": Encoder(), "run": OtherRun(), "tfidf": Tfidf()}
 
 
 def systems_of(recipe: Recipe) -> list[System]:
     """The specialist, the recipe's baselines, and a classification task's TF-IDF classifier."""
     specialist = System(SPECIALIST, "specialist", "run")
     baselines = [
-        System(b.name, "baseline", b.model, b.shots, b.prompt_style) for b in recipe.eval.baselines
+        System(b.name, "baseline", "run", kind="run")
+        if b.run
+        else System(b.name, "baseline", b.model, b.shots, b.prompt_style)
+        for b in recipe.eval.baselines
     ]
     tfidf = recipe.eval.tfidf
     if tfidf.enabled and recipe.task.type == "classification":
@@ -132,10 +137,18 @@ def instance_key(recipe: Recipe, system: System) -> str:
     return system.model
 
 
-def kind_of(key: str) -> Kind:
+def kind_of(key: str, run_dir: Path | None = None) -> Kind:
+    """The kind named by the key's `<kind>:` prefix; for the specialist, the kind of the head its
+    run recorded (`head.json`: a sequence classifier is `encoder`); else a causal LM."""
+    from finetune.heads import SEQUENCE_CLASSIFICATION, run_head
+
     prefix, sep, _ = key.partition(":")
     registry = kinds()
-    return registry[prefix] if sep and prefix in registry else registry["causal-lm"]
+    if sep and prefix in registry:
+        return registry[prefix]
+    if key == SPECIALIST and run_dir is not None and run_head(run_dir) == SEQUENCE_CLASSIFICATION:
+        return registry["encoder"]
+    return registry["causal-lm"]
 
 
 def load_groups(recipe: Recipe, systems: list[System]) -> list[tuple[str, list[System]]]:
@@ -149,7 +162,7 @@ def load_groups(recipe: Recipe, systems: list[System]) -> list[tuple[str, list[S
 @contextlib.contextmanager
 def loaded_model(recipe: Recipe, run_dir: Path, key: str) -> Iterator[Loaded]:
     """Load one instance for inference and free it afterwards."""
-    loaded = kind_of(key).load(recipe, run_dir, key)
+    loaded = kind_of(key, run_dir).load(recipe, run_dir, key)
     try:
         yield loaded
     finally:
@@ -168,7 +181,7 @@ class ModelPool:
 
     def __enter__(self) -> ModelPool:
         for key in self.keys:
-            need = kind_of(key).instance_bytes(self.recipe, key)
+            need = kind_of(key, self.run_dir).instance_bytes(self.recipe, key)
             free, _ = free_memory()
             if need is not None and need <= RESIDENT_SHARE * free:
                 self.resident[key] = self._stack.enter_context(

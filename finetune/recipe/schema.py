@@ -138,6 +138,11 @@ class ModelConfig(Section):
         help="The base model: a built-in registry name (see `finetune models`), a local directory, or a Hugging Face Hub id.",
         synonyms=("name", "model", "id", "path", "name_or_path"),
     )
+    head: Literal["auto", "causal-lm", "sequence-classification"] = _field(
+        "auto",
+        help="What is trained on the base. `causal-lm`: the model writes the answer after the prompt (TRL's SFTTrainer; every task type). `sequence-classification`: a classification head reads the input text alone (no instruction or template; cut to `max_length` tokens at the `truncation` end) and scores `task.labels`, trained on its cross-entropy with transformers' Trainer; classification tasks only, with `lora` (adapters plus the new head) or `full`. `auto`: `sequence-classification` for an encoder base (BERT family: registry role `encoder`, or a config that is neither a decoder nor a causal LM), else `causal-lm`.",
+        synonyms=("objective", "task_head", "model_head"),
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = _field(
         "auto",
         help="Weight and compute dtype. `auto`: bfloat16 where the hardware runs it fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else float32.",
@@ -315,6 +320,11 @@ class BaselineConfig(Section):
         "auto",
         help="`chat` uses the model's chat template, `plain` the recipe's template, `auto` chat when the tokenizer has one.",
         synonyms=("style", "format"),
+    )
+    run: str | None = _field(
+        None,
+        help="Another finished run (`runs/<recipe>/<id>`) whose specialist joins the comparison, served as its own recipe serves it: an encoder classifier, another LoRA specialist. It must have been trained on the same prepared data (same fingerprint) for the same task and labels. Leave `model`, `shots` and `prompt_style` unset with it.",
+        synonyms=("run_dir", "specialist"),
     )
 
 
@@ -571,11 +581,13 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
         if message:
             problems.append(("eval.metrics", message))
     problems += _model_reference_problems(recipe)
+    problems += _head_problems(recipe)
     problems += _eval_problems(recipe)
     names = [b.name for b in recipe.eval.baselines]
     if len(set(names)) != len(names):
         problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
     problems += _tfidf_problems(recipe, names)
+    problems += _run_baseline_problems(recipe)
     return problems
 
 
@@ -604,6 +616,27 @@ def _eval_problems(recipe: Recipe) -> list[tuple[str, str]]:
     return problems
 
 
+def _run_baseline_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """A `run:` baseline names an existing directory and nothing that only a model takes."""
+    from pathlib import Path
+
+    problems = []
+    for i, b in enumerate(recipe.eval.baselines):
+        if b.run is None:
+            continue
+        if not Path(b.run).is_dir():
+            problems.append((f"eval.baselines.{i}.run", f"'{b.run}' is not a run directory"))
+        extra = sorted({"model", "shots", "prompt_style"} & b.model_fields_set)
+        if extra:
+            problems.append(
+                (
+                    f"eval.baselines.{i}",
+                    f"a run baseline is served as its own recipe serves it; remove {', '.join(extra)}",
+                )
+            )
+    return problems
+
+
 def _tfidf_problems(recipe: Recipe, names: list[str]) -> list[tuple[str, str]]:
     tfidf = recipe.eval.tfidf
     if not (tfidf.enabled and recipe.task.type == "classification"):
@@ -622,6 +655,16 @@ def _tfidf_problems(recipe: Recipe, names: list[str]) -> list[tuple[str, str]]:
         if grams is not None and grams[0] > grams[1]:
             problems.append((f"eval.tfidf.{key}", f"is [min, max]; found [{grams[0]}, {grams[1]}]"))
     return problems
+
+
+def _head_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """The head the recipe trains must suit its base model and task (`finetune/heads.py`)."""
+    from finetune.heads import head_problems
+    from finetune.models import model_role, reference_problem
+
+    if reference_problem(recipe.model.base):
+        return []  # already reported; nothing to tell the head from
+    return head_problems(recipe, model_role(recipe.model.base))
 
 
 def _model_reference_problems(recipe: Recipe) -> list[tuple[str, str]]:

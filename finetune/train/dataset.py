@@ -1,8 +1,10 @@
-"""Training and validation examples as token ids with a completion mask, for TRL's SFTTrainer.
+"""Training and validation examples as token ids, for the trainer of each head.
 
-Examples are encoded here with the shared prompt format (`finetune.prompts.encode`), so the
-trainer sees exactly the tokens evaluation will score; SFTTrainer turns the completion
-mask into labels (-100 on prompt tokens) and packs when asked. The validation split is
+For a causal LM, examples are encoded with the shared prompt format (`finetune.prompts.encode`)
+with a completion mask, so the trainer sees exactly the tokens evaluation will score; TRL's
+SFTTrainer turns the mask into labels (-100 on prompt tokens) and packs when asked. For a
+sequence classifier, an example is its text alone (`finetune.prompts.encode_text`, as
+evaluation reads it) and the index of its label in `task.labels`. The validation split is
 ordered longest first, so its batches carry little padding (validation loss is a mean over
 fixed examples: their order only groups them).
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.data import load_split
-from finetune.prompts import PromptFormat, encode, target_text
+from finetune.prompts import PromptFormat, encode, encode_text, target_text
 from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EncodedSplit:
-    dataset: Any  # datasets.Dataset with input_ids and completion_mask
+    dataset: Any  # datasets.Dataset: input_ids with completion_mask (causal LM) or labels
     examples: int
     tokens: int
     truncated: int
@@ -33,8 +35,6 @@ def encode_split(
     recipe: Recipe, split: str, fmt: PromptFormat, tokenizer: Any
 ) -> EncodedSplit | None:
     """The split's examples as a tokenized Dataset; None when the split is empty."""
-    from datasets import Dataset
-
     rows = load_split(recipe, split)
     if not rows:
         return None
@@ -52,12 +52,40 @@ def encode_split(
         columns["input_ids"].append(enc.input_ids)
         columns["completion_mask"].append(enc.completion_mask)
         truncated += enc.truncated
+    return _as_split(recipe, split, columns, truncated)
+
+
+def encode_text_split(recipe: Recipe, split: str, tokenizer: Any) -> EncodedSplit | None:
+    """The split's texts alone with their label indices, for a sequence classifier; None when empty."""
+    rows = load_split(recipe, split)
+    if not rows:
+        return None
+    encoded = [
+        encode_text(
+            tokenizer,
+            row["text"],
+            max_length=recipe.model.max_length,
+            truncation=recipe.model.truncation,
+        )
+        for row in rows
+    ]
+    columns = {
+        "input_ids": [e.input_ids for e in encoded],
+        "labels": [recipe.task.labels.index(row["label"]) for row in rows],
+    }
+    return _as_split(recipe, split, columns, sum(e.truncated for e in encoded))
+
+
+def _as_split(recipe: Recipe, split: str, columns: dict[str, list], truncated: int) -> EncodedSplit:
+    from datasets import Dataset
+
+    count = len(columns["input_ids"])
     if truncated:
         log.warning(
             "%s: %d of %d examples were longer than model.max_length (%d tokens); their input text was cut at the %s",
             split,
             truncated,
-            len(rows),
+            count,
             recipe.model.max_length,
             recipe.model.truncation,
         )
@@ -66,6 +94,6 @@ def encode_split(
     dataset = Dataset.from_dict(columns)
     if split == "validation":
         # Padded to the longest in each batch: similar lengths together cut a third of the work.
-        order = sorted(range(len(rows)), key=lambda i: -len(columns["input_ids"][i]))
+        order = sorted(range(count), key=lambda i: -len(columns["input_ids"][i]))
         dataset = dataset.select(order)
-    return EncodedSplit(dataset, len(rows), sum(lengths), truncated, typical)
+    return EncodedSplit(dataset, count, sum(lengths), truncated, typical)

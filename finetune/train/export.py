@@ -1,17 +1,20 @@
 """`finetune export RUN --merge`: fold a run's LoRA adapter into its base model for deployment.
 
-The result is a plain transformers model directory (safetensors, tokenizer, prompt format)
-that loads without PEFT and gives the same logits as base + adapter.
+The result is a plain transformers model directory (safetensors, tokenizer, prompt format,
+head) that loads without PEFT and gives the same logits as base + adapter; a sequence
+classifier's loads with `AutoModelForSequenceClassification`.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from functools import partial
 from pathlib import Path
 
 from finetune.errors import FinetuneError
-from finetune.models import load_causal_lm, resolve
+from finetune.heads import HEAD_FILE, SEQUENCE_CLASSIFICATION, run_head
+from finetune.models import load_causal_lm, load_sequence_classifier, resolve
 from finetune.prompts import PROMPT_FILE
 from finetune.recipe import load_recipe
 from finetune.runs import check_same_base
@@ -38,8 +41,15 @@ def export_merged(
     recipe = load_recipe(run_dir / "recipe.yaml")
     source = resolve(recipe.model.base)
     check_same_base(run_dir, source.identity)
+    tokenizer_dir = (
+        adapter if (adapter / "tokenizer_config.json").is_file() else Path(source.location)
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     # Merge in float32 whatever the training dtype, so the merged weights lose nothing.
-    base = load_causal_lm(
+    loader = load_causal_lm
+    if run_head(run_dir) == SEQUENCE_CLASSIFICATION:
+        loader = partial(load_sequence_classifier, labels=recipe.task.labels)
+    base = loader(
         source,
         dtype=torch.float32,
         trust_remote_code=recipe.model.trust_remote_code,
@@ -47,16 +57,16 @@ def export_merged(
     )
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged = merged.to(getattr(torch, dtype))
+    if run_head(run_dir) == SEQUENCE_CLASSIFICATION:
+        merged.config.pad_token_id = tokenizer.pad_token_id  # as trained (`padded`)
     out = Path(out) if out else run_dir / "merged"
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp)
-    tokenizer_dir = (
-        adapter if (adapter / "tokenizer_config.json").is_file() else Path(source.location)
-    )
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(tmp)
-    if (run_dir / PROMPT_FILE).is_file():
-        shutil.copy2(run_dir / PROMPT_FILE, tmp / PROMPT_FILE)
+    tokenizer.save_pretrained(tmp)
+    for name in (PROMPT_FILE, HEAD_FILE):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, tmp / name)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -24,6 +24,8 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from finetune.train.sampler import SeededSampling
+
 IGNORE = -100
 
 
@@ -46,7 +48,7 @@ def supervised_positions(labels: Any) -> Any:
 MIN_SHARED_PREFIX = 8
 
 
-class SupervisedSFTTrainer(SFTTrainer):
+class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
     """SFTTrainer whose loss projects only the supervised positions through the LM head."""
 
     def evaluate(self, eval_dataset=None, *args, **kwargs):
@@ -143,18 +145,6 @@ class SupervisedSFTTrainer(SFTTrainer):
             "position_ids": (shared + torch.arange(width, device=ids.device)).expand(size, width),
             "past_key_values": expanded_cache(self._eval_cache, size),
         }
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self.args.train_sampling_strategy != "group_by_length":
-            return super()._get_train_sampler(train_dataset)
-        from finetune.train.sampler import SeededLengthGroupedSampler
-
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        return SeededLengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            lengths=[len(ids) for ids in dataset["input_ids"]],
-            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
-        )
 
     def _plain_nll(self, model: Any) -> bool:
         """True when the loss is TRL's default token-summed NLL, the case computed here."""

@@ -1,7 +1,8 @@
-"""The model being trained: the base loaded for the recipe's method, and its adapter config.
+"""The model being trained: the base loaded for the recipe's method and head, and its adapter config.
 
 LoRA trains adapters on a frozen base (bf16 where fast, or 8-/4-bit through bitsandbytes);
-full fine-tuning trains every weight in float32 master weights.
+full fine-tuning trains every weight in float32 master weights. A sequence classifier's new
+head is trained whole beside the adapters.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 from finetune.deps import require
 from finetune.hardware import has_cuda, training_attention, use_bf16_autocast, weight_dtype
-from finetune.models import ModelSource, load_causal_lm
+from finetune.heads import head_problems, resolved_head
+from finetune.models import ModelSource, load_causal_lm, load_sequence_classifier, source_role
 from finetune.recipe import Problem, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
@@ -34,15 +36,22 @@ def check_trainable_here(recipe: Recipe, recipe_path: str | Path) -> None:
         )
 
 
+def trained_head(recipe: Recipe, recipe_path: str | Path, source: ModelSource) -> str:
+    """The head this recipe trains on `source`, checked again now that the base model is at hand
+    (validation cannot tell an encoder from a Hub id it has not fetched)."""
+    role = source_role(source, trust_remote_code=recipe.model.trust_remote_code)
+    problems = head_problems(recipe, role)
+    if problems:
+        raise RecipeError([Problem(str(recipe_path), key, message) for key, message in problems])
+    return resolved_head(recipe.model.head, role)
+
+
 def load_base_for_training(
     recipe: Recipe, source: ModelSource, *, typical_length: int | None = None
 ) -> Any:
     """The base model in the dtype and quantization the recipe asks for, ready for PEFT or full
     training; `typical_length` (tokens) informs the attention kernel `train.attention: auto` picks."""
-    kwargs: dict[str, Any] = {}
-    attention = training_attention(recipe.train.attention, recipe.model.dtype, typical_length)
-    if attention is not None:
-        kwargs["attn_implementation"] = attention
+    kwargs = _attention(recipe, typical_length)
     quantization = recipe.model.quantization
     if quantization != "none":
         require("bitsandbytes", needed_for=f"model.quantization: {quantization}")
@@ -63,6 +72,55 @@ def load_base_for_training(
     return model
 
 
+def load_classifier_for_training(
+    recipe: Recipe, source: ModelSource, pad_token_id: int, *, typical_length: int | None = None
+) -> Any:
+    """The base with a classification head for `task.labels`: for `lora` wrapped with adapters,
+    and every module the checkpoint did not hold (the new head; BERT's pooler when it was saved
+    without one) trained whole, since frozen random weights would never learn."""
+    from transformers import set_seed
+
+    set_seed(recipe.seed)  # the new head's initial weights, drawn before the Trainer seeds
+    model, info = load_sequence_classifier(
+        source,
+        recipe.task.labels,
+        dtype=weight_dtype(recipe.model.dtype, method=recipe.train.method),
+        trust_remote_code=recipe.model.trust_remote_code,
+        allow_pickle=recipe.model.allow_pickle,
+        output_loading_info=True,
+        **_attention(recipe, typical_length),
+    )
+    # Decoders classify at their last token that is not padding: they must know the padding.
+    model.config.pad_token_id = pad_token_id
+    new_modules = _new_modules(info)
+    log.info("new in this model, trained from scratch: %s", ", ".join(new_modules))
+    if recipe.train.method != "lora":
+        return model
+    from peft import get_peft_model
+
+    config = lora_config(recipe, task_type="SEQ_CLS", modules_to_save=new_modules)
+    model = get_peft_model(model, config)
+    # PEFT keeps adapters in float32 but the modules it trains whole in the base's dtype: in
+    # bf16 a head's small updates would mostly round away. float32 master weights, as `full`.
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()
+    if recipe.train.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings: checkpointed layers need a grad input
+    return model
+
+
+def _new_modules(info: dict[str, Any]) -> list[str]:
+    """The modules transformers initialized afresh: missing from the checkpoint, or shaped otherwise."""
+    mismatched = (k if isinstance(k, str) else k[0] for k in info["mismatched_keys"])
+    return sorted({key.rpartition(".")[0] for key in {*info["missing_keys"], *mismatched}})
+
+
+def _attention(recipe: Recipe, typical_length: int | None) -> dict[str, Any]:
+    attention = training_attention(recipe.train.attention, recipe.model.dtype, typical_length)
+    return {} if attention is None else {"attn_implementation": attention}
+
+
 def bnb_config(recipe: Recipe) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
@@ -78,8 +136,11 @@ def bnb_config(recipe: Recipe) -> Any:
     )
 
 
-def lora_config(recipe: Recipe) -> Any | None:
-    """The PEFT LoraConfig for `train.method: lora`, None for full fine-tuning."""
+def lora_config(
+    recipe: Recipe, *, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None
+) -> Any | None:
+    """The PEFT LoraConfig for `train.method: lora`, None for full fine-tuning. With `SEQ_CLS`,
+    PEFT trains the classifier whole (`modules_to_save`) and puts no adapter on it."""
     if recipe.train.method != "lora":
         return None
     from peft import LoraConfig
@@ -95,7 +156,8 @@ def lora_config(recipe: Recipe) -> Any | None:
         use_rslora=lora.use_rslora,
         use_dora=lora.use_dora,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
+        modules_to_save=modules_to_save or None,
     )
 
 

@@ -22,7 +22,26 @@ def save_outputs(trainer: Any, run_dir: Path, recipe: Recipe) -> Path:
     trainer.save_model(str(out))  # the tokenizer is saved alongside (processing_class)
     # Trainer also pickles its arguments there; nothing loads them and a pickle is code to trust.
     (out / "training_args.bin").unlink(missing_ok=True)
+    _rewrite_model_card(out / "README.md", recipe)
     return out
+
+
+def _rewrite_model_card(path: Path, recipe: Recipe) -> None:
+    """PEFT saves its model-card template, "[More Information Needed]" in every section: keep its
+    metadata header (base model, library, tags) and say what the adapter is and where it came from."""
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    header = text[: text.index("\n---\n", 4) + 5] if text.startswith("---\n") else ""
+    labels = f" ({', '.join(recipe.task.labels)})" if recipe.task.labels else ""
+    body = (
+        f"# {recipe.name}\n\n"
+        f"A LoRA adapter on `{recipe.model.base}` for {recipe.task.type}{labels}, trained by "
+        "`finetune train`. The run directory above this folder holds the recipe (`recipe.yaml`), "
+        "provenance, the training log and summary, and, once evaluated, the comparison with the "
+        "baselines (`eval/`, `report/`).\n"
+    )
+    write_atomic(path, f"{header}\n{body}" if header else body)
 
 
 def plot_loss_curve(history: list[dict[str, Any]], run_dir: Path, *, title: str) -> Path:
@@ -60,7 +79,8 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     rows = [
         (
             "parameters",
-            f"{summary['trainable_parameters']:,} trainable of {summary['total_parameters']:,} ({summary['method']})",
+            f"{summary['trainable_parameters']:,} trainable of {summary['total_parameters']:,} "
+            f"({summary['method']}, {summary['head']} head)",
         ),
         (
             "steps",

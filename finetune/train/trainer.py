@@ -1,10 +1,12 @@
-"""`train(recipe)`: specialize the base model on the recipe's data with TRL's SFTTrainer.
+"""`train(recipe)`: specialize the base model on the recipe's data.
 
 The flow: refuse what cannot train here, prepare data and model (the main process first
-under DDP), open the run directory (rank 0), encode examples with the shared prompt format,
-train with checkpoints / held-out loss / early stopping / a time budget, then write the
-adapter (or full model), prompt format, log, loss curve and summary, and mark the run
-complete. `resume=` continues a `.partial` run from its last complete checkpoint.
+under DDP), pick the objective of the recipe's head (`objective.py`: TRL's SFTTrainer on
+prompt + answer for a causal LM, transformers' Trainer for a sequence classifier), open the
+run directory (rank 0), encode examples, train with checkpoints / held-out loss / early
+stopping / a time budget, then write the adapter (or full model), input format, head, log,
+loss curve and summary, and mark the run complete. `resume=` continues a `.partial` run from
+its last complete checkpoint.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from rich.console import Console
 from finetune.data import PreparedData, prepare
 from finetune.errors import FinetuneError
 from finetune.files import write_json
-from finetune.hardware import has_cuda, peak_memory_bytes, use_bf16_autocast, weight_dtype
+from finetune.hardware import has_cuda, peak_memory_bytes, weight_dtype
+from finetune.heads import save_head
 from finetune.models import ModelSource, check_fits, load_tokenizer, resolve
-from finetune.prompts import PROMPT_FILE, PromptFormat, prompt_format
+from finetune.prompts import PROMPT_FILE, PromptFormat
 from finetune.recipe import Recipe, recipe_to_dict
 from finetune.runs import PARTIAL_SUFFIX, Run, record_inputs, reopen_run, start_run
 from finetune.tracking import Tracker, open_tracker
@@ -38,15 +41,14 @@ from finetune.train.callbacks import (
     read_log,
     truncate_log,
 )
-from finetune.train.dataset import EncodedSplit, encode_split
 from finetune.train.model import (
     adapter_inputs_kept,
     check_trainable_here,
     compile_decoder_layers,
-    load_base_for_training,
-    lora_config,
     parameter_counts,
+    trained_head,
 )
+from finetune.train.objective import Objective, Splits, objective_for
 from finetune.train.outputs import SUMMARY_FILE, plot_loss_curve, print_summary, save_outputs
 
 log = logging.getLogger("finetune.train")
@@ -79,6 +81,7 @@ def train(
     with state.main_process_first():
         prepared = prepare(recipe)
         source = resolve(recipe.model.base)
+    head = trained_head(recipe, recipe_path, source)
     if recipe.model.check_memory:
         check_fits(
             source,
@@ -86,13 +89,14 @@ def train(
             quantization=recipe.model.quantization,
             training=recipe.train.method,
             trust_remote_code=recipe.model.trust_remote_code,
+            head=head,
         )
     run = _open_run(recipe, recipe_path, overrides, resume) if state.is_main_process else None
     run_dir = _shared_path(run)
     if run is not None:
         record_inputs(run, prepared, source)
     try:
-        job = _Job(recipe, run_dir, run, console, state.is_main_process)
+        job = _Job(recipe, run_dir, run, console, state.is_main_process, objective_for(head))
         summary = _train_in(job, prepared, source, resume is not None, callbacks)
     except BaseException as exc:
         if run is not None:
@@ -139,13 +143,7 @@ class _Job:
     run: Run | None
     console: Console
     is_main: bool
-
-
-@dataclass(frozen=True)
-class _Splits:
-    fmt: PromptFormat
-    train: EncodedSplit
-    validation: EncodedSplit | None
+    objective: Objective
 
 
 def _train_in(
@@ -157,10 +155,11 @@ def _train_in(
 ) -> dict[str, Any]:
     started = time.monotonic()
     tokenizer = load_tokenizer(source, trust_remote_code=job.recipe.model.trust_remote_code)
-    splits = _encode(job.recipe, prepared, tokenizer)
+    splits = job.objective.encode(job.recipe, prepared, tokenizer)
     checkpoint = _resume_point(job, splits.fmt) if resuming else None
     if job.run is not None:
         splits.fmt.save(job.run_dir)
+        save_head(job.run_dir, job.objective.head, job.recipe.task.labels)
         truncate_log(job.run_dir, _checkpoint_step(checkpoint))
     tracker = _open_tracker(job)
     try:
@@ -178,19 +177,31 @@ def _fit(
     job: _Job,
     source: ModelSource,
     tokenizer: Any,
-    splits: _Splits,
+    splits: Splits,
     checkpoint: Path | None,
     tracker: Tracker,
     extra_callbacks: Sequence[Any],
 ) -> dict[str, Any]:
     """Train, then (main process) save the outputs and log them; the run's summary."""
     callbacks = [*_callbacks(job, tracker), *extra_callbacks]
-    trainer = _build_trainer(job, source, tokenizer, splits, callbacks, checkpoint is None)
+    trainer = job.objective.build_trainer(
+        job.recipe,
+        job.run_dir / CHECKPOINTS,
+        source,
+        tokenizer,
+        splits,
+        callbacks,
+        checkpoint is None,
+    )
     if job.recipe.train.compile:
         _compile(trainer.model)
     trainable, total = parameter_counts(trainer.model)
     log.info(
-        "training %s of %s parameters (%s)", f"{trainable:,}", f"{total:,}", job.recipe.train.method
+        "training %s of %s parameters (%s, %s head)",
+        f"{trainable:,}",
+        f"{total:,}",
+        job.recipe.train.method,
+        job.objective.head,
     )
 
     with adapter_inputs_kept(trainer.model, job.recipe):
@@ -202,7 +213,12 @@ def _fit(
     output_dir = save_outputs(trainer, job.run_dir, job.recipe)
     history = read_log(job.run_dir)
     summary = _summary(trainer, job.recipe, splits, history, digests)
-    summary.update(trainable_parameters=trainable, total_parameters=total, output=output_dir.name)
+    summary.update(
+        head=job.objective.head,
+        trainable_parameters=trainable,
+        total_parameters=total,
+        output=output_dir.name,
+    )
     curve = plot_loss_curve(history, job.run_dir, title=job.recipe.name)
     tracker.log_image("train/loss_curve", curve)
     tracker.log_artifact(f"{job.recipe.name}-{output_dir.name}", "model", output_dir)
@@ -216,20 +232,6 @@ def _compile(model: Any) -> None:
         log.info("train.compile: compiling %d decoder layers on the first steps", compiled)
     else:
         log.warning("train.compile: found no decoder layers to compile; training uncompiled")
-
-
-def _encode(recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> _Splits:
-    """The prompt format and the tokenized train and validation splits."""
-    fmt = prompt_format(tokenizer, recipe.task)
-    train_split = encode_split(recipe, "train", fmt, tokenizer)
-    val_split = encode_split(recipe, "validation", fmt, tokenizer)
-    if train_split is None:
-        raise FinetuneError(f"data: the train split of {prepared.path} is empty")
-    if val_split is None and recipe.train.early_stopping_patience:
-        raise FinetuneError(
-            "train.early_stopping_patience needs a validation split; set data.split.validation above 0"
-        )
-    return _Splits(fmt, train_split, val_split)
 
 
 def _resume_point(job: _Job, fmt: PromptFormat) -> Path | None:
@@ -277,92 +279,6 @@ def _callbacks(job: _Job, tracker: Tracker) -> list[Any]:
     return callbacks
 
 
-def _build_trainer(
-    job: _Job,
-    source: ModelSource,
-    tokenizer: Any,
-    splits: _Splits,
-    callbacks: list[Any],
-    fresh_start: bool,
-) -> Any:
-    from transformers import PrinterCallback
-
-    from finetune.train.loss import SupervisedSFTTrainer
-
-    has_eval = splits.validation is not None
-    args = sft_config(
-        job.recipe, job.run_dir / CHECKPOINTS, has_eval=has_eval, eval_on_start=fresh_start
-    )
-    try:
-        trainer = SupervisedSFTTrainer(
-            model=load_base_for_training(
-                job.recipe, source, typical_length=splits.train.typical_length
-            ),
-            args=args,
-            train_dataset=splits.train.dataset,
-            eval_dataset=splits.validation.dataset if has_eval else None,
-            processing_class=tokenizer,
-            peft_config=lora_config(job.recipe),
-            callbacks=callbacks,
-        )
-    except ValueError as exc:
-        raise _explain(exc) from exc
-    trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
-    return trainer
-
-
-def sft_config(
-    recipe: Recipe, output_dir: Path, *, has_eval: bool, eval_on_start: bool = True
-) -> Any:
-    """TRL's SFTConfig for the recipe. Every TRL default that differs on CPU is set explicitly."""
-    from trl import SFTConfig
-
-    t = recipe.train
-    return SFTConfig(
-        output_dir=str(output_dir),
-        seed=recipe.seed,
-        data_seed=recipe.seed,
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
-        per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.batch_size,
-        gradient_accumulation_steps=t.gradient_accumulation_steps,
-        learning_rate=t.learning_rate,
-        lr_scheduler_type=t.lr_scheduler,
-        # transformers reads a float below 1 as a fraction of the steps, and 1 as "one step".
-        warmup_steps=min(t.warmup_ratio, 0.999),
-        weight_decay=t.weight_decay,
-        max_grad_norm=t.max_grad_norm,
-        bf16=use_bf16_autocast(recipe.model.dtype),
-        fp16=False,
-        activation_checkpointing=t.gradient_checkpointing,
-        # Examples arrive cut to model.max_length (`encode`); TRL refuses a max_length it
-        # would not enforce, which is the case for padding-free batches without packing.
-        max_length=None if t.padding_free and not t.packing else recipe.model.max_length,
-        packing=t.packing,
-        padding_free=t.padding_free,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
-        completion_only_loss=t.completion_only,
-        logging_steps=t.logging_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=t.eval_every,
-        eval_on_start=has_eval and eval_on_start,
-        prediction_loss_only=True,  # validation reports the loss; no logits kept
-        save_strategy="steps",
-        save_steps=t.save_every,
-        save_total_limit=2,  # the best checkpoint is always kept besides the latest
-        load_best_model_at_end=has_eval,
-        metric_for_best_model="eval_loss" if has_eval else None,
-        greater_is_better=False if has_eval else None,
-        restore_callback_states_from_checkpoint=True,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=not has_cuda(),
-        dataloader_num_workers=0,
-    )
-
-
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest checkpoint that was completely written: sealed after the Trainer finished it."""
     found = [
@@ -394,7 +310,7 @@ def rank_checksums(model: Any) -> list[str]:
 def _summary(
     trainer: Any,
     recipe: Recipe,
-    splits: _Splits,
+    splits: Splits,
     history: list[dict[str, Any]],
     digests: list[str],
 ) -> dict[str, Any]:
@@ -442,11 +358,3 @@ def _stop_reason(state: Any, budget: BudgetCallback) -> str:
     if state.global_step < state.max_steps:
         return "early stopping (train.early_stopping_patience)"
     return "completed"
-
-
-def _explain(exc: ValueError) -> Exception:
-    """PEFT and TRL configuration errors, reworded to name the recipe key that fixes them."""
-    text = str(exc)
-    if "Target modules" in text or "target_modules" in text:
-        return FinetuneError(f"lora.target_modules: {text}")
-    return exc

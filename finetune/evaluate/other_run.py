@@ -1,0 +1,101 @@
+"""The `run` kind: another finished run's specialist as a baseline, served by its own kind and
+its own recipe (prompt format, serving form, dtype), on this evaluation's test items.
+
+It lets one report hold several specialists, for example a MiniLM classifier, a SmolLM2 LoRA
+specialist and a general model. The other run must have been trained on the same prepared data
+(same fingerprint, so no test item was in its training rows) for the same task and labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import FinetuneError
+from finetune.evaluate.systems import SPECIALIST, Context, Loaded, Plan, System
+from finetune.recipe import Recipe
+
+
+class OtherRun:
+    """The `Kind` of a `run:` baseline (see `systems.Kind`); its key is `run:<baseline name>`."""
+
+    def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
+        from finetune.evaluate.systems import kind_of
+
+        other_dir, other = _other(recipe, run_dir, key)
+        inner = kind_of(SPECIALIST, other_dir)
+        loaded = inner.load(other, other_dir, SPECIALIST)
+        return Loaded(
+            loaded.model,
+            loaded.tokenizer,
+            f"{loaded.description} (run {other_dir})",
+            self,
+            loaded.disk_bytes,
+            loaded.serving,
+            # Not the inner Loaded itself: it would keep the model alive after the pool frees it.
+            identity=(inner, loaded.identity, other, other_dir),
+        )
+
+    def plan(
+        self, recipe: Recipe, system: System, key: str, loaded: Loaded, context: Context
+    ) -> Plan:
+        inner, identity, other, other_dir = loaded.identity
+        own = Context(other_dir, context.items, context.train_rows)
+        view = dataclasses.replace(loaded, kind=inner, identity=identity)
+        return inner.plan(other, system, SPECIALIST, view, own)
+
+    def sizes(self, model: Any) -> tuple[int, int, int]:
+        from finetune.evaluate.causal import CausalLM
+
+        return CausalLM().sizes(model)
+
+    def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
+        from finetune.evaluate.systems import kind_of
+
+        other_dir = _baseline_dir(recipe, key)
+        other = _recipe_of(other_dir)
+        return kind_of(SPECIALIST, other_dir).instance_bytes(other, SPECIALIST)
+
+
+def _baseline_dir(recipe: Recipe, key: str) -> Path:
+    name = key.removeprefix("run:")
+    (baseline,) = [b for b in recipe.eval.baselines if b.name == name]
+    return Path(baseline.run)
+
+
+def _recipe_of(run_dir: Path) -> Recipe:
+    from finetune.recipe import load_recipe
+
+    return load_recipe(run_dir / "recipe.yaml")
+
+
+def _other(recipe: Recipe, run_dir: Path, key: str) -> tuple[Path, Recipe]:
+    """The other run's directory and recipe, checked against this run: finished, same data, same task."""
+    from finetune.runs import is_complete
+
+    other_dir = _baseline_dir(recipe, key)
+    if not is_complete(other_dir):
+        raise FinetuneError(f"eval.baselines: {other_dir} is not a finished training run")
+    other = _recipe_of(other_dir)
+    mine, theirs = _fingerprint(run_dir), _fingerprint(other_dir)
+    problems = []
+    if mine != theirs:
+        problems.append(f"prepared data {theirs[:12]} against {mine[:12]}")
+    for field in ("type", "labels"):
+        a, b = getattr(recipe.task, field), getattr(other.task, field)
+        if a != b:
+            problems.append(f"task.{field} {b!r} against {a!r}")
+    if problems:
+        raise FinetuneError(
+            f"eval.baselines: run {other_dir} cannot be compared with run {run_dir}: "
+            f"{'; '.join(problems)}. A run baseline must be trained on the same prepared data "
+            "for the same task"
+        )
+    return other_dir, other
+
+
+def _fingerprint(run_dir: Path) -> str:
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    return provenance.get("data", {}).get("fingerprint") or ""

@@ -1,0 +1,185 @@
+"""What each head learns from and which Trainer teaches it: one objective per head.
+
+`train()` (trainer.py) runs one flow for every head: data, run directory, checkpoints and
+resume, tracking, callbacks, outputs and summary. What differs sits behind `Objective`: how
+examples become tokens (`encode`) and which Trainer trains which model (`build_trainer`).
+`CausalLMObjective` is supervised fine-tuning on prompt + answer with TRL's SFTTrainer;
+`SequenceClassificationObjective` (classifier.py) a classification head on the text alone
+with transformers' Trainer. Both take the same training arguments (`common_arguments`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from finetune.data import PreparedData
+from finetune.errors import FinetuneError
+from finetune.hardware import has_cuda, use_bf16_autocast
+from finetune.heads import CAUSAL_LM, SEQUENCE_CLASSIFICATION
+from finetune.models import ModelSource
+from finetune.prompts import PromptFormat, prompt_format
+from finetune.recipe import Recipe
+from finetune.train.dataset import EncodedSplit, encode_split
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The run's input format (stored as prompt.json) and its encoded train and validation splits."""
+
+    fmt: PromptFormat
+    train: EncodedSplit
+    validation: EncodedSplit | None
+
+
+class Objective(Protocol):
+    head: str
+
+    def encode(self, recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> Splits: ...
+
+    def build_trainer(
+        self,
+        recipe: Recipe,
+        output_dir: Path,
+        source: ModelSource,
+        tokenizer: Any,
+        splits: Splits,
+        callbacks: list[Any],
+        fresh_start: bool,
+    ) -> Any:
+        """The Trainer for the model loaded from `source`, writing checkpoints to `output_dir`."""
+        ...
+
+
+def objective_for(head: str) -> Objective:
+    from finetune.train.classifier import SequenceClassificationObjective
+
+    return {
+        CAUSAL_LM: CausalLMObjective(),
+        SEQUENCE_CLASSIFICATION: SequenceClassificationObjective(),
+    }[head]
+
+
+def checked_splits(
+    recipe: Recipe,
+    prepared: PreparedData,
+    fmt: PromptFormat,
+    train: EncodedSplit | None,
+    validation: EncodedSplit | None,
+) -> Splits:
+    """The splits, refused when there is nothing to train on or early stopping has nothing to watch."""
+    if train is None:
+        raise FinetuneError(f"data: the train split of {prepared.path} is empty")
+    if validation is None and recipe.train.early_stopping_patience:
+        raise FinetuneError(
+            "train.early_stopping_patience needs a validation split; set data.split.validation above 0"
+        )
+    return Splits(fmt, train, validation)
+
+
+class CausalLMObjective:
+    """Prompt + answer in the shared prompt format, the loss on the answer (TRL's SFTTrainer)."""
+
+    head = CAUSAL_LM
+
+    def encode(self, recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> Splits:
+        fmt = prompt_format(tokenizer, recipe.task)
+        train = encode_split(recipe, "train", fmt, tokenizer)
+        validation = encode_split(recipe, "validation", fmt, tokenizer)
+        return checked_splits(recipe, prepared, fmt, train, validation)
+
+    def build_trainer(self, recipe, output_dir, source, tokenizer, splits, callbacks, fresh_start):
+        from transformers import PrinterCallback
+
+        from finetune.train.loss import SupervisedSFTTrainer
+        from finetune.train.model import load_base_for_training, lora_config
+
+        has_eval = splits.validation is not None
+        args = sft_config(recipe, output_dir, has_eval=has_eval, eval_on_start=fresh_start)
+        try:
+            trainer = SupervisedSFTTrainer(
+                model=load_base_for_training(
+                    recipe, source, typical_length=splits.train.typical_length
+                ),
+                args=args,
+                train_dataset=splits.train.dataset,
+                eval_dataset=splits.validation.dataset if has_eval else None,
+                processing_class=tokenizer,
+                peft_config=lora_config(recipe),
+                callbacks=callbacks,
+            )
+        except ValueError as exc:
+            raise explained(exc) from exc
+        trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
+        return trainer
+
+
+def sft_config(
+    recipe: Recipe, output_dir: Path, *, has_eval: bool, eval_on_start: bool = True
+) -> Any:
+    """TRL's SFTConfig for the recipe. Every TRL default that differs on CPU is set explicitly."""
+    from trl import SFTConfig
+
+    t = recipe.train
+    return SFTConfig(
+        **common_arguments(recipe, output_dir, has_eval=has_eval, eval_on_start=eval_on_start),
+        # Examples arrive cut to model.max_length (`encode`); TRL refuses a max_length it
+        # would not enforce, which is the case for padding-free batches without packing.
+        max_length=None if t.padding_free and not t.packing else recipe.model.max_length,
+        packing=t.packing,
+        padding_free=t.padding_free,
+        completion_only_loss=t.completion_only,
+    )
+
+
+def common_arguments(
+    recipe: Recipe, output_dir: Path, *, has_eval: bool, eval_on_start: bool
+) -> dict[str, Any]:
+    """The training arguments every head's Trainer takes (transformers' `TrainingArguments`)."""
+    t = recipe.train
+    return dict(
+        output_dir=str(output_dir),
+        seed=recipe.seed,
+        data_seed=recipe.seed,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        # transformers reads a float below 1 as a fraction of the steps, and 1 as "one step".
+        warmup_steps=min(t.warmup_ratio, 0.999),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=use_bf16_autocast(recipe.model.dtype),
+        fp16=False,
+        activation_checkpointing=t.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        logging_steps=t.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=t.eval_every,
+        eval_on_start=has_eval and eval_on_start,
+        prediction_loss_only=True,  # validation reports the loss; no logits kept
+        save_strategy="steps",
+        save_steps=t.save_every,
+        save_total_limit=2,  # the best checkpoint is always kept besides the latest
+        load_best_model_at_end=has_eval,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        restore_callback_states_from_checkpoint=True,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=not has_cuda(),
+        dataloader_num_workers=0,
+    )
+
+
+def explained(exc: ValueError) -> Exception:
+    """PEFT and TRL configuration errors, reworded to name the recipe key that fixes them."""
+    text = str(exc)
+    if "Target modules" in text or "target_modules" in text:
+        return FinetuneError(f"lora.target_modules: {text}")
+    return exc

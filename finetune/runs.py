@@ -162,6 +162,12 @@ def is_complete(path: str | Path) -> bool:
     return json.loads((path / "provenance.json").read_text()).get("status") == "complete"
 
 
+def data_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of the prepared data the run was trained on (None if not recorded)."""
+    provenance = json.loads((Path(path) / "provenance.json").read_text())
+    return provenance.get("data", {}).get("fingerprint")
+
+
 def check_same_base(run_dir: str | Path, identity: dict[str, Any]) -> None:
     """The base model loading now must be the one the run was trained on (adapters fit only it)."""
     provenance = json.loads((Path(run_dir) / "provenance.json").read_text())

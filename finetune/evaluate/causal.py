@@ -73,13 +73,7 @@ class CausalLM:
         )
 
     def sizes(self, model: Any) -> tuple[int, int, int]:
-        total = weights = adapter = 0
-        for name, param in model.named_parameters():
-            total += param.numel()
-            weights += param.numel() * param.element_size()
-            if "lora_" in name:
-                adapter += param.numel()
-        return weights, total, adapter
+        return parameter_sizes(model)
 
     def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
         ref = recipe.model.base if key in (SPECIALIST, "base") else key
@@ -143,11 +137,30 @@ def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple
     if form == "adapter":
         tuned = PeftModel.from_pretrained(_load(recipe, source), str(adapter))
         return tuned, "adapter unmerged, in float32"
-    base = _load(recipe, source, dtype=torch.float32)
+    return merged_in_float32(_load(recipe, source, dtype=torch.float32), adapter, dtype)
+
+
+def merged_in_float32(base: Any, adapter: Path, dtype: Any) -> tuple[Any, str]:
+    """The adapter merged into float32 `base` and the result rounded once to `dtype`, with the
+    description of that serving form."""
+    import torch
+    from peft import PeftModel
+
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(dtype)
     name = str(dtype).removeprefix("torch.")
     rounded = "" if dtype == torch.float32 else f", rounded once to {name}"
     return merged, f"merged in float32{rounded}"
+
+
+def parameter_sizes(model: Any) -> tuple[int, int, int]:
+    """(weight bytes, parameters, adapter parameters) of a torch model."""
+    total = weights = adapter = 0
+    for name, param in model.named_parameters():
+        total += param.numel()
+        weights += param.numel() * param.element_size()
+        if "lora_" in name:
+            adapter += param.numel()
+    return weights, total, adapter
 
 
 def _fits_float32(source: ModelSource) -> bool:

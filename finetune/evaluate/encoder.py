@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from finetune.errors import FinetuneError
-from finetune.evaluate.causal import CausalLM, _disk, serving_form
+from finetune.evaluate.causal import _disk, merged_in_float32, parameter_sizes, serving_form
 from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System
 from finetune.hardware import weight_dtype
 from finetune.heads import SEQUENCE_CLASSIFICATION
@@ -89,7 +89,7 @@ class Encoder:
         )
 
     def sizes(self, model: Any) -> tuple[int, int, int]:
-        return CausalLM().sizes(model)
+        return parameter_sizes(model)
 
     def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
         try:
@@ -114,11 +114,7 @@ def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple
     if serving_form(recipe) == "adapter":
         tuned = PeftModel.from_pretrained(_load(recipe, source, dtype=torch.float32), str(adapter))
         return tuned, "adapter unmerged, in float32"
-    base = _load(recipe, source, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(dtype)
-    name = str(dtype).removeprefix("torch.")
-    rounded = "" if dtype == torch.float32 else f", rounded once to {name}"
-    return merged, f"merged in float32{rounded}"
+    return merged_in_float32(_load(recipe, source, dtype=torch.float32), adapter, dtype)
 
 
 def _load(recipe: Recipe, source: ModelSource, *, dtype: Any = None) -> Any:

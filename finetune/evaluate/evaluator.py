@@ -53,7 +53,7 @@ from finetune.hardware import (
 )
 from finetune.prompts import PromptFormat
 from finetune.recipe import Recipe, load_recipe
-from finetune.runs import is_complete
+from finetune.runs import data_fingerprint, is_complete
 
 log = logging.getLogger(__name__)
 EVAL_DIR = "eval"
@@ -151,8 +151,7 @@ def check_run(recipe: Recipe, run_dir: Path) -> None:
         raise FinetuneError(
             f"{run_dir}: prompt.json does not match the recipe's task.instruction/template; {hint}"
         )
-    provenance = json.loads((run_dir / "provenance.json").read_text())
-    trained_fp = provenance.get("data", {}).get("fingerprint")
+    trained_fp = data_fingerprint(run_dir)
     now_fp = prepare(recipe).fingerprint
     if trained_fp and trained_fp != now_fp:
         raise FinetuneError(

@@ -9,7 +9,6 @@ specialist and a general model. The other run must have been trained on the same
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +46,9 @@ class OtherRun:
         return inner.plan(other, system, SPECIALIST, view, own)
 
     def sizes(self, model: Any) -> tuple[int, int, int]:
-        from finetune.evaluate.causal import CausalLM
+        from finetune.evaluate.causal import parameter_sizes
 
-        return CausalLM().sizes(model)
+        return parameter_sizes(model)
 
     def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
         from finetune.evaluate.systems import kind_of
@@ -97,5 +96,6 @@ def _other(recipe: Recipe, run_dir: Path, key: str) -> tuple[Path, Recipe]:
 
 
 def _fingerprint(run_dir: Path) -> str:
-    provenance = json.loads((run_dir / "provenance.json").read_text())
-    return provenance.get("data", {}).get("fingerprint") or ""
+    from finetune.runs import data_fingerprint
+
+    return data_fingerprint(run_dir) or ""

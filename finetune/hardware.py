@@ -89,6 +89,12 @@ def peak_memory_bytes() -> int:
 
     if torch.cuda.is_available():
         return int(torch.cuda.max_memory_allocated())
+    return process_peak_bytes()
+
+
+def process_peak_bytes() -> int:
+    """This process's peak resident set, read without importing torch (the process measuring
+    a TF-IDF system alone never loads it)."""
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():

@@ -162,6 +162,8 @@ def tiny_recipe_factory(tmp_path: Path, tiny_model_dir: Path):
                 "warmup_ratio": 0.0,
             },
             "tracking": {"runs_dir": str(tmp_path / "runs"), "wandb": {"mode": "disabled"}},
+            # Memory measured alone costs a fresh process per system; its own tests ask for it.
+            "eval": {"memory": "shared"},
         }
         for section, values in sections.items():
             recipe[section] = (

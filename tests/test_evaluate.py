@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -45,6 +47,7 @@ def evaluated(tmp_path_factory, tiny_model_dir, tiny_plain_model_dir):
             "batch_size": 4,
             "latency_items": 3,
             "bootstrap_samples": 300,
+            "memory": "alone",
         },
         data={
             "source": None,
@@ -76,6 +79,27 @@ def test_every_system_scores_the_same_items_in_the_same_order(evaluated):
         for entry in record["predictions"].values():
             assert entry["prediction"] in recipe.task.labels
             assert entry["score"] == float(entry["prediction"] == record["gold"])
+
+
+def _peak_of_a_process(code: str) -> int:
+    script = (
+        f"{code}\nfrom finetune.hardware import process_peak_bytes\nprint(process_peak_bytes())"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+def test_each_system_peak_memory_is_measured_alone(evaluated):
+    _, _, _, results, _ = evaluated
+    assert results["memory"] == "alone"
+    peaks = {s["name"]: s["peak_memory_bytes"] for s in results["systems"]}
+    with_torch = _peak_of_a_process("import torch, transformers")
+    # TF-IDF is scored last, after four language models, yet its process never held torch:
+    # in the evaluating process it would have been charged for all of them.
+    assert peaks["tf-idf + logreg"] < with_torch
+    for name in ("specialist", "base zero-shot", "base 2-shot", "plain model"):
+        assert peaks[name] > with_torch, name
+    assert peaks["tf-idf + logreg"] > _peak_of_a_process("import sklearn.linear_model")
 
 
 def test_reported_numbers_equal_a_recount_from_the_predictions(evaluated):

@@ -2,7 +2,8 @@
 
 Quality first: each model instance is loaded on its own and every system on it scores all test
 items (each metric with a bootstrap confidence interval, per-class figures for
-classification), with its peak memory, parameters and size on disk. Then speed, in rounds
+classification), with its parameters and size on disk; then each system's peak memory,
+measured alone in a fresh process (`memory`). Then speed, in rounds
 (`timing`): latency at batch size 1 and throughput at the recipe's batch size, every system
 timed in every round in a changing order, with as many instances kept loaded as memory
 allows. The specialist is compared with each baseline on the same items (paired bootstrap,
@@ -28,8 +29,8 @@ import numpy as np
 from finetune.data import load_split, prepare
 from finetune.data.read import TARGET_FIELD
 from finetune.errors import FinetuneError
+from finetune.evaluate import memory, timing
 from finetune.evaluate import metrics as M
-from finetune.evaluate import timing
 from finetune.evaluate.statistical import majority_label
 from finetune.evaluate.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
 from finetune.evaluate.systems import (
@@ -110,6 +111,7 @@ def evaluate(
         order = [s.name for s in systems_of(recipe)]
         plans.sort(key=lambda p: order.index(p.system.name))
         outcomes.sort(key=lambda o: order.index(o.system.name))
+        _measure_memory(recipe, run_dir, plans, outcomes, progress)
         _say_line(
             console,
             f"timing {len(plans)} systems in {recipe.eval.timing.rounds} rounds, the order changed "
@@ -194,6 +196,19 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
         input_tokens=float(np.mean(plan.input_tokens)),
         output_tokens=float(np.mean(out_tokens)),
     )
+
+
+def _measure_memory(
+    recipe: Recipe, run_dir: Path, plans: list[Plan], outcomes: list[Outcome], progress: Any
+) -> None:
+    """Replace each outcome's in-process peak by the one measured alone, where it is (`memory`)."""
+    if memory.method(recipe) != "alone":
+        return
+    task = progress.add_task("peak memory, each system alone", total=len(plans))
+    peaks = memory.measured_alone(recipe, run_dir, plans, on_done=lambda: progress.advance(task))
+    progress.remove_task(task)
+    for outcome in outcomes:
+        outcome.peak_memory = peaks[outcome.system.name]
 
 
 def _time(
@@ -319,6 +334,7 @@ def summarize(
             "dtype": weight_dtype_name(recipe.model.dtype),
         },
         "batch_size": recipe.eval.batch_size,
+        "memory": memory.method(recipe),
         "prices": recipe.eval.prices.model_dump(),
         "timing": _timing_header(recipe, rounds, figures),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -438,6 +438,11 @@ class EvalConfig(Section):
         help="How the specialist is served: `merged` folds the adapter into float32 weights and rounds them once to `model.dtype` (what `finetune export --merge` writes; the base model's speed); `adapter` keeps it unmerged, in float32; `auto` merges unless the weights are quantized.",
         synonyms=("serving", "merge"),
     )
+    memory: Literal["alone", "shared"] = _field(
+        "alone",
+        help="How each system's peak memory is measured on a CPU. `alone`: in a fresh process that loads the system and scores its longest batch (a few seconds per system), so no system is charged for what an earlier one left behind; `shared`: the evaluating process's peak while the system was scored, which carries earlier systems' leftovers (quick, for tests). On CUDA the allocator's per-system peak is always read in-process.",
+        synonyms=("memory_measurement", "peak_memory"),
+    )
     timing: TimingConfig = _field(
         TimingConfig(),
         help="How latency and throughput are measured: rounds with the order of systems changed between them.",

@@ -112,9 +112,17 @@ HOW_TO_READ = [
     "interval of the median ratio excludes 1 (otherwise: no clear difference).",
     "Cost per 1,000 requests is the machine's hourly price times the time per item at that "
     "throughput, or the API's token prices where the recipe gives them.",
-    "Size on disk counts the adapter plus the base model it needs; memory is the peak while "
-    "the system was loaded and scored.",
+    "Size on disk counts the adapter plus the base model it needs.",
 ]
+MEMORY_NOTE = {
+    "alone": "Peak memory is the peak resident set of a fresh process that loaded the system alone "
+    "and scored the batch of its longest inputs: its Python runtime and libraries included, nothing "
+    "left behind by another system.",
+    "shared": "Peak memory is the evaluating process's peak while the system was scored "
+    "(eval.memory: shared): it includes what systems scored before it left behind, so it "
+    "overstates every system but the first.",
+    "cuda": "Peak memory is the GPU allocator's peak while the system was loaded and scored.",
+}
 
 
 def report_document(
@@ -165,7 +173,7 @@ def report_document(
         blocks += [by_key["loss_curve"]] if "loss_curve" in by_key else []
     blocks += [
         Heading("How to read this"),
-        Bullets(HOW_TO_READ),
+        Bullets([*HOW_TO_READ, MEMORY_NOTE[results.get("memory", "shared")]]),
         Paragraph(f"Trace any number to items: `{PREDICTIONS_FILE.as_posix()}`."),
     ]
     return blocks

@@ -1,0 +1,63 @@
+"""Each system's peak memory, measured alone.
+
+On a CPU the evaluating process's resident set keeps what earlier systems left behind (the
+allocator holds on to freed pages, and every library stays imported), so a system scored
+after another is charged for it: a TF-IDF classifier scored after two language models peaked
+"higher" than either. `eval.memory: alone` (the default) therefore measures each system in a
+fresh process that loads it, plans all test items and scores the batch of its longest inputs,
+and reads that process's peak resident set: what serving this system alone needs, its Python
+runtime and libraries included. On CUDA the allocator's peak statistics are exact per system
+and are read in the evaluating process (`shared`, which is also the quick choice for tests).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from finetune.evaluate.systems import Context, Plan, System, kind_of
+from finetune.hardware import has_cuda, process_peak_bytes
+from finetune.recipe import Recipe
+
+
+def method(recipe: Recipe) -> str:
+    """How peak memory is measured here: `cuda` (the allocator's per-system peak), else the
+    recipe's `eval.memory` (`alone` or `shared`)."""
+    return "cuda" if has_cuda() else recipe.eval.memory
+
+
+def measured_alone(recipe: Recipe, run_dir: Path, plans: list[Plan], on_done: Any = None) -> dict:
+    """{system name: peak bytes}, each from a fresh process of its own."""
+    peaks = {}
+    # One task per process (max_tasks_per_child=1), spawned: nothing inherited, nothing kept.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
+        for plan in plans:
+            peaks[plan.system.name] = pool.submit(
+                _alone, recipe, run_dir, plan.system, plan.key
+            ).result()
+            if on_done:
+                on_done()
+    return peaks
+
+
+def _alone(recipe: Recipe, run_dir: Path, system: System, key: str) -> int:
+    """In a fresh process: load the system, plan every test item, score the longest batch."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    os.environ["TQDM_DISABLE"] = "1"
+    import logging
+
+    logging.disable(logging.WARNING)  # the evaluating process has already said what loading says
+    from finetune.data import load_split
+
+    kind = kind_of(key, run_dir)
+    loaded = kind.load(recipe, run_dir, key)
+    context = Context(run_dir, load_split(recipe, "test"), load_split(recipe, "train"))
+    plan = kind.plan(recipe, system, key, loaded, context)
+    batch = recipe.eval.batch_size
+    longest = sorted(range(len(plan.inputs)), key=lambda i: -plan.input_tokens[i])[:batch]
+    plan.infer.run(loaded.model, [plan.inputs[i] for i in longest], batch, True)
+    return process_peak_bytes()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
+from finetune.data.bio import decode_bio
 from finetune.evaluate.metrics import (
     DEFAULT_METRICS,
     METRICS,
@@ -12,6 +15,7 @@ from finetune.evaluate.metrics import (
     confusion_matrix,
     indexed_metric,
     item_scores,
+    locate,
     metric_names,
     parse_entities,
     per_class,
@@ -149,6 +153,87 @@ def test_extraction_item_scores_and_nothing_to_find():
     assert compute("extraction", "micro_f1", [[], []], [[], []]) == 1.0
     assert compute("extraction", "macro_f1", [[]], [[]]) == 1.0
     assert compute("extraction", "micro_f1", [[]], [[{"text": "x", "type": "T"}]]) == 0.0
+
+
+BIO_TYPES = ["PER", "LOC", "ORG"]
+
+
+@st.composite
+def _tag_sequences(draw) -> tuple[list[str], list[str], list[str]]:
+    """Tokens and two valid IOB2 tag sequences over them (gold, predicted)."""
+    n = draw(st.integers(1, 12))
+    tokens = draw(st.lists(st.sampled_from(["a", "bb", "Ccc", "d.", "#e"]), min_size=n, max_size=n))
+    return tokens, draw(_iob2(n)), draw(_iob2(n))
+
+
+@st.composite
+def _iob2(draw, n: int) -> list[str]:
+    tags: list[str] = []
+    for _ in range(n):
+        choice = draw(st.sampled_from(["O", "B", "I"]))
+        kind = draw(st.sampled_from(BIO_TYPES))
+        if choice == "I" and tags and tags[-1] != "O":
+            tags.append("I-" + tags[-1][2:])  # continues the entity before it
+        else:
+            tags.append("O" if choice == "O" else f"B-{kind}")
+    return tags
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_tag_sequences(), min_size=1, max_size=6))
+def test_entity_f1_on_spans_equals_seqeval(sentences):
+    from seqeval.metrics import f1_score
+
+    gold_tags, pred_tags = [s[1] for s in sentences], [s[2] for s in sentences]
+    golds = [decode_bio(tokens, g)[1] for tokens, g, _ in sentences]
+    preds = [decode_bio(tokens, p)[1] for tokens, _, p in sentences]
+    assume(any(golds) and any(preds))  # seqeval has no answer for nothing at all
+    for average in ("micro", "macro"):
+        expected = f1_score(gold_tags, pred_tags, average=average, zero_division=0)
+        assert compute("extraction", f"{average}_f1", golds, preds) == pytest.approx(expected)
+
+
+def test_generated_entities_are_located_in_the_input_before_span_matching():
+    text = "Paris and paris again, not London"
+    golds = [
+        [
+            {"text": "Paris", "type": "LOC", "start": 0, "end": 5},
+            {"text": "paris", "type": "LOC", "start": 10, "end": 15},
+        ]
+    ]
+    # A generated entity names no place: it takes the gold span of its type if one is free
+    # (the second "PARIS" the second occurrence), else the first free occurrence.
+    preds = [
+        [
+            {"text": "PARIS", "type": "LOC"},
+            {"text": "PARIS", "type": "LOC"},
+            {"text": "london", "type": "PER"},
+            {"text": "Rome", "type": "LOC"},
+        ]
+    ]
+    located = locate("extraction", [text], golds, preds)[0]
+    assert [(e.get("start"), e.get("end")) for e in located] == [
+        (0, 5),
+        (10, 15),
+        (27, 33),
+        (None, None),
+    ]
+    # TP 2 (both Paris spans); FP 2 (London as PER, Rome not in the text): micro 4/6
+    assert compute("extraction", "micro_f1", golds, [located]) == pytest.approx(2 / 3)
+    # Three occurrences for one gold: only one can take the span; the others are wrong places
+    spans = [
+        (e["start"], e["end"])
+        for e in locate(
+            "extraction",
+            ["x x x"],
+            [[{"text": "x", "type": "T", "start": 2, "end": 3}]],
+            [[{"text": "x", "type": "T"}] * 3],
+        )[0]
+    ]
+    assert spans == [(2, 3), (0, 1), (4, 5)]
+    # Gold without offsets is placed at its first occurrence; other tasks pass through.
+    assert locate("extraction", ["a b a"], [[{"text": "a", "type": "T"}]])[0][0]["start"] == 0
+    assert locate("qa", ["t"], ["gold"], ["pred"]) == ["pred"]
 
 
 def test_classification_item_scores_are_correctness():

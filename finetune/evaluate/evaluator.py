@@ -96,7 +96,10 @@ def evaluate(
     run_dir = Path(run_dir)
     check_run(recipe, run_dir)
     items = load_split(recipe, "test")
-    golds = [item[TARGET_FIELD[recipe.task.type]] for item in items]
+    texts = [item["text"] for item in items]
+    golds = M.locate(
+        recipe.task.type, texts, [item[TARGET_FIELD[recipe.task.type]] for item in items]
+    )
     context = Context(run_dir, items, load_split(recipe, "train"))
     plans, outcomes = [], []
     with _progress(console) as progress:
@@ -105,6 +108,9 @@ def evaluate(
                 for system in group:
                     plan = loaded.kind.plan(recipe, system, key, loaded, context)
                     outcome = _score(recipe, run_dir, plan, loaded, progress)
+                    outcome.predictions = M.locate(
+                        recipe.task.type, texts, golds, outcome.predictions
+                    )
                     plans.append(plan)
                     outcomes.append(outcome)
                     _say(console, recipe, outcome, golds)

@@ -11,9 +11,14 @@ Conventions, each taken from a widely used reference implementation:
   positive scores F1 = 0, including a label that never occurs at all. Pass the task's label set:
   with the default, a stray prediction such as "maybe" becomes a label with F1 = 0 and pulls
   the mean down, exactly as scikit-learn does.
-- extraction: an entity is `{"text": str, "type": str}`; gold and predicted entities of an item
-  are matched as multisets of (text, type) pairs after case folding and collapsing whitespace.
-  `micro_f1` is 2TP / (2TP + FP + FN) summed over all items; `macro_f1` is the mean, over the
+- extraction: an entity is `{"text": str, "type": str}`, with `start`/`end` character offsets
+  into the item's text where it has a place there. Entities with offsets match on exact span
+  and type, as seqeval's default does on token spans; entities without match as multisets of
+  (text, type) pairs after case folding and collapsing whitespace. A generated entity names
+  no place, so `locate` gives it one before scoring: the occurrence of its text in the input
+  (case and spacing aside) that is a gold span of its type if there is one, else the first
+  not yet taken; text the input does not contain stays without offsets and matches nothing
+  that has them. An encoder's predicted spans keep their own offsets. `micro_f1` is 2TP / (2TP + FP + FN) summed over all items; `macro_f1` is the mean, over the
   entity types that occur in golds or predictions, of per-type F1. With no entity anywhere both
   are 1.0 (nothing to find, nothing wrongly found), as `item_scores` scores an empty item.
   `labels` is accepted for uniformity and ignored.
@@ -100,23 +105,73 @@ def _fold(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def _entity_counts(entities: Sequence[Entity]) -> Counter[tuple[str, str]]:
-    return Counter((_fold(e["text"]), _fold(e["type"])) for e in entities)
+def _entity_key(entity: Entity) -> tuple:
+    """(span, start, end, type) for a located entity, else (text, folded text, type); the type
+    is the last element, the per-type column."""
+    if "start" in entity:
+        return ("span", entity["start"], entity["end"], _fold(entity["type"]))
+    return ("text", _fold(entity["text"]), _fold(entity["type"]))
+
+
+def _entity_counts(entities: Sequence[Entity]) -> Counter[tuple]:
+    return Counter(_entity_key(e) for e in entities)
+
+
+def _occurrences(text: str, needle: str) -> list[tuple[int, int]]:
+    """(start, end) of each place `text` holds `needle`, case and runs of spacing aside."""
+    words = needle.split()
+    if not words:
+        return []
+    pattern = r"\s+".join(map(re.escape, words))
+    return [m.span() for m in re.finditer(pattern, text, flags=re.IGNORECASE)]
+
+
+def _located(text: str, entities: Sequence[Entity], golds: Sequence[Entity]) -> list[Entity]:
+    """`entities` with offsets given to those without (see the module docstring)."""
+    gold_spans = {_entity_key(g) for g in golds if "start" in g}
+    taken = {(e["start"], e["end"]) for e in entities if "start" in e}
+    out = []
+    for entity in entities:
+        free = (
+            []
+            if "start" in entity
+            else [span for span in _occurrences(text, entity["text"]) if span not in taken]
+        )
+        if not free:
+            out.append(entity)
+            continue
+        kind = _fold(entity["type"])
+        span = next((s for s in free if ("span", *s, kind) in gold_spans), free[0])
+        taken.add(span)
+        out.append({**entity, "start": span[0], "end": span[1]})
+    return out
+
+
+def locate(
+    task_type: str, texts: Sequence[str], golds: Sequence[Any], preds: Sequence[Any] | None = None
+) -> list[Any]:
+    """Extraction: each item's entities given the place they name in its text (`preds` placed
+    against the located `golds`; without `preds`, the golds themselves). Other tasks: unchanged."""
+    if task_type != "extraction":
+        return list(golds if preds is None else preds)
+    if preds is None:
+        return [_located(t, g, []) for t, g in zip(texts, golds, strict=True)]
+    return [_located(t, p, g) for t, g, p in zip(texts, golds, preds, strict=True)]
 
 
 def _extraction_table(golds, preds, labels) -> _Table:
     gold_sets = [_entity_counts(item) for item in golds]
     pred_sets = [_entity_counts(item) for item in preds]
-    types = sorted({kind for counts in gold_sets + pred_sets for _, kind in counts})
+    types = sorted({key[-1] for counts in gold_sets + pred_sets for key in counts})
     column = {kind: k for k, kind in enumerate(types)}
     tp, fp, fn = (np.zeros((len(golds), len(types))) for _ in range(3))
     for row, (gold, pred) in enumerate(zip(gold_sets, pred_sets, strict=True)):
         for key, count in gold.items():
             matched = min(count, pred[key])
-            tp[row, column[key[1]]] += matched
-            fn[row, column[key[1]]] += count - matched
+            tp[row, column[key[-1]]] += matched
+            fn[row, column[key[-1]]] += count - matched
         for key, count in pred.items():
-            fp[row, column[key[1]]] += count - min(count, gold[key])
+            fp[row, column[key[-1]]] += count - min(count, gold[key])
     return {"tp": tp, "fp": fp, "fn": fn}
 
 

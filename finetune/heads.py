@@ -2,11 +2,14 @@
 
 `causal-lm`: the model writes the answer after a prompt (`finetune/prompts.py`), trained with
 TRL's SFTTrainer, for every task type. `sequence-classification`: a classification head reads
-the input text alone and scores the task's labels, trained with transformers' Trainer. The
-head comes from the recipe (`model.head`) and what the base model is (`models.model_role`):
-`auto` gives an encoder base a classification head and a decoder its language-model head.
-Training records the head with its labels in the run; evaluation picks the specialist's kind
-from that record (a run without one is a causal LM: runs trained before heads existed).
+the input text alone and scores the task's labels; `token-classification`: a head tags each
+word of the text with IOB2 tags (`finetune/tagging.py`), for extraction; both trained with
+transformers' Trainer. The head comes from the recipe (`model.head`), the task and what the
+base model is (`models.model_role`): `auto` gives an encoder base a sequence-classification
+head for classification and a token-classification head for extraction, and a decoder its
+language-model head. Training records the head with its labels in the run; evaluation picks
+the specialist's kind from that record (a run without one is a causal LM: runs trained
+before heads existed).
 """
 
 from __future__ import annotations
@@ -19,53 +22,71 @@ from finetune.files import write_json
 
 CAUSAL_LM = "causal-lm"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
+TOKEN_CLASSIFICATION = "token-classification"
+CLASSIFIER_HEADS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
 HEAD_FILE = "head.json"
+# The transformers class that loads a model with each head, and the task each classifier serves.
+AUTO_CLASS = {
+    CAUSAL_LM: "AutoModelForCausalLM",
+    SEQUENCE_CLASSIFICATION: "AutoModelForSequenceClassification",
+    TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
+}
+HEAD_TASK = {SEQUENCE_CLASSIFICATION: "classification", TOKEN_CLASSIFICATION: "extraction"}
 
 
-def resolved_head(head: str, role: str | None) -> str:
-    """`model.head` with `auto` decided by the base model's role (None: not known, a decoder)."""
+def auto_class(head: str) -> Any:
+    import transformers
+
+    return getattr(transformers, AUTO_CLASS[head])
+
+
+def resolved_head(head: str, role: str | None, task: str = "classification") -> str:
+    """`model.head` with `auto` decided by the base model's role (None: not known, a decoder)
+    and the task: an encoder classifies sequences, or tags tokens for extraction."""
     if head != "auto":
         return head
-    return SEQUENCE_CLASSIFICATION if role == "encoder" else CAUSAL_LM
+    if role != "encoder":
+        return CAUSAL_LM
+    return TOKEN_CLASSIFICATION if task == "extraction" else SEQUENCE_CLASSIFICATION
 
 
 def head_problems(recipe: Any, role: str | None) -> list[tuple[str, str]]:
     """Why the recipe's head does not fit its base model, task or settings, as (key, message)."""
-    head = resolved_head(recipe.model.head, role)
+    head = resolved_head(recipe.model.head, role, recipe.task.type)
     if role == "encoder" and head == CAUSAL_LM:
         return [
             (
                 "model.head",
                 f"{recipe.model.base!r} is an encoder (BERT family), which has no language-model head "
-                "to write answers with; use head: sequence-classification (or auto), or a decoder base model",
+                "to write answers with; use head: sequence-classification or token-classification "
+                "(or auto), or a decoder base model",
             )
         ]
-    return _classifier_problems(recipe, role) if head == SEQUENCE_CLASSIFICATION else []
+    return _classifier_problems(recipe, role, head) if head in CLASSIFIER_HEADS else []
 
 
-def _classifier_problems(recipe: Any, role: str | None) -> list[tuple[str, str]]:
-    base, task = recipe.model.base, recipe.task.type
+def _classifier_problems(recipe: Any, role: str | None, head: str) -> list[tuple[str, str]]:
+    base, task, needed = recipe.model.base, recipe.task.type, HEAD_TASK[head]
     problems = []
-    if task != "classification":
+    if task != needed:
         problems.append(
             (
                 "task.type",
-                f"{base!r} is an encoder: it trains a sequence-classification head, which needs task.type: "
-                f"classification; found {task!r}. Use a decoder base model (e.g. smollm2-135m-instruct) for "
+                f"{base!r} is an encoder: it trains a {head} head, which needs task.type: "
+                f"{needed}; found {task!r}. Use a decoder base model (e.g. smollm2-135m-instruct) for "
                 f"{task} tasks",
             )
             if role == "encoder"
             else (
                 "model.head",
-                f"sequence-classification needs task.type: classification; found {task!r}. "
-                "Use head: causal-lm (or auto)",
+                f"{head} needs task.type: {needed}; found {task!r}. Use head: causal-lm (or auto)",
             )
         )
     if recipe.model.quantization != "none":
         problems.append(
             (
                 "model.quantization",
-                "a sequence-classification head trains on unquantized weights; found quantization "
+                f"a {head} head trains on unquantized weights; found quantization "
                 f"{recipe.model.quantization!r}. Use quantization: none",
             )
         )
@@ -74,7 +95,7 @@ def _classifier_problems(recipe: Any, role: str | None) -> list[tuple[str, str]]
             problems.append(
                 (
                     f"train.{key}",
-                    "joins several examples into one row, but a sequence-classification head reads "
+                    f"joins several examples into one row, but a {head} head reads "
                     "one text per row; set it to false",
                 )
             )
@@ -99,7 +120,7 @@ def _baseline_problems(recipe: Any) -> list[tuple[str, str]]:
 
 def save_head(run_dir: str | Path, head: str, labels: list[str]) -> Path:
     """Record the run's head; `labels` are the classifier's outputs in order (its `id2label`)."""
-    labels = list(labels) if head == SEQUENCE_CLASSIFICATION else []
+    labels = list(labels) if head in CLASSIFIER_HEADS else []
     return write_json(Path(run_dir) / HEAD_FILE, {"head": head, "labels": labels})
 
 
@@ -107,3 +128,9 @@ def run_head(run_dir: str | Path) -> str:
     """The head a run trained (`causal-lm` for a run from before heads were recorded)."""
     path = Path(run_dir) / HEAD_FILE
     return json.loads(path.read_text())["head"] if path.is_file() else CAUSAL_LM
+
+
+def run_labels(run_dir: str | Path) -> list[str]:
+    """The classifier outputs a run recorded, in order (empty for a causal LM)."""
+    path = Path(run_dir) / HEAD_FILE
+    return json.loads(path.read_text())["labels"] if path.is_file() else []

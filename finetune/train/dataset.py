@@ -4,7 +4,9 @@ For a causal LM, examples are encoded with the shared prompt format (`finetune.p
 with a completion mask, so the trainer sees exactly the tokens evaluation will score; TRL's
 SFTTrainer turns the mask into labels (-100 on prompt tokens) and packs when asked. For a
 sequence classifier, an example is its text alone (`finetune.prompts.encode_text`, as
-evaluation reads it) and the index of its label in `task.labels`. The validation split is
+evaluation reads it) and the index of its label in `task.labels`; for a token classifier, its
+words tagged in IOB2 with the first sub-word token of each labelled (`finetune.tagging`). The
+validation split is
 ordered longest first, so its batches carry little padding (validation loss is a mean over
 fixed examples: their order only groups them).
 """
@@ -73,6 +75,31 @@ def encode_text_split(recipe: Recipe, split: str, tokenizer: Any) -> EncodedSpli
         "input_ids": [e.input_ids for e in encoded],
         "labels": [recipe.task.labels.index(row["label"]) for row in rows],
     }
+    return _as_split(recipe, split, columns, sum(e.truncated for e in encoded))
+
+
+def encode_tagged_split(
+    recipe: Recipe, split: str, tokenizer: Any, labels: list[str]
+) -> EncodedSplit | None:
+    """The split's texts with a label per token (`tagging.encode_tagged`); None when empty."""
+    from finetune.tagging import encode_tagged, word_tags, words
+
+    rows = load_split(recipe, split)
+    if not rows:
+        return None
+    label_ids = {label: i for i, label in enumerate(labels)}
+    encoded = [
+        encode_tagged(
+            tokenizer,
+            row["text"],
+            word_tags(row["text"], row["entities"], words(row["text"])),
+            label_ids,
+            max_length=recipe.model.max_length,
+            truncation=recipe.model.truncation,
+        )
+        for row in rows
+    ]
+    columns = {"input_ids": [e.input_ids for e in encoded], "labels": [e.labels for e in encoded]}
     return _as_split(recipe, split, columns, sum(e.truncated for e in encoded))
 
 

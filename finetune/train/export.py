@@ -13,8 +13,8 @@ from functools import partial
 from pathlib import Path
 
 from finetune.errors import FinetuneError
-from finetune.heads import HEAD_FILE, SEQUENCE_CLASSIFICATION, run_head
-from finetune.models import load_causal_lm, load_sequence_classifier, resolve
+from finetune.heads import CLASSIFIER_HEADS, HEAD_FILE, run_head, run_labels
+from finetune.models import load_causal_lm, load_classifier, resolve
 from finetune.prompts import PROMPT_FILE
 from finetune.recipe import load_recipe
 from finetune.runs import check_same_base
@@ -46,9 +46,9 @@ def export_merged(
     )
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     # Merge in float32 whatever the training dtype, so the merged weights lose nothing.
-    loader = load_causal_lm
-    if run_head(run_dir) == SEQUENCE_CLASSIFICATION:
-        loader = partial(load_sequence_classifier, labels=recipe.task.labels)
+    loader, head = load_causal_lm, run_head(run_dir)
+    if head in CLASSIFIER_HEADS:
+        loader = partial(load_classifier, labels=run_labels(run_dir), head=head)
     base = loader(
         source,
         dtype=torch.float32,
@@ -57,7 +57,7 @@ def export_merged(
     )
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     merged = merged.to(getattr(torch, dtype))
-    if run_head(run_dir) == SEQUENCE_CLASSIFICATION:
+    if head in CLASSIFIER_HEADS:
         merged.config.pad_token_id = tokenizer.pad_token_id  # as trained (`padded`)
     out = Path(out) if out else run_dir / "merged"
     tmp = out.with_name(out.name + ".partial")

@@ -13,8 +13,13 @@ from typing import Any
 
 from finetune.deps import require
 from finetune.hardware import has_cuda, training_attention, use_bf16_autocast, weight_dtype
-from finetune.heads import head_problems, resolved_head
-from finetune.models import ModelSource, load_causal_lm, load_sequence_classifier, source_role
+from finetune.heads import (
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    head_problems,
+    resolved_head,
+)
+from finetune.models import ModelSource, load_causal_lm, load_classifier, source_role
 from finetune.recipe import Problem, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,7 @@ def trained_head(recipe: Recipe, recipe_path: str | Path, source: ModelSource) -
     problems = head_problems(recipe, role)
     if problems:
         raise RecipeError([Problem(str(recipe_path), key, message) for key, message in problems])
-    return resolved_head(recipe.model.head, role)
+    return resolved_head(recipe.model.head, role, recipe.task.type)
 
 
 def load_base_for_training(
@@ -72,18 +77,28 @@ def load_base_for_training(
     return model
 
 
+PEFT_TASK = {SEQUENCE_CLASSIFICATION: "SEQ_CLS", TOKEN_CLASSIFICATION: "TOKEN_CLS"}
+
+
 def load_classifier_for_training(
-    recipe: Recipe, source: ModelSource, pad_token_id: int, *, typical_length: int | None = None
+    recipe: Recipe,
+    source: ModelSource,
+    pad_token_id: int,
+    *,
+    labels: list[str],
+    head: str = SEQUENCE_CLASSIFICATION,
+    typical_length: int | None = None,
 ) -> Any:
-    """The base with a classification head for `task.labels`: for `lora` wrapped with adapters,
+    """The base with a classification `head` for `labels`: for `lora` wrapped with adapters,
     and every module the checkpoint did not hold (the new head; BERT's pooler when it was saved
     without one) trained whole, since frozen random weights would never learn."""
     from transformers import set_seed
 
     set_seed(recipe.seed)  # the new head's initial weights, drawn before the Trainer seeds
-    model, info = load_sequence_classifier(
+    model, info = load_classifier(
         source,
-        recipe.task.labels,
+        labels,
+        head=head,
         dtype=weight_dtype(recipe.model.dtype, method=recipe.train.method),
         trust_remote_code=recipe.model.trust_remote_code,
         allow_pickle=recipe.model.allow_pickle,
@@ -98,7 +113,7 @@ def load_classifier_for_training(
         return model
     from peft import get_peft_model
 
-    config = lora_config(recipe, task_type="SEQ_CLS", modules_to_save=new_modules)
+    config = lora_config(recipe, task_type=PEFT_TASK[head], modules_to_save=new_modules)
     model = get_peft_model(model, config)
     # PEFT keeps adapters in float32 but the modules it trains whole in the base's dtype: in
     # bf16 a head's small updates would mostly round away. float32 master weights, as `full`.
@@ -140,7 +155,8 @@ def lora_config(
     recipe: Recipe, *, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None
 ) -> Any | None:
     """The PEFT LoraConfig for `train.method: lora`, None for full fine-tuning. With `SEQ_CLS`,
-    PEFT trains the classifier whole (`modules_to_save`) and puts no adapter on it."""
+    PEFT trains the classifier whole (`modules_to_save`) and puts no adapter on it (and
+    likewise with `TOKEN_CLS`)."""
     if recipe.train.method != "lora":
         return None
     from peft import LoraConfig

@@ -4,8 +4,8 @@
 resume, tracking, callbacks, outputs and summary. What differs sits behind `Objective`: how
 examples become tokens (`encode`) and which Trainer trains which model (`build_trainer`).
 `CausalLMObjective` is supervised fine-tuning on prompt + answer with TRL's SFTTrainer;
-`SequenceClassificationObjective` (classifier.py) a classification head on the text alone
-with transformers' Trainer. Both take the same training arguments (`common_arguments`).
+`SequenceClassificationObjective` and `TokenClassificationObjective` (classifier.py) a head
+that classifies the text, or tags its words, with transformers' Trainer. Both take the same training arguments (`common_arguments`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from finetune.data import PreparedData
 from finetune.errors import FinetuneError
 from finetune.hardware import has_cuda, use_bf16_autocast
-from finetune.heads import CAUSAL_LM, SEQUENCE_CLASSIFICATION
+from finetune.heads import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from finetune.models import ModelSource
 from finetune.prompts import PromptFormat, prompt_format
 from finetune.recipe import Recipe
@@ -31,6 +31,7 @@ class Splits:
     fmt: PromptFormat
     train: EncodedSplit
     validation: EncodedSplit | None
+    labels: list[str]  # a classifier's outputs in order (its id2label); empty for a causal LM
 
 
 class Objective(Protocol):
@@ -53,11 +54,15 @@ class Objective(Protocol):
 
 
 def objective_for(head: str) -> Objective:
-    from finetune.train.classifier import SequenceClassificationObjective
+    from finetune.train.classifier import (
+        SequenceClassificationObjective,
+        TokenClassificationObjective,
+    )
 
     return {
         CAUSAL_LM: CausalLMObjective(),
         SEQUENCE_CLASSIFICATION: SequenceClassificationObjective(),
+        TOKEN_CLASSIFICATION: TokenClassificationObjective(),
     }[head]
 
 
@@ -67,6 +72,7 @@ def checked_splits(
     fmt: PromptFormat,
     train: EncodedSplit | None,
     validation: EncodedSplit | None,
+    labels: list[str] = (),
 ) -> Splits:
     """The splits, refused when there is nothing to train on or early stopping has nothing to watch."""
     if train is None:
@@ -75,7 +81,7 @@ def checked_splits(
         raise FinetuneError(
             "train.early_stopping_patience needs a validation split; set data.split.validation above 0"
         )
-    return Splits(fmt, train, validation)
+    return Splits(fmt, train, validation, list(labels))
 
 
 class CausalLMObjective:

@@ -159,7 +159,7 @@ def _train_in(
     checkpoint = _resume_point(job, splits.fmt) if resuming else None
     if job.run is not None:
         splits.fmt.save(job.run_dir)
-        save_head(job.run_dir, job.objective.head, job.recipe.task.labels)
+        save_head(job.run_dir, job.objective.head, splits.labels)
         truncate_log(job.run_dir, _checkpoint_step(checkpoint))
     tracker = _open_tracker(job)
     try:

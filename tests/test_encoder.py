@@ -298,6 +298,43 @@ def test_the_encoder_specialist_runs_beside_a_causal_baseline_and_tfidf(evaluate
         assert set(record["predictions"]["tiny llm"]["label_logprobs"]) == set(LABELS)
 
 
+def test_a_decoder_run_beside_the_encoder_is_timed_and_measured_on_its_own_weights(
+    evaluated, tiny_model_dir, tmp_path
+):
+    """A LoRA decoder run as a `run:` baseline of the encoder run: the timing rounds and the
+    memory processes load each system by its own instance key (the decoder's prompts on BERT
+    weights fail: ids past BERT's vocabulary)."""
+    recipe, run_dir, _, _ = evaluated
+    causal = load_recipe(
+        run_dir / "recipe.yaml",
+        [
+            f"model.base={tiny_model_dir}",
+            "name=tiny-decoder",
+            "train.max_steps=4",
+            "eval.baselines=[]",
+        ],
+    )
+    other = train(causal, recipe_path=run_dir / "recipe.yaml").run_dir
+    own = json.loads(evaluate(causal, other).read_text())["systems"][0]
+    combined = recipe.model_copy(
+        update={
+            "eval": recipe.eval.model_copy(
+                update={
+                    "memory": "alone",
+                    "baselines": [
+                        type(recipe.eval.baselines[0])(name="decoder lora", run=str(other))
+                    ],
+                }
+            )
+        }
+    )
+    results = json.loads(evaluate(combined, run_dir).read_text())
+    systems = {s["name"]: s for s in results["systems"]}
+    decoder = systems["decoder lora"]
+    assert decoder["metrics"] == own["metrics"]
+    assert len(decoder["latency_ms"]["rounds"]) == recipe.eval.timing.rounds
+
+
 def test_a_decoder_trains_a_classification_head_when_asked(tmp_path, tiny_model_dir):
     make = tiny_recipe_factory(tmp_path, tiny_model_dir)
     path = make(

@@ -43,7 +43,9 @@ class OtherRun:
         inner, identity, other, other_dir = loaded.identity
         own = Context(other_dir, context.items, context.train_rows)
         view = dataclasses.replace(loaded, kind=inner, identity=identity)
-        return inner.plan(other, system, SPECIALIST, view, own)
+        # The inner kind plans its run's specialist; the instance in this evaluation is `key`
+        # (timing and memory load it by the plan's key, and `specialist` is this run's own).
+        return dataclasses.replace(inner.plan(other, system, SPECIALIST, view, own), key=key)
 
     def sizes(self, model: Any) -> tuple[int, int, int]:
         from finetune.evaluate.causal import parameter_sizes

@@ -229,9 +229,9 @@ def _fit(
 def _compile(model: Any) -> None:
     compiled = compile_decoder_layers(model)
     if compiled:
-        log.info("train.compile: compiling %d decoder layers on the first steps", compiled)
+        log.info("train.compile: compiling %d transformer layers on the first steps", compiled)
     else:
-        log.warning("train.compile: found no decoder layers to compile; training uncompiled")
+        log.warning("train.compile: found no transformer layers to compile; training uncompiled")
 
 
 def _resume_point(job: _Job, fmt: PromptFormat) -> Path | None:

@@ -436,6 +436,14 @@ def test_bottom_line_names_best_quality_and_cheapest_when_the_specialist_does_no
         "the specialist has both the highest accuracy (0.910) and the lowest cost ($0.0020 per 1k "
         "requests); no baseline is clearly cheaper."
     )
+    # Dearer at the median but not clearly (the rounds' ratios straddle 1): never "lowest cost".
+    set_rounds(results["systems"][0], "cost", [0.0019, 0.0023, 0.0021, 0.0022, 0.0024, 0.0018])
+    retime(results)
+    assert _bottom_line(results).endswith(
+        "the specialist has the highest accuracy (0.910); no baseline is clearly cheaper, though "
+        "base zero-shot's median $0.0020 per 1k requests is below the specialist's $0.0022 (not "
+        "clearly, over these rounds)."
+    )
 
 
 def test_headline_table_is_readable_at_100_columns():

@@ -217,6 +217,12 @@ def _clearly_cheaper(results: dict[str, Any]) -> System | None:
     return min(cheaper, key=cost) if cheaper else None
 
 
+def _lower_point_cost(results: dict[str, Any], special: System) -> System | None:
+    """The cheapest baseline whose median cost is below the specialist's, clearly or not."""
+    lower = [s for s in results["systems"] if s is not special and cost(s) < cost(special)]
+    return min(lower, key=cost) if lower else None
+
+
 def bottom_line(results: dict[str, Any]) -> str:
     """Deploy the specialist when it significantly beats every baseline and none is clearly
     cheaper; otherwise name the trade-off: the best-quality system and the cheapest one."""
@@ -248,7 +254,14 @@ def bottom_line(results: dict[str, Any]) -> str:
         )
     best = max(results["systems"], key=lambda s: (s["metrics"][metric]["value"], s is special))
     best_text = f"{fmt.score(best['metrics'][metric]['value'])}"
-    if best is cheapest:
+    lower = _lower_point_cost(results, special) if best is cheapest is special else None
+    if lower is not None:
+        tail = (
+            f"the specialist has the highest {label} ({best_text}); no baseline is clearly "
+            f"cheaper, though {lower['name']}'s median {fmt.usd(cost(lower))} per 1k requests is "
+            f"below the specialist's {fmt.usd(cost(special))} (not clearly, over these rounds)"
+        )
+    elif best is cheapest:
         tail = (
             f"{_name(best, special)} has both the highest {label} ({best_text}) and the lowest "
             f"cost ({fmt.usd(cost(best))} per 1k requests)"

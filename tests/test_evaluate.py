@@ -102,6 +102,23 @@ def test_each_system_peak_memory_is_measured_alone(evaluated):
     assert peaks["tf-idf + logreg"] > _peak_of_a_process("import sklearn.linear_model")
 
 
+def test_a_system_that_cannot_be_measured_alone_is_named_and_the_rest_go_on(evaluated, caplog):
+    from types import SimpleNamespace
+
+    from finetune.evaluate.memory import measured_alone
+    from finetune.evaluate.systems import System
+
+    recipe, _, run_dir, _, _ = evaluated
+    ghost = SimpleNamespace(system=System("ghost", "baseline", "run", kind="run"), key="run:ghost")
+    tfidf = SimpleNamespace(
+        system=System("tf-idf + logreg", "baseline", "tfidf", kind="tfidf"),
+        key="tfidf:tf-idf + logreg",
+    )
+    peaks = measured_alone(recipe, run_dir, [ghost, tfidf])  # no baseline "ghost" to load
+    assert list(peaks) == ["tf-idf + logreg"] and peaks["tf-idf + logreg"] > 0
+    assert "ghost: its peak memory could not be measured alone (ValueError" in caplog.text
+
+
 def test_reported_numbers_equal_a_recount_from_the_predictions(evaluated):
     recipe, _, _, results, predictions = evaluated
     golds = [p["gold"] for p in predictions]

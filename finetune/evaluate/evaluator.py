@@ -214,7 +214,7 @@ def _measure_memory(
     peaks = memory.measured_alone(recipe, run_dir, plans, on_done=lambda: progress.advance(task))
     progress.remove_task(task)
     for outcome in outcomes:
-        outcome.peak_memory = peaks[outcome.system.name]
+        outcome.peak_memory = peaks.get(outcome.system.name, outcome.peak_memory)
 
 
 def _time(

@@ -12,6 +12,7 @@ and are read in the evaluating process (`shared`, which is also the quick choice
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,8 @@ from typing import Any
 from finetune.evaluate.systems import Context, Plan, System, kind_of
 from finetune.hardware import has_cuda, process_peak_bytes
 from finetune.recipe import Recipe
+
+log = logging.getLogger(__name__)
 
 
 def method(recipe: Recipe) -> str:
@@ -32,15 +35,23 @@ def method(recipe: Recipe) -> str:
 def measured_alone(recipe: Recipe, run_dir: Path, plans: list[Plan], on_done: Any = None) -> dict:
     """{system name: peak bytes}, each from a fresh process of its own."""
     peaks = {}
-    # One task per process (max_tasks_per_child=1), spawned: nothing inherited, nothing kept.
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn, max_tasks_per_child=1) as pool:
-        for plan in plans:
-            peaks[plan.system.name] = pool.submit(
-                _alone, recipe, run_dir, plan.system, plan.key
-            ).result()
-            if on_done:
-                on_done()
+    spawn = multiprocessing.get_context("spawn")  # nothing inherited from this process
+    for plan in plans:
+        with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # a fresh process per system
+            try:
+                peaks[plan.system.name] = pool.submit(
+                    _alone, recipe, run_dir, plan.system, plan.key
+                ).result()
+            except Exception as exc:  # killed for memory, say: say so and go on
+                log.warning(
+                    "%s: its peak memory could not be measured alone (%s: %s); the evaluating "
+                    "process's figure is kept for it",
+                    plan.system.name,
+                    type(exc).__name__,
+                    exc,
+                )
+        if on_done:
+            on_done()
     return peaks
 
 
@@ -48,8 +59,6 @@ def _alone(recipe: Recipe, run_dir: Path, system: System, key: str) -> int:
     """In a fresh process: load the system, plan every test item, score the longest batch."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TQDM_DISABLE"] = "1"
-    import logging
-
     logging.disable(logging.WARNING)  # the evaluating process has already said what loading says
     from finetune.data import load_split
 

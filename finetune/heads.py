@@ -124,13 +124,17 @@ def save_head(run_dir: str | Path, head: str, labels: list[str]) -> Path:
     return write_json(Path(run_dir) / HEAD_FILE, {"head": head, "labels": labels})
 
 
-def run_head(run_dir: str | Path) -> str:
-    """The head a run trained (`causal-lm` for a run from before heads were recorded)."""
+def _record(run_dir: str | Path) -> dict[str, Any]:
+    """The run's head.json; a run from before heads were recorded trained a causal LM."""
     path = Path(run_dir) / HEAD_FILE
-    return json.loads(path.read_text())["head"] if path.is_file() else CAUSAL_LM
+    return json.loads(path.read_text()) if path.is_file() else {"head": CAUSAL_LM, "labels": []}
+
+
+def run_head(run_dir: str | Path) -> str:
+    """The head a run trained."""
+    return _record(run_dir)["head"]
 
 
 def run_labels(run_dir: str | Path) -> list[str]:
     """The classifier outputs a run recorded, in order (empty for a causal LM)."""
-    path = Path(run_dir) / HEAD_FILE
-    return json.loads(path.read_text())["labels"] if path.is_file() else []
+    return _record(run_dir)["labels"]

@@ -31,14 +31,15 @@ WORDS = [
 ]
 
 
-def build_tiny_bert(path: Path) -> Path:
+def build_tiny_bert(path: Path, pieces: list[str] | None = None) -> Path:
     """A 2-layer random BERT (hidden 32) saved as a masked LM, as Hub BERTs are, with a
-    WordPiece tokenizer over the review words; no dropout, so the toy task learns in a few
-    dozen steps."""
+    WordPiece tokenizer over `pieces` (default: the review words); no dropout, so the toy
+    task learns in a few dozen steps."""
     from transformers import BertConfig, BertForMaskedLM, BertTokenizer
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    pieces = [*sorted(set(WORDS)), *"0123456789,.", *(f"##{d}" for d in "0123456789")]
+    if pieces is None:
+        pieces = [*sorted(set(WORDS)), *"0123456789,.", *(f"##{d}" for d in "0123456789")]
     tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate([*specials, *pieces])})
     tokenizer.save_pretrained(path)
     torch.manual_seed(0)

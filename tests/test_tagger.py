@@ -12,6 +12,7 @@ import torch
 from conftest import tiny_recipe_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_encoder import build_tiny_bert
 from test_train import Snapshot
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -67,27 +68,10 @@ def ner_rows(n: int, seed: int = 0) -> list[dict]:
 
 
 def build_tiny_ner_bert(path: Path) -> Path:
-    """A 2-layer random BERT over the sentences' words, with '##' pieces so that some names split
-    into several sub-word tokens ("carl" is "car" + "##l")."""
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizer
-
+    """test_encoder's tiny BERT over the sentences' words, with '##' pieces so that some names
+    split into several sub-word tokens ("carl" is "car" + "##l")."""
     vocab = sorted({w for phrase in [*NAMES, *CITIES, *FILLER] for w in phrase.split()} - {"carl"})
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer = BertTokenizer(vocab={w: i for i, w in enumerate([*specials, *vocab, "car", "##l"])})
-    tokenizer.save_pretrained(path)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertForMaskedLM(config).save_pretrained(path)
-    return path
+    return build_tiny_bert(path, [*vocab, "car", "##l"])
 
 
 @pytest.fixture(scope="session")

@@ -1,13 +1,15 @@
 """Which head a recipe trains on its base model, and the record of it in a run (`head.json`).
 
 `causal-lm`: the model writes the answer after a prompt (`finetune/prompts.py`), trained with
-TRL's SFTTrainer, for every task type. `sequence-classification`: a classification head reads
+TRL's SFTTrainer, for every task type. `seq2seq-lm`: an encoder-decoder (T5, BART) reads the
+prompt and its decoder writes the answer, trained with transformers' Trainer on the answer's
+cross-entropy, for every task type. `sequence-classification`: a classification head reads
 the input text alone and scores the task's labels; `token-classification`: a head tags each
 word of the text with IOB2 tags (`finetune/tagging.py`), for extraction; both trained with
 transformers' Trainer. The head comes from the recipe (`model.head`), the task and what the
 base model is (`models.model_role`): `auto` gives an encoder base a sequence-classification
-head for classification and a token-classification head for extraction, and a decoder its
-language-model head. Training records the head with its labels in the run; evaluation picks
+head for classification and a token-classification head for extraction, an encoder-decoder
+its seq2seq head, and a decoder its language-model head. Training records the head with its labels in the run; evaluation picks
 the specialist's kind from that record (a run without one is a causal LM: runs trained
 before heads existed).
 """
@@ -21,6 +23,7 @@ from typing import Any
 from finetune.files import write_json
 
 CAUSAL_LM = "causal-lm"
+SEQ2SEQ_LM = "seq2seq-lm"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 TOKEN_CLASSIFICATION = "token-classification"
 CLASSIFIER_HEADS = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
@@ -28,6 +31,7 @@ HEAD_FILE = "head.json"
 # The transformers class that loads a model with each head, and the task each classifier serves.
 AUTO_CLASS = {
     CAUSAL_LM: "AutoModelForCausalLM",
+    SEQ2SEQ_LM: "AutoModelForSeq2SeqLM",
     SEQUENCE_CLASSIFICATION: "AutoModelForSequenceClassification",
     TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
 }
@@ -42,9 +46,12 @@ def auto_class(head: str) -> Any:
 
 def resolved_head(head: str, role: str | None, task: str = "classification") -> str:
     """`model.head` with `auto` decided by the base model's role (None: not known, a decoder)
-    and the task: an encoder classifies sequences, or tags tokens for extraction."""
+    and the task: an encoder classifies sequences, or tags tokens for extraction; an
+    encoder-decoder writes the answer with its decoder."""
     if head != "auto":
         return head
+    if role == "seq2seq":
+        return SEQ2SEQ_LM
     if role != "encoder":
         return CAUSAL_LM
     return TOKEN_CLASSIFICATION if task == "extraction" else SEQUENCE_CLASSIFICATION
@@ -53,6 +60,10 @@ def resolved_head(head: str, role: str | None, task: str = "classification") -> 
 def head_problems(recipe: Any, role: str | None) -> list[tuple[str, str]]:
     """Why the recipe's head does not fit its base model, task or settings, as (key, message)."""
     head = resolved_head(recipe.model.head, role, recipe.task.type)
+    if (head == SEQ2SEQ_LM) != (role == "seq2seq") and role is not None:
+        return [("model.head", _writer_mismatch(recipe.model.base, role, head))]
+    if head == SEQ2SEQ_LM:
+        return _seq2seq_problems(recipe)
     if role == "encoder" and head == CAUSAL_LM:
         return [
             (
@@ -63,6 +74,31 @@ def head_problems(recipe: Any, role: str | None) -> list[tuple[str, str]]:
             )
         ]
     return _classifier_problems(recipe, role, head) if head in CLASSIFIER_HEADS else []
+
+
+def _writer_mismatch(base: str, role: str, head: str) -> str:
+    if role == "seq2seq":
+        return (
+            f"{base!r} is an encoder-decoder (T5, BART): its decoder writes the answer, "
+            f"which is head: seq2seq-lm (or auto); found {head!r}"
+        )
+    what = "an encoder (BERT family)" if role == "encoder" else "a decoder"
+    return (
+        f"head: seq2seq-lm needs an encoder-decoder base model (T5, Flan-T5, BART), but "
+        f"{base!r} is {what}; use head: auto"
+    )
+
+
+def _seq2seq_problems(recipe: Any) -> list[tuple[str, str]]:
+    return [
+        (
+            f"train.{key}",
+            "joins several examples into one row, but an encoder-decoder reads one prompt "
+            "per row and writes its answer apart; set it to false",
+        )
+        for key in ("packing", "padding_free")
+        if getattr(recipe.train, key)
+    ]
 
 
 def _classifier_problems(recipe: Any, role: str | None, head: str) -> list[tuple[str, str]]:

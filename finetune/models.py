@@ -31,6 +31,8 @@ from finetune.files import write_json
 from finetune.pypi import cache_dir, wheel_for
 
 log = logging.getLogger(__name__)
+# What a model is: a decoder, an encoder (BERT family) or an encoder-decoder (T5, BART).
+Role = Literal["causal-lm", "encoder", "seq2seq"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHUNK = 1 << 20
 
@@ -48,7 +50,7 @@ class RegistryModel:
     architecture: str
     weights: str  # where the numbers come from, e.g. "GGUF Q4_1 (de-quantized)"
     sha256: str | None = None  # of the assembled GGUF or zip; None where not pinned
-    role: Literal["causal-lm", "encoder"] = "causal-lm"
+    role: Role = "causal-lm"
 
 
 def _parts(dist: str, version: str, count: int, width: int = 1) -> tuple[str, ...]:
@@ -232,8 +234,9 @@ def reference_problem(ref: str) -> str | None:
 _WRITING_ARCHITECTURES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
-def model_role(ref: str) -> Literal["causal-lm", "encoder"] | None:
-    """Whether `ref` is a decoder (`causal-lm`) or an encoder, without loading it: the registry's
+def model_role(ref: str) -> Role | None:
+    """Whether `ref` is a decoder (`causal-lm`), an encoder or an encoder-decoder (`seq2seq`),
+    without loading it: the registry's
     role, else its config.json in a local directory or the Hugging Face cache (None: no config here)."""
     if ref in REGISTRY:
         return REGISTRY[ref].role
@@ -260,11 +263,14 @@ def source_role(source: ModelSource, *, trust_remote_code: bool = False) -> str:
     return config_role(config.to_dict())
 
 
-def config_role(config: dict[str, Any]) -> Literal["causal-lm", "encoder"]:
-    """An encoder is neither a decoder nor an encoder-decoder, and its model type has a masked-LM
-    class in transformers (BERT, RoBERTa, DeBERTa, ModernBERT, ...). `BertModel` and `LlamaModel`
-    look alike by architecture, so only a masked-LM or a text-writing class decides it alone."""
-    if config.get("is_decoder") or config.get("is_encoder_decoder"):
+def config_role(config: dict[str, Any]) -> Role:
+    """An encoder-decoder (T5, BART) says so in its config. An encoder is neither that nor a
+    decoder, and its model type has a masked-LM class in transformers (BERT, RoBERTa, DeBERTa,
+    ModernBERT, ...). `BertModel` and `LlamaModel` look alike by architecture, so only a
+    masked-LM or a text-writing class decides it alone."""
+    if config.get("is_encoder_decoder"):
+        return "seq2seq"
+    if config.get("is_decoder"):
         return "causal-lm"
     architectures = config.get("architectures") or []
     if any(a.endswith(_WRITING_ARCHITECTURES) for a in architectures):
@@ -502,19 +508,21 @@ def load_tokenizer(source: ModelSource, *, trust_remote_code: bool = False):
         return AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
 
 
-def load_causal_lm(
+def load_language_model(
     source: ModelSource,
     *,
+    head: str = "causal-lm",
     dtype: Any = None,
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     **kwargs: Any,
 ):
-    """Load a causal LM preferring safetensors; pickled weights only when the recipe allows them."""
-    from transformers import AutoModelForCausalLM
+    """Load a model that writes text, a causal LM or (`head: seq2seq-lm`) an encoder-decoder,
+    preferring safetensors; pickled weights only when the recipe allows them."""
+    from finetune.heads import auto_class
 
     return _load_pretrained(
-        AutoModelForCausalLM, source, dtype, trust_remote_code, allow_pickle, **kwargs
+        auto_class(head), source, dtype, trust_remote_code, allow_pickle, **kwargs
     )
 
 
@@ -529,7 +537,7 @@ def load_classifier(
     **kwargs: Any,
 ):
     """Load the model with a classification `head` (sequence or token) of one output per label,
-    in order (`id2label`), loading weights as `load_causal_lm` does. A head the checkpoint lacks,
+    in order (`id2label`), loading weights as `load_language_model` does. A head the checkpoint lacks,
     or has for another number of labels, is newly initialized (`output_loading_info=True` lists it)."""
     from finetune.heads import auto_class
 
@@ -617,7 +625,7 @@ def explained_load_errors(source: ModelSource) -> Iterator[None]:
         ) from None
     except Exception as exc:
         text = f"{type(exc).__name__}: {exc}"
-        # A repository with only pickled weights is reached fine: `load_causal_lm` explains that.
+        # A repository with only pickled weights is reached fine: `load_language_model` explains that.
         hub_trouble = any(word in text.lower() for word in _HUB_TROUBLE)
         if source.kind != "hub" or not hub_trouble or "safetensors" in text.lower():
             raise

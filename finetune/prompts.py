@@ -6,8 +6,9 @@ else the recipe's plain template. Training stores the format in the run director
 (`prompt.json`) and evaluation loads it from there, so both see identical prompts.
 
 Prompt and answer are tokenized separately and concatenated, so the answer's tokens are
-the same whether they are trained on, scored or generated. A sequence classifier reads no
-prompt: its format is `text` (the input alone, `encode_text`), stored the same way.
+the same whether they are trained on, scored or generated. An encoder-decoder reads the
+prompt alone and its decoder writes the answer apart (`encode_target`). A sequence classifier
+reads no prompt: its format is `text` (the input alone, `encode_text`), stored the same way.
 """
 
 from __future__ import annotations
@@ -103,6 +104,13 @@ def encode_text(tokenizer: Any, text: str, *, max_length: int, truncation: str =
     finally:
         tokenizer.truncation_side = side
     return Encoded(ids, [0] * len(ids), truncated=whole > max_length, prompt_length=len(ids))
+
+
+def encode_target(tokenizer: Any, answer: str, *, max_length: int) -> list[int]:
+    """An answer as an encoder-decoder's decoder writes it: the tokenizer's target encoding with
+    its special tokens (T5's `... </s>`, BART's `<s> ... </s>`), cut to `max_length` tokens with
+    the end token kept. Labels, scored labels and generated answers all take this form."""
+    return tokenizer(text_target=answer, truncation=True, max_length=max_length)["input_ids"]
 
 
 def render_prompt(

@@ -429,7 +429,7 @@ def test_an_encoder_recipe_takes_decoder_baselines(write_recipe, tiny_bert_dir):
         ),
         ({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}, "causal-lm"),
         ({"model_type": "llama", "architectures": ["LlamaModel"]}, "causal-lm"),
-        ({"model_type": "bart", "is_encoder_decoder": True}, "causal-lm"),
+        ({"model_type": "bart", "is_encoder_decoder": True}, "seq2seq"),
     ],
 )
 def test_an_encoder_is_told_from_its_config(config, role):

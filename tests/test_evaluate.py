@@ -523,13 +523,15 @@ def test_another_finished_run_is_a_baseline_served_as_its_own_recipe_serves_it(e
     run's report equal those of its own evaluation, on the same items."""
     _, path, run_dir, _, _ = evaluated
     run_dir = _copy_run(run_dir, tmp_path)  # evaluated again: keep the fixture's results
-    other_recipe = load_recipe(path, ["lora.r=4", "name=other-rank"])
+    # Memory is measured alone elsewhere: here a process per system would only cost time.
+    other_recipe = load_recipe(path, ["lora.r=4", "name=other-rank", "eval.memory=shared"])
     other_dir = train(
         other_recipe, recipe_path=path, overrides=["lora.r=4", "name=other-rank"]
     ).run_dir
     own = json.loads(evaluate(other_recipe, other_dir).read_text())
     combined_recipe = load_recipe(
-        path, [f'eval.baselines=[{{"name": "rank 4", "run": "{other_dir}"}}]']
+        path,
+        [f'eval.baselines=[{{"name": "rank 4", "run": "{other_dir}"}}]', "eval.memory=shared"],
     )
     combined = json.loads(evaluate(combined_recipe, run_dir).read_text())
     names = [s["name"] for s in combined["systems"]]

@@ -324,7 +324,7 @@ class CustomModel(LlamaForCausalLM):
 def test_model_code_never_runs_unless_the_recipe_trusts_it(tiny_model_dir, tmp_path):
     import shutil
 
-    from finetune.models import load_causal_lm, resolve
+    from finetune.models import load_language_model, resolve
 
     model_dir = tmp_path / "remote-code-model"
     shutil.copytree(tiny_model_dir, model_dir)
@@ -340,10 +340,10 @@ def test_model_code_never_runs_unless_the_recipe_trusts_it(tiny_model_dir, tmp_p
     with pytest.raises(
         FinetuneError, match=r"Set model\.trust_remote_code: true only if you trust"
     ):
-        load_causal_lm(resolve(str(model_dir)))
+        load_language_model(resolve(str(model_dir)))
     assert not marker.exists()
     # The same model with the recipe's consent: its code runs (so the refusal above was real).
-    model = load_causal_lm(resolve(str(model_dir)), trust_remote_code=True)
+    model = load_language_model(resolve(str(model_dir)), trust_remote_code=True)
     assert marker.read_text() == "ran" and type(model).__name__ == "CustomModel"
 
 
@@ -457,7 +457,7 @@ def test_without_the_hub_a_cached_hub_model_loads_from_the_cache(
 
     from huggingface_hub import constants
 
-    from finetune.models import load_causal_lm, resolve
+    from finetune.models import load_language_model, resolve
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
@@ -470,7 +470,7 @@ def test_without_the_hub_a_cached_hub_model_loads_from_the_cache(
     source = resolve("someone/tiny")
     assert source.kind == "hub" and source.location == str(repo / "snapshots" / "abc123")
     assert source.identity == {"hub_id": "someone/tiny"}, "the same identity as when fetched"
-    assert load_causal_lm(source).config.num_hidden_layers == 2
+    assert load_language_model(source).config.num_hidden_layers == 2
     assert time.monotonic() - started < 30
 
 

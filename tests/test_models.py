@@ -15,7 +15,7 @@ from conftest import REPO
 
 from finetune import models
 from finetune.errors import FinetuneError
-from finetune.models import REGISTRY, RegistryModel, load_causal_lm, resolve
+from finetune.models import REGISTRY, RegistryModel, load_language_model, resolve
 
 
 def test_local_directory_resolves_with_identity(tiny_model_dir):
@@ -190,7 +190,7 @@ def test_zip_kind_extracts_the_folder_holding_config(tmp_path, monkeypatch, tiny
     assert not (target / "source.zip").exists(), "the assembled zip is not kept"
     manifest = json.loads((target / "manifest.json").read_text())
     assert set(manifest["files"]) == {p.name for p in tiny_model_dir.iterdir() if p.is_file()}
-    assert load_causal_lm(source).config.num_hidden_layers == 2
+    assert load_language_model(source).config.num_hidden_layers == 2
 
 
 def test_zip_kind_refuses_a_wrong_hash(tmp_path, monkeypatch, tiny_model_dir):
@@ -234,13 +234,15 @@ def test_pickled_weights_refused_unless_allowed(tiny_model_dir, tmp_path):
         pickled / "pytorch_model.bin",
     )
     with pytest.raises(FinetuneError, match="has no safetensors weights, only pickled ones"):
-        load_causal_lm(resolve(str(pickled)))
-    assert load_causal_lm(resolve(str(pickled)), allow_pickle=True).config.num_hidden_layers == 2
+        load_language_model(resolve(str(pickled)))
+    assert (
+        load_language_model(resolve(str(pickled)), allow_pickle=True).config.num_hidden_layers == 2
+    )
 
 
 def test_trust_remote_code_warns(tiny_model_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="finetune"):
-        load_causal_lm(resolve(str(tiny_model_dir)), trust_remote_code=True)
+        load_language_model(resolve(str(tiny_model_dir)), trust_remote_code=True)
     assert "model.trust_remote_code is on" in caplog.text
 
 
@@ -274,7 +276,7 @@ def test_materialized_smollm2_generates_a_coherent_answer():
     )
     assert "quantization_config" not in config, "saved as an ordinary (not GGUF-quantized) model"
     tokenizer = load_tokenizer(source)
-    model = load_causal_lm(source, dtype=torch.float32).eval()
+    model = load_language_model(source, dtype=torch.float32).eval()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     messages = [
         {"role": "user", "content": "What is the capital of France? Answer in one sentence."}

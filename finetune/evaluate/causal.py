@@ -21,10 +21,11 @@ from finetune.evaluate import metrics as M
 from finetune.evaluate.scoring import LabelScorer, generate_answers, label_token_ids
 from finetune.evaluate.systems import SPECIALIST, Context, Inference, Loaded, Plan, System
 from finetune.hardware import free_memory, weight_dtype
+from finetune.heads import CAUSAL_LM
 from finetune.models import (
     ModelSource,
     check_fits,
-    load_causal_lm,
+    load_language_model,
     load_tokenizer,
     resolve,
     weights_bytes_needed,
@@ -38,6 +39,12 @@ log = logging.getLogger(__name__)
 class CausalLM:
     """The `Kind` of every decoder system (see `systems.Kind`)."""
 
+    head = CAUSAL_LM
+
+    def inference(self, recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
+        """How prompts become predictions: label scores, or greedy answers."""
+        return _inference(recipe, fmt, tokenizer)
+
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
         if key == SPECIALIST:
             loaded = _load_run_model(recipe, run_dir, self)
@@ -45,7 +52,7 @@ class CausalLM:
             source = resolve(
                 recipe.model.base if key == "base" else key, key="eval.baselines.model"
             )
-            model = _load(recipe, source)
+            model = _load(recipe, source, head=self.head)
             loaded = Loaded(
                 model, _tokenizer(source), source.ref, self, _disk(source, None), identity=source
             )
@@ -60,7 +67,7 @@ class CausalLM:
             _check_chat_template(context.run_dir, run_format, loaded)
         fmt = system_format(system, loaded, run_format, recipe)
         shots = draw_shots(recipe, context.train_rows, system.shots)
-        infer = _inference(recipe, fmt, loaded.tokenizer)
+        infer = self.inference(recipe, fmt, loaded.tokenizer)
         encoded = _encode_items(recipe, fmt, loaded.tokenizer, context.items, shots, infer.reserve)
         return Plan(
             system,
@@ -84,6 +91,7 @@ class CausalLM:
                 dtype=weight_dtype(recipe.model.dtype),
                 quantization=recipe.model.quantization if own else "none",
                 trust_remote_code=recipe.model.trust_remote_code and own,
+                head=self.head,
             )
         except Exception as exc:  # an estimate only: a model it cannot size loads per use
             log.warning("cannot estimate the size of %s (%s); it loads per use", ref, exc)
@@ -114,7 +122,9 @@ def serving_form(recipe: Recipe) -> str:
     return form
 
 
-def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple[Any, str]:
+def _attach_adapter(
+    recipe: Recipe, source: ModelSource, adapter: Path, head: str
+) -> tuple[Any, str]:
     """The base with the run's adapter, and a description of the form it is served in.
 
     The merge is done on float32 weights and rounded once to the serving dtype. Merging into
@@ -127,7 +137,8 @@ def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple
 
     dtype = weight_dtype(recipe.model.dtype)
     form = serving_form(recipe)
-    if form == "merged" and recipe.eval.specialist_form == "auto" and not _fits_float32(source):
+    auto = recipe.eval.specialist_form == "auto"
+    if form == "merged" and auto and not _fits_float32(source, head):
         log.warning(
             "%s: its float32 weights, needed for the merge, do not fit in memory; the adapter "
             "stays unmerged (eval.specialist_form)",
@@ -135,9 +146,10 @@ def _attach_adapter(recipe: Recipe, source: ModelSource, adapter: Path) -> tuple
         )
         form = "adapter"
     if form == "adapter":
-        tuned = PeftModel.from_pretrained(_load(recipe, source), str(adapter))
+        tuned = PeftModel.from_pretrained(_load(recipe, source, head=head), str(adapter))
         return tuned, "adapter unmerged, in float32"
-    return merged_in_float32(_load(recipe, source, dtype=torch.float32), adapter, dtype)
+    base = _load(recipe, source, dtype=torch.float32, head=head)
+    return merged_in_float32(base, adapter, dtype)
 
 
 def merged_in_float32(base: Any, adapter: Path, dtype: Any) -> tuple[Any, str]:
@@ -163,10 +175,10 @@ def parameter_sizes(model: Any) -> tuple[int, int, int]:
     return weights, total, adapter
 
 
-def _fits_float32(source: ModelSource) -> bool:
+def _fits_float32(source: ModelSource, head: str) -> bool:
     import torch
 
-    return weights_bytes_needed(source, dtype=torch.float32) <= free_memory()[0]
+    return weights_bytes_needed(source, dtype=torch.float32, head=head) <= free_memory()[0]
 
 
 def system_format(system: System, loaded: Loaded, run_format: PromptFormat, recipe: Recipe):
@@ -214,13 +226,13 @@ def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:
     source = resolve(recipe.model.base)
     if (run_dir / "model").is_dir():  # full fine-tuning: the run holds the whole model
         full = ModelSource(str(run_dir / "model"), "local", str(run_dir / "model"), {})
-        model = _load(recipe, full)
+        model = _load(recipe, full, head=kind.head)
         description = f"{source.ref} fine-tuned (full)"
         return Loaded(
             model, _tokenizer(full), description, kind, _disk(full, None), identity=source
         )
     check_same_base(run_dir, source.identity)
-    model, serving = _attach_adapter(recipe, source, run_dir / "adapter")
+    model, serving = _attach_adapter(recipe, source, run_dir / "adapter", kind.head)
     merged = " (merged)" if serving.startswith("merged") else ""
     return Loaded(
         model,
@@ -233,7 +245,7 @@ def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:
     )
 
 
-def _load(recipe: Recipe, source: ModelSource, *, dtype: Any = None) -> Any:
+def _load(recipe: Recipe, source: ModelSource, *, head: str, dtype: Any = None) -> Any:
     # The recipe's loading options (quantization, remote code, pickles) are for its own base
     # model; other baselines load plainly.
     own = source.ref == recipe.model.base
@@ -246,9 +258,12 @@ def _load(recipe: Recipe, source: ModelSource, *, dtype: Any = None) -> Any:
 
         kwargs["quantization_config"] = bnb_config(recipe)
     if recipe.model.check_memory:
-        check_fits(source, dtype=dtype, quantization=quantization, trust_remote_code=trust)
-    return load_causal_lm(
+        check_fits(
+            source, dtype=dtype, quantization=quantization, trust_remote_code=trust, head=head
+        )
+    return load_language_model(
         source,
+        head=head,
         dtype=dtype,
         trust_remote_code=trust,
         allow_pickle=recipe.model.allow_pickle and own,

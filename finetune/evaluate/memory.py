@@ -62,7 +62,7 @@ def _alone(recipe: Recipe, run_dir: Path, system: System, key: str) -> int:
     logging.disable(logging.WARNING)  # the evaluating process has already said what loading says
     from finetune.data import load_split
 
-    kind = kind_of(key, run_dir)
+    kind = kind_of(key, run_dir, recipe)
     loaded = kind.load(recipe, run_dir, key)
     context = Context(run_dir, load_split(recipe, "test"), load_split(recipe, "train"))
     plan = kind.plan(recipe, system, key, loaded, context)

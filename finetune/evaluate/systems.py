@@ -106,11 +106,13 @@ def kinds() -> dict[str, Kind]:
     from finetune.evaluate.causal import CausalLM
     from finetune.evaluate.encoder import Encoder
     from finetune.evaluate.other_run import OtherRun
+    from finetune.evaluate.seq2seq import Seq2SeqLM
     from finetune.evaluate.statistical import Tfidf
     from finetune.evaluate.tagger import Tagger
 
     return {
         "causal-lm": CausalLM(),
+        "seq2seq": Seq2SeqLM(),
         "encoder": Encoder(),
         "tagger": Tagger(),
         "run": OtherRun(),
@@ -144,19 +146,42 @@ def instance_key(recipe: Recipe, system: System) -> str:
     return system.model
 
 
-def kind_of(key: str, run_dir: Path | None = None) -> Kind:
+def kind_of(key: str, run_dir: Path | None = None, recipe: Recipe | None = None) -> Kind:
     """The kind named by the key's `<kind>:` prefix; for the specialist, the kind of the head its
-    run recorded (`head.json`: a sequence classifier is `encoder`, a token classifier
-    `tagger`); else a causal LM."""
-    from finetune.heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, run_head
+    run recorded (`head.json`: a sequence classifier is `encoder`, a token classifier `tagger`,
+    an encoder-decoder `seq2seq`); for a model (`base` is the recipe's base) the kind of what
+    it is, an encoder-decoder or else a causal LM."""
+    from finetune.heads import SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, run_head
 
     prefix, sep, _ = key.partition(":")
     registry = kinds()
     if sep and prefix in registry:
         return registry[prefix]
-    by_head = {SEQUENCE_CLASSIFICATION: "encoder", TOKEN_CLASSIFICATION: "tagger"}
-    head = run_head(run_dir) if key == SPECIALIST and run_dir is not None else None
+    by_head = {
+        SEQUENCE_CLASSIFICATION: "encoder",
+        TOKEN_CLASSIFICATION: "tagger",
+        SEQ2SEQ_LM: "seq2seq",
+    }
+    if key == SPECIALIST:
+        head = run_head(run_dir) if run_dir is not None else None
+    else:
+        head = SEQ2SEQ_LM if recipe and _role(recipe, key) == "seq2seq" else None
     return registry[by_head.get(head, "causal-lm")]
+
+
+def _role(recipe: Recipe, key: str) -> str | None:
+    """What the model of instance `key` is; None when it cannot be told here (its loader then
+    says why it cannot be loaded)."""
+    from finetune.models import model_role, resolve, source_role
+
+    ref = recipe.model.base if key == "base" else key
+    role = model_role(ref)
+    if role is not None:
+        return role
+    try:
+        return source_role(resolve(ref, key="eval.baselines.model"))
+    except Exception:
+        return None
 
 
 def load_groups(recipe: Recipe, systems: list[System]) -> list[tuple[str, list[System]]]:
@@ -170,7 +195,7 @@ def load_groups(recipe: Recipe, systems: list[System]) -> list[tuple[str, list[S
 @contextlib.contextmanager
 def loaded_model(recipe: Recipe, run_dir: Path, key: str) -> Iterator[Loaded]:
     """Load one instance for inference and free it afterwards."""
-    loaded = kind_of(key, run_dir).load(recipe, run_dir, key)
+    loaded = kind_of(key, run_dir, recipe).load(recipe, run_dir, key)
     try:
         yield loaded
     finally:
@@ -189,7 +214,7 @@ class ModelPool:
 
     def __enter__(self) -> ModelPool:
         for key in self.keys:
-            need = kind_of(key, self.run_dir).instance_bytes(self.recipe, key)
+            need = kind_of(key, self.run_dir, self.recipe).instance_bytes(self.recipe, key)
             free, _ = free_memory()
             if need is not None and need <= RESIDENT_SHARE * free:
                 self.resident[key] = self._stack.enter_context(

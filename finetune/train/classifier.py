@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import Trainer
-
 from finetune.data import PreparedData, load_split
 from finetune.errors import FinetuneError
 from finetune.heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
@@ -25,11 +23,7 @@ from finetune.recipe import Recipe
 from finetune.tagging import bio_labels, require_fast
 from finetune.train.dataset import encode_tagged_split, encode_text_split
 from finetune.train.objective import Splits, checked_splits, common_arguments, explained
-from finetune.train.sampler import SeededSampling
-
-
-class ClassifierTrainer(SeededSampling, Trainer):
-    """transformers' Trainer, with length-grouped batches in an order fixed by the seed."""
+from finetune.train.sampler import SeededTrainer
 
 
 class SequenceClassificationObjective:
@@ -68,7 +62,7 @@ class SequenceClassificationObjective:
             )
         except ValueError as exc:
             raise explained(exc) from exc
-        trainer = ClassifierTrainer(
+        trainer = SeededTrainer(
             model=model,
             args=TrainingArguments(**args),
             train_dataset=splits.train.dataset,

@@ -2,8 +2,9 @@
 
 For a causal LM, examples are encoded with the shared prompt format (`finetune.prompts.encode`)
 with a completion mask, so the trainer sees exactly the tokens evaluation will score; TRL's
-SFTTrainer turns the mask into labels (-100 on prompt tokens) and packs when asked. For a
-sequence classifier, an example is its text alone (`finetune.prompts.encode_text`, as
+SFTTrainer turns the mask into labels (-100 on prompt tokens) and packs when asked. For an
+encoder-decoder, an example is the same prompt as the encoder's input and the answer alone as
+the decoder's labels. For a sequence classifier, an example is its text alone (`finetune.prompts.encode_text`, as
 evaluation reads it) and the index of its label in `task.labels`; for a token classifier, its
 words tagged in IOB2 with the first sub-word token of each labelled (`finetune.tagging`). The
 validation split is
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.data import load_split
-from finetune.prompts import PromptFormat, encode, encode_text, target_text
+from finetune.prompts import PromptFormat, encode, encode_target, encode_text, target_text
 from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,34 @@ def encode_split(
         columns["input_ids"].append(enc.input_ids)
         columns["completion_mask"].append(enc.completion_mask)
         truncated += enc.truncated
+    return _as_split(recipe, split, columns, truncated)
+
+
+def encode_seq2seq_split(
+    recipe: Recipe, split: str, fmt: PromptFormat, tokenizer: Any
+) -> EncodedSplit | None:
+    """The split's prompts as an encoder-decoder reads them, each with its answer as the
+    decoder's labels (`prompts.encode_target`); None when the split is empty."""
+    rows = load_split(recipe, split)
+    if not rows:
+        return None
+    columns: dict[str, list] = {"input_ids": [], "labels": []}
+    truncated = 0
+    for row in rows:
+        prompt = encode(
+            fmt,
+            tokenizer,
+            row["text"],
+            None,
+            max_length=recipe.model.max_length,
+            truncation=recipe.model.truncation,
+        )
+        answer = target_text(recipe.task.type, row)
+        columns["input_ids"].append(prompt.input_ids)
+        columns["labels"].append(
+            encode_target(tokenizer, answer, max_length=recipe.model.max_length)
+        )
+        truncated += prompt.truncated
     return _as_split(recipe, split, columns, truncated)
 
 

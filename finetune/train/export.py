@@ -1,8 +1,9 @@
 """`finetune export RUN --merge`: fold a run's LoRA adapter into its base model for deployment.
 
 The result is a plain transformers model directory (safetensors, tokenizer, prompt format,
-head) that loads without PEFT and gives the same logits as base + adapter; a sequence
-classifier's loads with `AutoModelForSequenceClassification`.
+head) that loads without PEFT and gives the same logits as base + adapter, with the class of
+the run's head: `AutoModelForCausalLM`, `AutoModelForSeq2SeqLM` for an encoder-decoder,
+`AutoModelForSequenceClassification` for a sequence classifier.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from finetune.errors import FinetuneError
 from finetune.heads import CLASSIFIER_HEADS, HEAD_FILE, run_head, run_labels
-from finetune.models import load_causal_lm, load_classifier, resolve
+from finetune.models import load_classifier, load_language_model, resolve
 from finetune.prompts import PROMPT_FILE
 from finetune.recipe import load_recipe
 from finetune.runs import check_same_base
@@ -46,7 +47,8 @@ def export_merged(
     )
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     # Merge in float32 whatever the training dtype, so the merged weights lose nothing.
-    loader, head = load_causal_lm, run_head(run_dir)
+    head = run_head(run_dir)
+    loader = partial(load_language_model, head=head)
     if head in CLASSIFIER_HEADS:
         loader = partial(load_classifier, labels=run_labels(run_dir), head=head)
     base = loader(

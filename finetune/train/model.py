@@ -1,8 +1,9 @@
 """The model being trained: the base loaded for the recipe's method and head, and its adapter config.
 
 LoRA trains adapters on a frozen base (bf16 where fast, or 8-/4-bit through bitsandbytes);
-full fine-tuning trains every weight in float32 master weights. A sequence classifier's new
-head is trained whole beside the adapters.
+full fine-tuning trains every weight in float32 master weights. The base is a causal LM, an
+encoder-decoder (seq2seq LM) or a model given a classifier head; a classifier's new head is
+trained whole beside the adapters.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 from finetune.deps import require
 from finetune.hardware import has_cuda, training_attention, use_bf16_autocast, weight_dtype
 from finetune.heads import (
+    CAUSAL_LM,
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
     head_problems,
     resolved_head,
 )
-from finetune.models import ModelSource, load_causal_lm, load_classifier, source_role
+from finetune.models import ModelSource, load_classifier, load_language_model, source_role
 from finetune.recipe import Problem, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
@@ -52,17 +54,23 @@ def trained_head(recipe: Recipe, recipe_path: str | Path, source: ModelSource) -
 
 
 def load_base_for_training(
-    recipe: Recipe, source: ModelSource, *, typical_length: int | None = None
+    recipe: Recipe,
+    source: ModelSource,
+    *,
+    typical_length: int | None = None,
+    head: str = CAUSAL_LM,
 ) -> Any:
-    """The base model in the dtype and quantization the recipe asks for, ready for PEFT or full
-    training; `typical_length` (tokens) informs the attention kernel `train.attention: auto` picks."""
+    """The base model with its writing `head` (a causal or a seq2seq LM) in the dtype and
+    quantization the recipe asks for, ready for PEFT or full training; `typical_length`
+    (tokens) informs the attention kernel `train.attention: auto` picks."""
     kwargs = _attention(recipe, typical_length)
     quantization = recipe.model.quantization
     if quantization != "none":
         require("bitsandbytes", needed_for=f"model.quantization: {quantization}")
         kwargs["quantization_config"] = bnb_config(recipe)
-    model = load_causal_lm(
+    model = load_language_model(
         source,
+        head=head,
         dtype=weight_dtype(recipe.model.dtype, method=recipe.train.method),
         trust_remote_code=recipe.model.trust_remote_code,
         allow_pickle=recipe.model.allow_pickle,

@@ -4,8 +4,10 @@
 resume, tracking, callbacks, outputs and summary. What differs sits behind `Objective`: how
 examples become tokens (`encode`) and which Trainer trains which model (`build_trainer`).
 `CausalLMObjective` is supervised fine-tuning on prompt + answer with TRL's SFTTrainer;
+`Seq2SeqObjective` (seq2seq.py) an encoder-decoder that reads the prompt and writes the answer;
 `SequenceClassificationObjective` and `TokenClassificationObjective` (classifier.py) a head
-that classifies the text, or tags its words, with transformers' Trainer. Both take the same training arguments (`common_arguments`).
+that classifies the text, or tags its words; these three with transformers' Trainer. All take
+the same training arguments (`common_arguments`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any, Protocol
 from finetune.data import PreparedData
 from finetune.errors import FinetuneError
 from finetune.hardware import has_cuda, use_bf16_autocast
-from finetune.heads import CAUSAL_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+from finetune.heads import CAUSAL_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from finetune.models import ModelSource
 from finetune.prompts import PromptFormat, prompt_format
 from finetune.recipe import Recipe
@@ -58,9 +60,11 @@ def objective_for(head: str) -> Objective:
         SequenceClassificationObjective,
         TokenClassificationObjective,
     )
+    from finetune.train.seq2seq import Seq2SeqObjective
 
     return {
         CAUSAL_LM: CausalLMObjective(),
+        SEQ2SEQ_LM: Seq2SeqObjective(),
         SEQUENCE_CLASSIFICATION: SequenceClassificationObjective(),
         TOKEN_CLASSIFICATION: TokenClassificationObjective(),
     }[head]

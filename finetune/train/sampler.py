@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 
@@ -44,3 +45,8 @@ class SeededSampling:
             lengths=[len(ids) for ids in dataset["input_ids"]],
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
+
+
+class SeededTrainer(SeededSampling, Trainer):
+    """transformers' Trainer with length-grouped batches in an order fixed by the seed: the
+    trainer of every head that TRL's SFTTrainer does not train."""

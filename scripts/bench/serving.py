@@ -43,14 +43,14 @@ def _forms(run_dir: Path) -> dict[str, Any]:
     import torch
     from peft import PeftModel
 
-    from finetune.models import load_causal_lm, resolve
+    from finetune.models import load_language_model, resolve
     from finetune.recipe import load_recipe
 
     source = resolve(load_recipe(run_dir / "recipe.yaml").model.base)
     adapter = str(run_dir / "adapter")
 
     def base(dtype):
-        return load_causal_lm(source, dtype=dtype)
+        return load_language_model(source, dtype=dtype)
 
     def unmerged(dtype, adapter_dtype=None):
         model = PeftModel.from_pretrained(

@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" numpy 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
-	$(PIP) install -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PIP) install -e '.[dev,api]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import finetune, transformers, peft, trl; print('finetune installed')"
 	@touch $(STAMP)
 

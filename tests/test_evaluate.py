@@ -539,6 +539,9 @@ def test_another_finished_run_is_a_baseline_served_as_its_own_recipe_serves_it(e
     rank4 = combined["systems"][1]
     assert rank4["model"] == f"{own['systems'][0]['model']} (run {other_dir})"
     assert rank4["metrics"] == own["systems"][0]["metrics"]
+    trained = json.loads((other_dir / "train_summary.json").read_text())["trainable_parameters"]
+    assert rank4["parameters"] == own["systems"][0]["parameters"]
+    assert rank4["parameters"]["trainable"] == trained > 0
     mine = [json.loads(x) for x in (run_dir / "eval/predictions.jsonl").open()]
     theirs = [json.loads(x) for x in (other_dir / "eval/predictions.jsonl").open()]
     for a, b in zip(mine, theirs, strict=True):

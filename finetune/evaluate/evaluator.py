@@ -182,7 +182,8 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
     peak = peak_memory_bytes()
     progress.remove_task(task)
     weights, total, adapter_params = loaded.kind.sizes(model)
-    is_specialist = plan.system.role == "specialist"
+    # The specialist's trained parameters are this run's; a run baseline's, its own run's.
+    trained_in = run_dir if plan.system.role == "specialist" else loaded.trained_in
     return Outcome(
         system=plan.system,
         description=loaded.description,
@@ -196,7 +197,7 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
         weights_bytes=weights,
         parameters={
             "total": total,
-            "trainable": _trained_parameters(run_dir, adapter_params) if is_specialist else 0,
+            "trainable": _trained_parameters(trained_in, adapter_params) if trained_in else 0,
         },
         disk_bytes=loaded.disk_bytes,
         input_tokens=float(np.mean(plan.input_tokens)),

@@ -35,6 +35,7 @@ class OtherRun:
             loaded.serving,
             # Not the inner Loaded itself: it would keep the model alive after the pool frees it.
             identity=(inner, loaded.identity, other, other_dir),
+            trained_in=other_dir,
         )
 
     def plan(

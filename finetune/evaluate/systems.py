@@ -52,6 +52,7 @@ class Loaded:
     disk_bytes: dict[str, int | None] = field(default_factory=dict)
     serving: str = "as loaded"  # how the specialist's update is applied (see `serving_form`)
     identity: Any = None  # kind-specific: the causal LM's `ModelSource`
+    trained_in: Path | None = None  # the run that trained these weights, when not this one
 
 
 @dataclass

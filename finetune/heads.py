@@ -150,7 +150,8 @@ def _baseline_problems(recipe: Any) -> list[tuple[str, str]]:
         )
         for i, b in enumerate(recipe.eval.baselines)
         # A `run:` baseline is another run's specialist, served as its own recipe serves it.
-        if b.model in ("base", base) and not getattr(b, "run", None)
+        if b.model in ("base", base)
+        and not (getattr(b, "run", None) or getattr(b, "endpoint", None))
     ]
 
 

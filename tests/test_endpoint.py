@@ -368,3 +368,189 @@ def test_the_position_probe_passes_a_correct_server_and_refuses_an_off_by_one_on
         check_echo_positions({"choices": [{"text": "", "logprobs": None}]}, "k")
     body = probe_request("m").body
     assert (body["prompt"], body["echo"], body["logprobs"]) == (PROBE_TEXT, True, 1)
+
+
+# --- an endpoint baseline in an evaluation -----------------------------------------------------
+
+GOOD = ("fresh and funny", "a delight", "great fun", "a wonderful film")
+
+
+def _sentiment(text: str) -> str:
+    return "fresh" if any(g in text for g in GOOD) else "rotten"
+
+
+def _logprob(label: str, text: str) -> float:
+    return -0.1 if label == _sentiment(text) else -3.0
+
+
+FAILING = {"text": "no such text"}  # the test sets one test item's text: its requests fail
+
+
+def fake_api(body: dict, n: int) -> tuple[int, dict, bytes]:
+    """Scores a review as the rule `_sentiment` says, by each method; one review always fails."""
+    if "prompt" in body:  # completions with echo
+        prompt = body["prompt"]
+        if prompt == PROBE_TEXT:
+            parts = PROBE_TEXT.split(" ")
+            return (
+                200,
+                {},
+                json.dumps(
+                    echo([(parts[0], None)] + [(" " + p, -0.05) for p in parts[1:]])
+                ).encode(),
+            )
+        head, _, label = prompt.rpartition(" ")
+        if FAILING["text"] in head:
+            return 500, {}, b'{"error": {"message": "boom"}}'
+        response = echo([(head, None), (" " + label, _logprob(label, head))])
+        response["usage"] = {"prompt_tokens": 20, "completion_tokens": 1, "total_tokens": 21}
+        return 200, {}, json.dumps(response).encode()
+    text = body["messages"][-1]["content"]
+    if FAILING["text"] in text:
+        return 500, {}, b'{"error": {"message": "boom"}}'
+    if body.get("logprobs"):
+        top = [(" " + label, _logprob(label, text)) for label in ("fresh", "rotten")]
+        return 200, {}, chat(top[0][0], top=sorted(top, key=lambda t: -t[1]))
+    return 200, {}, chat(_sentiment(text).capitalize() + ".", prompt_tokens=30, completion_tokens=2)
+
+
+@pytest.mark.parametrize("scoring", ["auto", "top_logprobs", "generate"])
+def test_an_endpoint_baseline_is_scored_beside_the_specialist(
+    tiny_recipe, keyed, monkeypatch, tmp_path, scoring
+):
+    from finetune.data import load_split
+    from finetune.evaluate import evaluate
+    from finetune.recipe import load_recipe
+    from finetune.report import write_report
+    from finetune.train import train
+
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    with FakeServer(fake_api) as server:
+        path = tiny_recipe(
+            eval={
+                "baselines": [
+                    {
+                        "name": "api",
+                        "endpoint": {
+                            "base_url": server.url,
+                            "model": "m",
+                            "api_key_env": "TEST_ENDPOINT_KEY",
+                            "scoring": scoring,
+                            "max_retries": 1,
+                            "timeout_seconds": 5,
+                        },
+                    }
+                ],
+                "prices": {"per_million_input_tokens": {"api": 1.0}},
+                "tfidf": {"enabled": False},
+                "latency_items": 2,
+                "bootstrap_samples": 100,
+                "timing": {"rounds": 6},
+            },
+        )
+        recipe = load_recipe(path)
+        run = train(recipe, recipe_path=path).run_dir
+        monkeypatch.setitem(FAILING, "text", load_split(recipe, "test")[0]["text"])
+        results = json.loads(evaluate(recipe, run).read_text())
+        sent = server.count
+        again = json.loads(evaluate(recipe, run).read_text())
+        method = "prompt_logprobs" if scoring == "auto" else scoring
+        # From the cache but for the one live check before any system, and the failed item's
+        # requests (one per label with prompt_logprobs), tried again with their retry.
+        retried = 2 * (2 if method == "prompt_logprobs" else 1)
+        assert server.count == sent + 1 + retried
+    predictions = [json.loads(x) for x in (run / "eval/predictions.jsonl").open()]
+    api = results["systems"][1]
+    assert api["serving"] == f"remote API; scoring: {method}"
+    assert api["peak_memory_bytes"] is None and api["disk_bytes"] == {
+        "adapter": None,
+        "model": None,
+    }
+    failing = [p for p in predictions if p["text"] == FAILING["text"]]
+    assert api["failed_items"] == len(failing) == 1
+    for p in predictions:
+        entry = p["predictions"]["api"]
+        if p in failing:
+            assert entry["prediction"] == "" and entry["failed"].startswith(
+                "InternalServerError 500"
+            )
+            continue
+        assert entry["prediction"] == _sentiment(p["text"])
+        if method != "generate":
+            assert entry["label_logprobs"] == {
+                label: _logprob(label, p["text"]) for label in ("fresh", "rotten")
+            }
+    right = sum(p["predictions"]["api"]["prediction"] == p["gold"] for p in predictions)
+    assert api["metrics"]["accuracy"]["value"] == pytest.approx(right / len(predictions))
+    assert api["latency_ms"]["p50"] > 0 and api["throughput_items_per_s"] > 0
+    # Cost from the API's usage at the recipe's price; the cached re-evaluation reports the same.
+    tokens = {"prompt_logprobs": 40, "top_logprobs": 10, "generate": 30}[method]
+    assert api["tokens"]["input_per_item"] == pytest.approx(tokens * (1 - 1 / len(predictions)))
+    assert again["systems"][1]["metrics"] == api["metrics"]
+    assert again["systems"][1]["latency_ms"]["p50"] == api["latency_ms"]["p50"]
+    markdown = write_report(run).markdown.read_text()
+    assert "| api " in markdown and "remote" in markdown
+    assert "1 item(s) failed after retries" in markdown
+
+
+def test_an_endpoint_that_refuses_the_key_stops_the_evaluation_before_any_system(
+    tiny_recipe, keyed, monkeypatch, tmp_path
+):
+    from finetune.evaluate import evaluate
+    from finetune.recipe import load_recipe
+    from finetune.train import train
+
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    with FakeServer(always(b'{"error": {"message": "bad key"}}', 401)) as server:
+        endpoint = {"base_url": server.url, "model": "m", "api_key_env": "TEST_ENDPOINT_KEY"}
+        path = tiny_recipe(eval={"baselines": [{"name": "api", "endpoint": endpoint}]})
+        recipe = load_recipe(path)
+        run = train(recipe, recipe_path=path).run_dir
+        with pytest.raises(FinetuneError) as info:
+            evaluate(recipe, run)
+        assert server.count == 1
+    assert str(info.value).startswith("eval.baselines.0.endpoint.api_key_env: ")
+    assert not (run / "eval").exists()
+
+
+def test_the_shipped_api_recipe_stops_before_anything_when_its_key_is_unset(monkeypatch, tmp_path):
+    from conftest import REPO
+
+    from finetune.evaluate.systems import check_all
+    from finetune.recipe import load_recipe
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    recipe = load_recipe(REPO / "recipes" / "rt-sentiment-gpt4o-mini.yaml")
+    with pytest.raises(FinetuneError) as info:
+        check_all(recipe, tmp_path)
+    assert str(info.value) == (
+        "eval.baselines.3.endpoint.api_key_env: the environment variable OPENAI_API_KEY that "
+        "should hold the key for https://api.openai.com/v1 is not set; export it, or name "
+        "another variable"
+    )
+
+
+def _problems(write_recipe, baselines: list[dict]) -> list[str]:
+    from finetune.recipe import RecipeError, load_recipe
+
+    recipe = {
+        "name": "x",
+        "task": {"type": "classification", "labels": ["a", "b"]},
+        "data": {"source": "rotten-tomatoes"},
+        "model": {"base": "smollm2-135m-instruct"},
+        "eval": {"baselines": baselines},
+    }
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write_recipe(recipe))
+    return [f"{p.key}: {p.message}" for p in info.value.problems]
+
+
+def test_an_endpoint_baseline_names_no_local_model_and_its_keys_are_checked(write_recipe):
+    endpoint = {"base_url": "http://h/v1", "model": "m"}
+    local = {"name": "api", "model": "qwen2.5-coder-0.5b-instruct", "endpoint": endpoint}
+    assert _problems(write_recipe, [local]) == [
+        "eval.baselines.0: an endpoint baseline is the model behind its API; remove model"
+    ]
+    typo = {"name": "typo", "endpoint": {**endpoint, "scorng": "generate"}}
+    (message,) = _problems(write_recipe, [typo])
+    assert message.startswith("eval.baselines.0.endpoint.scorng: unknown key 'scorng'"), message

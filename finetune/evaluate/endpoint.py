@@ -53,7 +53,6 @@ class EndpointSettings:
     max_usd: float | None = None
     input_usd_per_million: float = 0.0
     output_usd_per_million: float = 0.0
-    top_logprobs: int = 20
 
 
 @dataclass(frozen=True)
@@ -106,16 +105,19 @@ class ResponseCache:
         what = [settings.base_url.rstrip("/"), settings.model, request.route, request.body]
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> tuple[dict[str, Any], float] | None:
+        """The response and the seconds it took when it was fetched."""
         with self._lock:
             row = self._db.execute("SELECT body FROM replies WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        if not row:
+            return None
+        stored = json.loads(row[0])
+        return stored["response"], stored["seconds"]
 
-    def put(self, key: str, response: dict[str, Any]) -> None:
+    def put(self, key: str, response: dict[str, Any], seconds: float) -> None:
+        body = json.dumps({"response": response, "seconds": seconds})
         with self._lock:
-            self._db.execute(
-                "INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, json.dumps(response))
-            )
+            self._db.execute("INSERT OR REPLACE INTO replies VALUES (?, ?)", (key, body))
 
     def close(self) -> None:
         self._db.close()
@@ -200,8 +202,9 @@ class EndpointClient:
     def call(self, request: Request) -> Reply:
         key = ResponseCache.key(self.settings, request)
         cached = self.cache.get(key)
-        if cached is not None:
-            return Reply(cached, cached=True, usage=_usage(cached))
+        if cached is not None:  # its latency is the one measured when it was fetched
+            response, seconds = cached
+            return Reply(response, seconds=seconds, cached=True, usage=_usage(response))
         estimate = self.cap.reserve(request)
         self.limit.wait()
         start = time.perf_counter()
@@ -213,7 +216,7 @@ class EndpointClient:
         seconds = time.perf_counter() - start
         usage = _usage(response)
         self.cap.settle(estimate, request, usage)
-        self.cache.put(key, response)
+        self.cache.put(key, response, seconds)
         return Reply(response, None, seconds, usage=usage)
 
     def _send(self, request: Request) -> dict[str, Any]:

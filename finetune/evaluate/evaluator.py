@@ -40,6 +40,7 @@ from finetune.evaluate.systems import (
     ModelPool,
     Plan,
     System,
+    check_all,
     load_groups,
     loaded_model,
     systems_of,
@@ -75,8 +76,8 @@ class Outcome:
     details: list[dict[str, Any]]
     truncated: list[bool]
     seconds: float
-    peak_memory: int
-    weights_bytes: int
+    peak_memory: int | None  # None: a remote system's memory is not this machine's
+    weights_bytes: int | None
     parameters: dict[str, int]
     disk_bytes: dict[str, int | None]
     input_tokens: float
@@ -101,6 +102,7 @@ def evaluate(
         recipe.task.type, texts, [item[TARGET_FIELD[recipe.task.type]] for item in items]
     )
     context = Context(run_dir, items, load_split(recipe, "train"))
+    check_all(recipe, run_dir)
     plans, outcomes = [], []
     with _progress(console) as progress:
         for key, group in load_groups(recipe, systems_of(recipe)):
@@ -179,7 +181,7 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
         model, prompts, batch, True, lambda n: progress.advance(task, n)
     )
     seconds = time.perf_counter() - start
-    peak = peak_memory_bytes()
+    peak = None if plan.infer.remote else peak_memory_bytes()
     progress.remove_task(task)
     weights, total, adapter_params = loaded.kind.sizes(model)
     # The specialist's trained parameters are this run's; a run baseline's, its own run's.
@@ -211,8 +213,9 @@ def _measure_memory(
     """Replace each outcome's in-process peak by the one measured alone, where it is (`memory`)."""
     if memory.method(recipe) != "alone":
         return
-    task = progress.add_task("peak memory, each system alone", total=len(plans))
-    peaks = memory.measured_alone(recipe, run_dir, plans, on_done=lambda: progress.advance(task))
+    local = [p for p in plans if not p.infer.remote]
+    task = progress.add_task("peak memory, each system alone", total=len(local))
+    peaks = memory.measured_alone(recipe, run_dir, local, on_done=lambda: progress.advance(task))
     progress.remove_task(task)
     for outcome in outcomes:
         outcome.peak_memory = peaks.get(outcome.system.name, outcome.peak_memory)
@@ -258,7 +261,11 @@ def _ready(
 ) -> Iterator[Callable[[], timing.Measurement]]:
     """The system's model, warmed up: a full batch and one item on its first use after loading
     (first passes allocate and pick kernels, ~10% slower here), one item in every later round
-    (the previous system's weights have filled the caches since)."""
+    (the previous system's weights have filled the caches since). A remote system gives the
+    measurement of its own requests."""
+    if plan.infer.measured is not None:
+        yield lambda: plan.infer.measured
+        return
     with pool.use(plan.key) as loaded:
         model, prompts, batch = loaded.model, plan.inputs, recipe.eval.batch_size
         first = plan.key not in pool.resident or plan.system.name not in warmed
@@ -410,6 +417,9 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figure
             "output_per_item": outcome.output_tokens,
         },
         "truncated_items": sum(outcome.truncated),
+        # Items whose request failed, or whose answer named no label: scored wrong, never dropped.
+        "failed_items": sum("failed" in d for d in outcome.details),
+        "invalid_items": sum(bool(d.get("invalid")) for d in outcome.details),
         "eval_seconds": round(outcome.seconds, 2),
     }
 

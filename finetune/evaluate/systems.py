@@ -59,10 +59,14 @@ class Loaded:
 class Inference:
     """How a plan's inputs become predictions: `run(model, inputs, batch_size, share_prefix,
     on_batch)` returns (predictions, per-item details, output tokens per item); `reserve` is
-    the room kept for the answer when inputs are truncated."""
+    the room kept for the answer when inputs are truncated. A `remote` system runs elsewhere
+    (an API): this machine's memory says nothing of it, and it is timed by its own requests,
+    `measured` by its run, not by the timing rounds."""
 
     reserve: int
-    run: Callable[..., tuple[list[Any], list[dict], list[int]]]
+    run: Callable[..., tuple[list[Any], list[dict], list[int]]] | None
+    remote: bool = False
+    measured: Any = None  # timing.Measurement, for a remote system once it has run
 
 
 @dataclass
@@ -107,6 +111,7 @@ def kinds() -> dict[str, Kind]:
     from finetune.evaluate.causal import CausalLM
     from finetune.evaluate.encoder import Encoder
     from finetune.evaluate.other_run import OtherRun
+    from finetune.evaluate.remote import Endpoint
     from finetune.evaluate.seq2seq import Seq2SeqLM
     from finetune.evaluate.statistical import Tfidf
     from finetune.evaluate.tagger import Tagger
@@ -117,6 +122,7 @@ def kinds() -> dict[str, Kind]:
         "encoder": Encoder(),
         "tagger": Tagger(),
         "run": OtherRun(),
+        "endpoint": Endpoint(),
         "tfidf": Tfidf(),
     }
 
@@ -124,16 +130,28 @@ def kinds() -> dict[str, Kind]:
 def systems_of(recipe: Recipe) -> list[System]:
     """The specialist, the recipe's baselines, and a classification task's TF-IDF classifier."""
     specialist = System(SPECIALIST, "specialist", "run")
-    baselines = [
-        System(b.name, "baseline", "run", kind="run")
-        if b.run
-        else System(b.name, "baseline", b.model, b.shots, b.prompt_style)
-        for b in recipe.eval.baselines
-    ]
+    baselines = [_baseline(b) for b in recipe.eval.baselines]
     tfidf = recipe.eval.tfidf
     if tfidf.enabled and recipe.task.type == "classification":
         baselines.append(System(tfidf.name, "baseline", "tfidf", kind="tfidf"))
     return [specialist, *baselines]
+
+
+def _baseline(b: Any) -> System:
+    if b.run:
+        return System(b.name, "baseline", "run", kind="run")
+    if b.endpoint:
+        return System(b.name, "baseline", b.endpoint.model, b.shots, "chat", kind="endpoint")
+    return System(b.name, "baseline", b.model, b.shots, b.prompt_style)
+
+
+def check_all(recipe: Recipe, run_dir: Path) -> None:
+    """Each kind's checks that can fail fast before any system is evaluated (an endpoint's key,
+    model and host); kinds without such checks have no `check`."""
+    for key, _ in load_groups(recipe, systems_of(recipe)):
+        check = getattr(kind_of(key, run_dir, recipe), "check", None)
+        if check:
+            check(recipe, key)
 
 
 def instance_key(recipe: Recipe, system: System) -> str:

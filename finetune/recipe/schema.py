@@ -306,6 +306,49 @@ class TrainConfig(Section):
     )
 
 
+class EndpointConfig(Section):
+    base_url: str = _field(
+        help="The OpenAI-compatible API's base URL, e.g. `https://api.openai.com/v1`, or `http://127.0.0.1:8000/v1` for `vllm serve` or llama.cpp's server.",
+        synonyms=("url", "api_base", "base"),
+    )
+    model: str = _field(
+        help="The model name the server knows (its `/models` list), e.g. `gpt-4o-mini`.",
+        synonyms=("name", "model_name"),
+    )
+    api_key_env: str = _field(
+        "OPENAI_API_KEY",
+        help="The name of the environment variable that holds the API key. The key itself never goes in a recipe, and is written to no run directory, log or report.",
+        synonyms=("key_env", "api_key", "key"),
+    )
+    scoring: Literal["auto", "prompt_logprobs", "top_logprobs", "generate"] = _field(
+        "auto",
+        help="How a classification answer is scored. `prompt_logprobs`: the exact log-likelihood of each label after the prompt, from completions with `echo` (vLLM returns it; a server that scores tokens at the wrong position, such as llama-cpp-python 0.3.36, is detected by a probe and refused). `top_logprobs`: each label's first answer token among the chat answer's `top_logprobs` alternatives (a label not listed counts as below the smallest listed log-probability). `generate`: a greedy answer matched to a label exactly after normalization (case, surrounding punctuation and whitespace); any other answer is invalid and counts as wrong. `auto` probes the server once and takes the first of these it supports. QA and extraction always generate.",
+        synonyms=("method", "scoring_method"),
+    )
+    top_logprobs: Annotated[int, Field(ge=1, le=20)] = _field(
+        20, help="Alternatives asked for with `scoring: top_logprobs` (OpenAI allows at most 20)."
+    )
+    concurrency: PositiveInt = _field(
+        4, help="Requests in flight at once.", synonyms=("workers", "parallel")
+    )
+    timeout_seconds: Annotated[float, Field(gt=0)] = _field(
+        60.0, help="Seconds to wait for one response before it is retried.", synonyms=("timeout",)
+    )
+    max_retries: Annotated[int, Field(ge=0)] = _field(
+        5,
+        help="Retries of a request after a 429, a 5xx, a connection error or a timeout, with exponential backoff and jitter, honouring `Retry-After`. An item still failing after them is marked failed, counted and scored wrong, never dropped.",
+        synonyms=("retries",),
+    )
+    requests_per_minute: PositiveInt | None = _field(
+        None, help="Requests started per minute at most (null: no limit).", synonyms=("rpm",)
+    )
+    max_usd: Annotated[float, Field(gt=0)] | None = _field(
+        None,
+        help="Spend cap for this system in one evaluation, from the usage the API returns and the token prices in `eval.prices` under this baseline's name: evaluation stops with a message before a request whose estimated cost (its prompt and its token limit) would pass it. Answers already paid for are cached. Null: no cap.",
+        synonyms=("budget_usd", "spend_cap", "max_cost"),
+    )
+
+
 class BaselineConfig(Section):
     name: str = _field(help="Label for this system in the report.")
     model: str = _field(
@@ -327,6 +370,11 @@ class BaselineConfig(Section):
         None,
         help="Another finished run (`runs/<recipe>/<id>`) whose specialist joins the comparison, served as its own recipe serves it: an encoder classifier, another LoRA specialist. It must have been trained on the same prepared data (same fingerprint) for the same task and labels. Leave `model`, `shots` and `prompt_style` unset with it.",
         synonyms=("run_dir", "specialist"),
+    )
+    endpoint: EndpointConfig | None = _field(
+        None,
+        help="A model behind an OpenAI-compatible API (a hosted model, or `vllm serve` / llama.cpp's server) instead of local weights, prompted in chat form with the recipe's instruction and `shots`. Token prices go in `eval.prices` under this baseline's name. Leave `model`, `run` and `prompt_style` unset with it.",
+        synonyms=("api", "server"),
     )
 
 
@@ -627,13 +675,13 @@ def _run_baseline_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """A `run:` baseline names an existing directory and nothing that only a model takes."""
     from pathlib import Path
 
-    problems = []
+    problems = _endpoint_problems(recipe)
     for i, b in enumerate(recipe.eval.baselines):
         if b.run is None:
             continue
         if not Path(b.run).is_dir():
             problems.append((f"eval.baselines.{i}.run", f"'{b.run}' is not a run directory"))
-        extra = sorted({"model", "shots", "prompt_style"} & b.model_fields_set)
+        extra = _not_default(b, ("model", "prompt_style", "shots"))
         if extra:
             problems.append(
                 (
@@ -642,6 +690,25 @@ def _run_baseline_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 )
             )
     return problems
+
+
+def _endpoint_problems(recipe: Recipe) -> list[tuple[str, str]]:
+    """An endpoint baseline names no local model or run."""
+    return [
+        (
+            f"eval.baselines.{i}",
+            f"an endpoint baseline is the model behind its API; remove {', '.join(extra)}",
+        )
+        for i, b in enumerate(recipe.eval.baselines)
+        if b.endpoint is not None and (extra := _not_default(b, ("model", "prompt_style", "run")))
+    ]
+
+
+def _not_default(section: Section, names: tuple[str, ...]) -> list[str]:
+    """The fields among `names` given a value other than their default. By value, not by
+    presence: a run stores its recipe with every default written out."""
+    fields = type(section).model_fields
+    return [n for n in names if getattr(section, n) != fields[n].default]
 
 
 def _tfidf_problems(recipe: Recipe, names: list[str]) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ from finetune.report.results import (
     cost,
     disk_total,
     header,
+    is_remote,
     latency,
     load_results,
     load_training,
@@ -78,8 +79,8 @@ def headline_numbers(results: dict[str, Any]) -> dict[str, Any]:
             f"{name}/{metric}_high": m["high"],
             f"{name}/p50_latency_ms": latency(s),
             f"{name}/throughput_items_per_s": s["throughput_items_per_s"],
-            f"{name}/peak_memory_gib": s["peak_memory_bytes"] / 2**30,
-            f"{name}/disk_mb": disk_total(s) / 1e6,
+            f"{name}/peak_memory_gib": None if is_remote(s) else s["peak_memory_bytes"] / 2**30,
+            f"{name}/disk_mb": None if is_remote(s) else disk_total(s) / 1e6,
             f"{name}/cost_per_1k_usd": cost(s),
         }
     for c in results["comparisons"]:

@@ -173,7 +173,23 @@ def report_document(
         blocks += [by_key["loss_curve"]] if "loss_curve" in by_key else []
     blocks += [
         Heading("How to read this"),
-        Bullets([*HOW_TO_READ, MEMORY_NOTE[results.get("memory", "shared")]]),
+        Bullets(
+            [*HOW_TO_READ, MEMORY_NOTE[results.get("memory", "shared")], *remote_notes(results)]
+        ),
         Paragraph(f"Trace any number to items: `{PREDICTIONS_FILE.as_posix()}`."),
     ]
     return blocks
+
+
+def remote_notes(results: dict[str, Any]) -> list[str]:
+    """What each system served by an API was, how it was scored, and what failed."""
+    return [
+        f"{s['name']} is {s['model']}, served remotely ({s.get('serving', 'remote API')}): its "
+        "memory and size are its server's, not measured here. It is timed on the evaluation's "
+        "own requests, not in rounds: an item's latency is its request's wall time (cached "
+        "with the answer), its throughput the configured concurrency over the mean latency. "
+        f"{s.get('failed_items', 0)} item(s) failed after retries and "
+        f"{s.get('invalid_items', 0)} answer(s) named no label; both are scored wrong."
+        for s in results["systems"]
+        if s["peak_memory_bytes"] is None
+    ]

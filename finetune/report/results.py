@@ -77,8 +77,16 @@ def primary_metric(results: dict[str, Any]) -> str:
     return results["metrics"][0]
 
 
-def disk_total(system: dict[str, Any]) -> int:
-    """Bytes a deployment needs on disk: the adapter (if any) plus the model it runs on."""
+def is_remote(system: dict[str, Any]) -> bool:
+    """A system served elsewhere (an API): its memory and size are not this machine's."""
+    return system["peak_memory_bytes"] is None
+
+
+def disk_total(system: dict[str, Any]) -> int | None:
+    """Bytes a deployment needs on disk: the adapter (if any) plus the model it runs on
+    (None for a remote system)."""
+    if is_remote(system):
+        return None
     disk = system["disk_bytes"]
     return (disk.get("adapter") or 0) + (disk.get("model") or 0)
 

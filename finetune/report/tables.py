@@ -11,7 +11,7 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from finetune.report import format as fmt
-from finetune.report.results import cost, latency, primary_metric, specialist
+from finetune.report.results import cost, is_remote, latency, primary_metric, specialist
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,21 @@ class Table:
 
 def disk_cell(system: dict[str, Any]) -> str:
     """`19.6 MB adapter + 540 MB base` for an adapter; the model's size otherwise."""
+    if is_remote(system):
+        return "remote"
     adapter, model = system["disk_bytes"].get("adapter"), system["disk_bytes"].get("model") or 0
     if adapter:
         return f"{fmt.size(adapter)} adapter + {fmt.size(model)} base"
     return fmt.size(model)
+
+
+def _parameters_cell(system: dict[str, Any]) -> str:
+    total, trainable = system["parameters"]["total"], system["parameters"]["trainable"]
+    return "remote" if total is None else f"{fmt.count(total)} ({fmt.count(trainable)})"
+
+
+def peak_cell(system: dict[str, Any]) -> str:
+    return "remote" if is_remote(system) else f"{system['peak_memory_bytes'] / 2**30:.2f}"
 
 
 def _specialist_rows(results: dict[str, Any]) -> tuple[int, ...]:
@@ -55,7 +66,7 @@ def headline(results: dict[str, Any]) -> Table:
             fmt.with_ci(s["metrics"][metric]),
             f"{latency(s):,.1f}",
             f"{s['throughput_items_per_s']:,.1f}",
-            f"{s['peak_memory_bytes'] / 2**30:.2f}",
+            peak_cell(s),
             disk_cell(s),
             fmt.usd(cost(s)),
         ]
@@ -108,7 +119,7 @@ def systems(results: dict[str, Any]) -> Table:
             s["model"],
             str(s["shots"]),
             s["prompt_style"],
-            f"{fmt.count(s['parameters']['total'])} ({fmt.count(s['parameters']['trainable'])})",
+            _parameters_cell(s),
             f"{s['tokens']['input_per_item']:.1f} / {s['tokens']['output_per_item']:.1f}",
             str(s["truncated_items"]),
             s["cost_per_1k"]["basis"],
@@ -295,7 +306,7 @@ def headline_table(results: dict[str, Any]) -> RichTable:
             Text(f"{fmt.score(m['value'])}\n{fmt.interval(m['low'], m['high'])}"),
             f"{latency(s):,.0f}" if latency(s) >= 10 else f"{latency(s):.1f}",
             f"{s['throughput_items_per_s']:,.1f}",
-            f"{s['peak_memory_bytes'] / 2**30:.2f}",
+            peak_cell(s),
             Text(disk),
             fmt.usd(cost(s)),
             style="bold" if s is special else None,

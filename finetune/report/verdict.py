@@ -78,12 +78,16 @@ def quality_sentence(c: dict[str, Any]) -> str:
 def _lowest(results: dict[str, Any], value: Callable[[System], float]) -> tuple[System, System]:
     """The system with the lowest value (the specialist wins ties) and the specialist."""
     special = specialist(results)
-    best = min(results["systems"], key=lambda s: (value(s), s is not special))
+    # A remote system's memory and size are its server's: they are not compared (None).
+    known = [s for s in results["systems"] if value(s) is not None]
+    best = min(known, key=lambda s: (value(s), s is not special))
     return best, special
 
 
 def _runner_up(results: dict[str, Any], value: Callable[[System], float]) -> System | None:
-    others = [s for s in results["systems"] if s is not specialist(results)]
+    others = [
+        s for s in results["systems"] if s is not specialist(results) and value(s) is not None
+    ]
     return min(others, key=value) if others else None
 
 

@@ -135,7 +135,8 @@ def scoring_method(recipe: Recipe, key: str, client: EndpointClient) -> str:
     if wanted in ("top_logprobs", "auto"):
         try:
             check_first_tokens_apart(recipe.task.labels, where)
-            if wanted == "top_logprobs" or _top_of(client.call(_chat(client, "ping", 1, 5))):
+            probe = _chat(client.settings.model, [_turn("ping")], 1, top=5)
+            if wanted == "top_logprobs" or _top_of(client.call(probe)):
                 return "top_logprobs"
         except FinetuneError as exc:
             if wanted != "auto":
@@ -144,9 +145,11 @@ def scoring_method(recipe: Recipe, key: str, client: EndpointClient) -> str:
     return "generate"
 
 
-def _chat(client_or_model: Any, text: Any, max_tokens: int, top: int = 0) -> Request:
-    model = getattr(getattr(client_or_model, "settings", None), "model", client_or_model)
-    messages = text if isinstance(text, list) else [{"role": "user", "content": text}]
+def _turn(content: str, role: str = "user") -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def _chat(model: str, messages: list[dict[str, str]], max_tokens: int, top: int = 0) -> Request:
     body: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -161,11 +164,11 @@ def _chat(client_or_model: Any, text: Any, max_tokens: int, top: int = 0) -> Req
 def _messages(recipe: Recipe, text: str, shots: list[tuple[str, str]]) -> list[dict[str, str]]:
     def user(t: str) -> dict[str, str]:
         instruction = recipe.task.instruction
-        return {"role": "user", "content": f"{instruction}\n\n{t}" if instruction else t}
+        return _turn(f"{instruction}\n\n{t}" if instruction else t)
 
     turns = []
     for shot_text, answer in shots:
-        turns += [user(shot_text), {"role": "assistant", "content": answer}]
+        turns += [user(shot_text), _turn(answer, "assistant")]
     return [*turns, user(text)]
 
 
@@ -192,7 +195,7 @@ def _requests(recipe, key, method, text, shots) -> list[Request]:
         ]
     messages = _messages(recipe, text, shots)
     if method == "top_logprobs":
-        return [_chat(e.model, messages, 1, e.top_logprobs)]
+        return [_chat(e.model, messages, 1, top=e.top_logprobs)]
     return [_chat(e.model, messages, recipe.eval.max_new_tokens)]
 
 

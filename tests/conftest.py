@@ -29,16 +29,11 @@ CORPUS = [
 ]
 
 
-def build_tiny_model(
-    path: Path, *, hidden: int = 64, layers: int = 2, chat_template: bool = True
-) -> Path:
-    """Save a 2-layer random Llama and a byte-level BPE tokenizer (about 400 tokens) to `path`."""
-    import torch
+def train_bpe(specials: list[str], unk_token: str | None = None):
+    """A byte-level BPE tokenizer (about 400 tokens) trained on CORPUS, `specials` first."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(models.BPE(unk_token=unk_token))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
@@ -47,6 +42,17 @@ def build_tiny_model(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
+    return tok
+
+
+def build_tiny_model(
+    path: Path, *, hidden: int = 64, layers: int = 2, chat_template: bool = True
+) -> Path:
+    """Save a 2-layer random Llama and a byte-level BPE tokenizer (about 400 tokens) to `path`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = train_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",

@@ -531,17 +531,12 @@ def test_the_shipped_api_recipe_stops_before_anything_when_its_key_is_unset(monk
 
 
 def _problems(write_recipe, baselines: list[dict]) -> list[str]:
+    from bad_recipes import with_changes
+
     from finetune.recipe import RecipeError, load_recipe
 
-    recipe = {
-        "name": "x",
-        "task": {"type": "classification", "labels": ["a", "b"]},
-        "data": {"source": "rotten-tomatoes"},
-        "model": {"base": "smollm2-135m-instruct"},
-        "eval": {"baselines": baselines},
-    }
     with pytest.raises(RecipeError) as info:
-        load_recipe(write_recipe(recipe))
+        load_recipe(write_recipe(with_changes(("eval.baselines", baselines))))
     return [f"{p.key}: {p.message}" for p in info.value.problems]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, tiny_recipe_factory
+from conftest import CORPUS, tiny_recipe_factory, train_bpe
 from safetensors.torch import load_file
 from test_train import Snapshot
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
@@ -33,19 +33,10 @@ LABELS = ["fresh", "rotten"]
 def _tokenizer(template: str):
     """A byte-level BPE tokenizer whose every encoding gets the model's special tokens, as T5's
     (`$A </s>`) and BART's (`<s> $A </s>`) do."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "</s>", "<unk>", "<s>"]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(CORPUS * 4, trainer)
+    tok = train_bpe(["<pad>", "</s>", "<unk>", "<s>"], unk_token="<unk>")
     tok.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(t, tok.token_to_id(t)) for t in ("<s>", "</s>")]
     )

@@ -188,16 +188,9 @@ class EndpointClient:
     """Requests to one endpoint through the cache, the rate limit and the spend cap."""
 
     def __init__(self, settings: EndpointSettings, cache: ResponseCache) -> None:
-        openai = require("openai", needed_for="endpoint baselines")
         self.settings, self.cache = settings, cache
         self.cap, self.limit = SpendCap(settings), RateLimit(settings.requests_per_minute)
-        self.client = openai.OpenAI(
-            base_url=settings.base_url,
-            api_key=api_key(settings),
-            timeout=settings.timeout_seconds,
-            max_retries=settings.max_retries,
-        )
-        self.sent = 0  # requests that reached the network
+        self.client = _openai_client(settings, settings.timeout_seconds, settings.max_retries)
 
     def call(self, request: Request) -> Reply:
         key = ResponseCache.key(self.settings, request)
@@ -220,7 +213,6 @@ class EndpointClient:
         return Reply(response, None, seconds, usage=usage)
 
     def _send(self, request: Request) -> dict[str, Any]:
-        self.sent += 1
         route = self.client.chat.completions if request.route == "chat" else self.client.completions
         return route.create(**request.body).model_dump()
 
@@ -242,6 +234,16 @@ class EndpointClient:
         return [f.result() for f in futures]
 
 
+def _openai_client(settings: EndpointSettings, timeout: float, max_retries: int) -> Any:
+    openai = require("openai", needed_for="endpoint baselines")
+    return openai.OpenAI(
+        base_url=settings.base_url,
+        api_key=api_key(settings),
+        timeout=timeout,
+        max_retries=max_retries,
+    )
+
+
 def _usage(response: dict[str, Any]) -> tuple[int, int]:
     usage = response.get("usage") or {}
     return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -257,12 +259,7 @@ def check_reachable(settings: EndpointSettings) -> None:
     """Fail fast, naming the recipe key, on a refused key (401), an unknown model (404) or a
     host that does not answer; one small request, not retried."""
     openai = require("openai", needed_for="endpoint baselines")
-    client = openai.OpenAI(
-        base_url=settings.base_url,
-        api_key=api_key(settings),
-        timeout=min(settings.timeout_seconds, 15.0),
-        max_retries=0,
-    )
+    client = _openai_client(settings, min(settings.timeout_seconds, 15.0), max_retries=0)
     try:
         client.chat.completions.create(
             model=settings.model, messages=[{"role": "user", "content": "ping"}], max_tokens=1

@@ -230,7 +230,8 @@ def _time(
 ) -> timing.Rounds:
     """Latency and throughput of every system in rounds, with the instances that fit kept loaded."""
     settings = recipe.eval.timing
-    keys = list(dict.fromkeys(p.key for p in plans))
+    # A remote system brings its own measurement (`_ready`): nothing to load for it.
+    keys = list(dict.fromkeys(p.key for p in plans if p.infer.measured is None))
     task = progress.add_task("timing rounds", total=settings.rounds * len(plans))
     with ModelPool(recipe, run_dir, keys) as pool:
         warmed: set[str] = set()

@@ -70,9 +70,11 @@ class Endpoint:
     def plan(
         self, recipe: Recipe, system: System, key: str, loaded: Loaded, context: Context
     ) -> Plan:
-        method = loaded.identity
+        method, endpoint = loaded.identity, _baseline(recipe, key)[1].endpoint
         shots = draw_shots(recipe, context.train_rows, system.shots)
-        requests = [_requests(recipe, key, method, item["text"], shots) for item in context.items]
+        requests = [
+            _requests(recipe, endpoint, method, item["text"], shots) for item in context.items
+        ]
         n = len(requests)
         input_tokens = [0] * n  # filled from the API's usage as the answers come
         infer = Inference(0, None, remote=True)
@@ -89,9 +91,8 @@ class Endpoint:
 
 def settings(recipe: Recipe, key: str) -> EndpointSettings:
     """The baseline's endpoint settings, its token prices from `eval.prices` by its name."""
-    name = key.removeprefix("endpoint:")
-    index, baseline = next((i, b) for i, b in enumerate(recipe.eval.baselines) if b.name == name)
-    e, prices = baseline.endpoint, recipe.eval.prices
+    index, baseline = _baseline(recipe, key)
+    name, e, prices = baseline.name, baseline.endpoint, recipe.eval.prices
     return EndpointSettings(
         base_url=e.base_url,
         model=e.model,
@@ -107,9 +108,10 @@ def settings(recipe: Recipe, key: str) -> EndpointSettings:
     )
 
 
-def _endpoint(recipe: Recipe, key: str) -> Any:
+def _baseline(recipe: Recipe, key: str) -> tuple[int, Any]:
+    """The position and config of the baseline behind instance `endpoint:<name>`."""
     name = key.removeprefix("endpoint:")
-    return next(b.endpoint for b in recipe.eval.baselines if b.name == name)
+    return next((i, b) for i, b in enumerate(recipe.eval.baselines) if b.name == name)
 
 
 def scoring_method(recipe: Recipe, key: str, client: EndpointClient) -> str:
@@ -118,7 +120,7 @@ def scoring_method(recipe: Recipe, key: str, client: EndpointClient) -> str:
     one the server passes."""
     if recipe.task.type != "classification":
         return "generate"
-    wanted, where = _endpoint(recipe, key).scoring, client.settings.key
+    wanted, where = _baseline(recipe, key)[1].endpoint.scoring, client.settings.key
     if wanted in ("prompt_logprobs", "auto"):
         reply = client.call(probe_request(client.settings.model))
         try:
@@ -172,9 +174,9 @@ def _messages(recipe: Recipe, text: str, shots: list[tuple[str, str]]) -> list[d
     return [*turns, user(text)]
 
 
-def _requests(recipe, key, method, text, shots) -> list[Request]:
-    """The requests one item needs: one per label for `prompt_logprobs`, else one."""
-    e = _endpoint(recipe, key)
+def _requests(recipe, e, method, text, shots) -> list[Request]:
+    """The requests one item needs (`e`: its endpoint config): one per label for
+    `prompt_logprobs`, else one."""
     if method == "prompt_logprobs":
         fmt = PromptFormat("plain", recipe.task.instruction, recipe.task.template, None, " ", "")
         prompt = render_prompt(fmt, None, text, shots)
@@ -202,7 +204,9 @@ def _requests(recipe, key, method, text, shots) -> list[Request]:
 def _runner(recipe: Recipe, method: str, infer: Inference, input_tokens: list[int]):
     def run(client, inputs, batch_size, share_prefix, on_batch=None):
         flat = [r for item in inputs for r in item]
-        replies = iter(client.map(flat, on_done=None))
+        # Progress by request: an item with one request per label advances a share per answer.
+        share = len(inputs) / len(flat) if flat else 1.0
+        replies = iter(client.map(flat, on_done=on_batch and (lambda: on_batch(share))))
         predictions, details, output_tokens, latencies = [], [], [], []
         for i, requests in enumerate(inputs):
             mine = [next(replies) for _ in requests]
@@ -212,8 +216,6 @@ def _runner(recipe: Recipe, method: str, infer: Inference, input_tokens: list[in
             input_tokens[i] = sum(r.usage[0] for r in mine)
             output_tokens.append(sum(r.usage[1] for r in mine))
             latencies.append(1000 * max(r.seconds for r in mine))
-            if on_batch:
-                on_batch(1)
         mean = sum(latencies) / len(latencies) / 1000 if latencies else 0.0
         n = client.settings.concurrency
         infer.measured = Measurement(latencies, mean, n)  # n items in flight over one latency

@@ -22,8 +22,7 @@ from finetune.prompts import text_format
 from finetune.recipe import Recipe
 from finetune.tagging import bio_labels, require_fast
 from finetune.train.dataset import encode_tagged_split, encode_text_split
-from finetune.train.objective import Splits, checked_splits, common_arguments, explained
-from finetune.train.sampler import SeededTrainer
+from finetune.train.objective import Splits, checked_splits, explained, seeded_trainer
 
 
 class SequenceClassificationObjective:
@@ -45,12 +44,8 @@ class SequenceClassificationObjective:
         return DataCollatorWithPadding(tokenizer)
 
     def build_trainer(self, recipe, output_dir, source, tokenizer, splits, callbacks, fresh_start):
-        from transformers import PrinterCallback, TrainingArguments
-
         from finetune.train.model import load_classifier_for_training
 
-        has_eval = splits.validation is not None
-        args = common_arguments(recipe, output_dir, has_eval=has_eval, eval_on_start=fresh_start)
         try:
             model = load_classifier_for_training(
                 recipe,
@@ -62,17 +57,10 @@ class SequenceClassificationObjective:
             )
         except ValueError as exc:
             raise explained(exc) from exc
-        trainer = SeededTrainer(
-            model=model,
-            args=TrainingArguments(**args),
-            train_dataset=splits.train.dataset,
-            eval_dataset=splits.validation.dataset if has_eval else None,
-            processing_class=tokenizer,
-            data_collator=self.collator(tokenizer),
-            callbacks=callbacks,
+        collator = self.collator(tokenizer)
+        return seeded_trainer(
+            recipe, output_dir, model, tokenizer, splits, callbacks, fresh_start, collator
         )
-        trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
-        return trainer
 
 
 class TokenClassificationObjective(SequenceClassificationObjective):

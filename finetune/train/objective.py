@@ -187,6 +187,37 @@ def common_arguments(
     )
 
 
+def seeded_trainer(
+    recipe: Recipe,
+    output_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    splits: Splits,
+    callbacks: list[Any],
+    fresh_start: bool,
+    collator: Any,
+) -> Any:
+    """transformers' Trainer (seeded batches, `sampler.SeededTrainer`) for the heads TRL does
+    not train: `model` on the splits, batched by `collator`, with the common arguments."""
+    from transformers import PrinterCallback, TrainingArguments
+
+    from finetune.train.sampler import SeededTrainer
+
+    has_eval = splits.validation is not None
+    args = common_arguments(recipe, output_dir, has_eval=has_eval, eval_on_start=fresh_start)
+    trainer = SeededTrainer(
+        model=model,
+        args=TrainingArguments(**args),
+        train_dataset=splits.train.dataset,
+        eval_dataset=splits.validation.dataset if has_eval else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
+    return trainer
+
+
 def explained(exc: ValueError) -> Exception:
     """PEFT and TRL configuration errors, reworded to name the recipe key that fixes them."""
     text = str(exc)

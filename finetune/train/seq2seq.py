@@ -18,7 +18,7 @@ from finetune.heads import SEQ2SEQ_LM
 from finetune.prompts import prompt_format
 from finetune.recipe import Recipe
 from finetune.train.dataset import encode_seq2seq_split
-from finetune.train.objective import Splits, checked_splits, common_arguments, explained
+from finetune.train.objective import Splits, checked_splits, explained, seeded_trainer
 
 
 class Seq2SeqObjective:
@@ -33,28 +33,17 @@ class Seq2SeqObjective:
         return checked_splits(recipe, prepared, fmt, train, validation)
 
     def build_trainer(self, recipe, output_dir, source, tokenizer, splits, callbacks, fresh_start):
-        from transformers import DataCollatorForSeq2Seq, PrinterCallback, TrainingArguments
+        from transformers import DataCollatorForSeq2Seq
 
-        from finetune.train.sampler import SeededTrainer
-
-        has_eval = splits.validation is not None
-        args = common_arguments(recipe, output_dir, has_eval=has_eval, eval_on_start=fresh_start)
         try:
             model = _model(recipe, source, splits.train.typical_length)
         except ValueError as exc:
             raise explained(exc) from exc
-        trainer = SeededTrainer(
-            model=model,
-            args=TrainingArguments(**args),
-            train_dataset=splits.train.dataset,
-            eval_dataset=splits.validation.dataset if has_eval else None,
-            processing_class=tokenizer,
-            # Labels padded with -100, which the loss skips and the model's shift turns to padding.
-            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
-            callbacks=callbacks,
+        # Labels padded with -100, which the loss skips and the model's shift turns to padding.
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
+        return seeded_trainer(
+            recipe, output_dir, model, tokenizer, splits, callbacks, fresh_start, collator
         )
-        trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
-        return trainer
 
 
 def _model(recipe: Recipe, source: Any, typical_length: int) -> Any:

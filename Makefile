@@ -14,6 +14,9 @@ TORCH_INDEX_URL ?=
 RECIPE ?= recipes/rt-sentiment-smollm2-lora.yaml
 RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep -v '\.partial/$$' | head -1)
 PYTEST_ARGS ?=
+# llama.cpp for every x86-64 CPU with AVX2, not only the one it is built on: pip's wheel cache
+# may be shared with machines of other CPUs. `-DGGML_CUDA=on` builds it for a GPU (see README).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 BENCH_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
@@ -28,7 +31,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" numpy 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
-	$(PIP) install -e '.[dev,api]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	@echo "installing the project; llama-cpp-python builds from source the first time (~10 min on 2 cores), then comes from pip's cache"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e '.[dev,api,engine]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import finetune, transformers, peft, trl; print('finetune installed')"
 	@touch $(STAMP)
 

@@ -239,6 +239,38 @@ def report(
     write_report(run, console=out)
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A registry model shipped as GGUF, or a .gguf file.", show_default=False
+        ),
+    ],
+    port: Annotated[
+        int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")
+    ] = None,
+    context: Annotated[int, typer.Option(help="Context window in tokens (n_ctx).")] = 4096,
+) -> None:
+    """Serve a GGUF as shipped on llama.cpp's OpenAI-compatible server, for an endpoint baseline
+    (Ctrl-C stops it)."""
+    import time
+
+    from finetune.evaluate.llama_server import llama_server
+    from finetune.models import gguf_as_shipped
+
+    path = gguf_as_shipped(model, key="model")
+    with llama_server(path, context=context, port=port, alias=model) as base_url:
+        out.print(
+            f"serving {model} at {base_url}; point a baseline at it with\n"
+            f"  endpoint: {{base_url: {base_url}, model: {model}, api_key_env: ANY_SET_VARIABLE}}\n"
+            "Ctrl-C stops the server.",
+            markup=False,
+        )
+        while True:
+            time.sleep(3600)
+
+
 def _quiet_libraries() -> None:
     import logging
     import warnings

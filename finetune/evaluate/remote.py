@@ -37,7 +37,7 @@ from finetune.evaluate.endpoint import (
     probe_request,
     top_logprob_scores,
 )
-from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System
+from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System, baseline_config
 from finetune.evaluate.timing import Measurement
 from finetune.prompts import PromptFormat, render_prompt
 from finetune.pypi import cache_dir
@@ -70,7 +70,7 @@ class Endpoint:
     def plan(
         self, recipe: Recipe, system: System, key: str, loaded: Loaded, context: Context
     ) -> Plan:
-        method, endpoint = loaded.identity, _baseline(recipe, key)[1].endpoint
+        method, endpoint = loaded.identity, baseline_config(recipe, key)[1].endpoint
         shots = draw_shots(recipe, context.train_rows, system.shots)
         requests = [
             _requests(recipe, endpoint, method, item["text"], shots) for item in context.items
@@ -91,7 +91,7 @@ class Endpoint:
 
 def settings(recipe: Recipe, key: str) -> EndpointSettings:
     """The baseline's endpoint settings, its token prices from `eval.prices` by its name."""
-    index, baseline = _baseline(recipe, key)
+    index, baseline = baseline_config(recipe, key)
     name, e, prices = baseline.name, baseline.endpoint, recipe.eval.prices
     return EndpointSettings(
         base_url=e.base_url,
@@ -108,19 +108,13 @@ def settings(recipe: Recipe, key: str) -> EndpointSettings:
     )
 
 
-def _baseline(recipe: Recipe, key: str) -> tuple[int, Any]:
-    """The position and config of the baseline behind instance `endpoint:<name>`."""
-    name = key.removeprefix("endpoint:")
-    return next((i, b) for i, b in enumerate(recipe.eval.baselines) if b.name == name)
-
-
 def scoring_method(recipe: Recipe, key: str, client: EndpointClient) -> str:
     """The method this system is scored by: `generate` for QA and extraction; for
     classification the recipe's, checked against the server, or with `auto` the most exact
     one the server passes."""
     if recipe.task.type != "classification":
         return "generate"
-    wanted, where = _baseline(recipe, key)[1].endpoint.scoring, client.settings.key
+    wanted, where = baseline_config(recipe, key)[1].endpoint.scoring, client.settings.key
     if wanted in ("prompt_logprobs", "auto"):
         reply = client.call(probe_request(client.settings.model))
         try:

@@ -175,10 +175,7 @@ def generate_answers(
     """Greedy answers (text, generated token count) for token-id prompts, in the order given."""
     import torch
 
-    stop = {tokenizer.eos_token_id} - {None}
-    suffix_ids = answer_ids(fmt, tokenizer, fmt.answer_suffix.strip()) if fmt.answer_suffix else []
-    if suffix_ids:
-        stop.add(suffix_ids[0])
+    stop = stop_ids(fmt, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     answers: list[tuple[str, int]] = [("", 0)] * len(prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(stop)
@@ -200,10 +197,25 @@ def generate_answers(
                 pad_token_id=pad,
             )
             for row, i in enumerate(batch):
-                new = out[row, width:].tolist()
-                cut = next((k for k, t in enumerate(new) if t in stop), len(new))
-                text = tokenizer.decode(new[:cut], skip_special_tokens=True)
-                answers[i] = (text.removeprefix(fmt.answer_prefix).strip(), cut)
+                answers[i] = answer_of(fmt, tokenizer, out[row, width:].tolist(), stop)
             if on_batch:
                 on_batch(len(batch))
     return answers
+
+
+def stop_ids(fmt: PromptFormat, tokenizer: Any) -> set[int]:
+    """Tokens that end an answer: the end of text, and the first of the format's answer suffix."""
+    stop = {tokenizer.eos_token_id} - {None}
+    suffix_ids = answer_ids(fmt, tokenizer, fmt.answer_suffix.strip()) if fmt.answer_suffix else []
+    if suffix_ids:
+        stop.add(suffix_ids[0])
+    return stop
+
+
+def answer_of(
+    fmt: PromptFormat, tokenizer: Any, new: Sequence[int], stop: set[int]
+) -> tuple[str, int]:
+    """The answer text in generated tokens `new`, cut at the first stop token, and its length."""
+    cut = next((k for k, t in enumerate(new) if t in stop), len(new))
+    text = tokenizer.decode(list(new[:cut]), skip_special_tokens=True)
+    return text.removeprefix(fmt.answer_prefix).strip(), cut

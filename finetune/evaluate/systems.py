@@ -110,6 +110,7 @@ class Kind(Protocol):
 def kinds() -> dict[str, Kind]:
     from finetune.evaluate.causal import CausalLM
     from finetune.evaluate.encoder import Encoder
+    from finetune.evaluate.engine import Engine
     from finetune.evaluate.other_run import OtherRun
     from finetune.evaluate.remote import Endpoint
     from finetune.evaluate.seq2seq import Seq2SeqLM
@@ -123,6 +124,7 @@ def kinds() -> dict[str, Kind]:
         "tagger": Tagger(),
         "run": OtherRun(),
         "endpoint": Endpoint(),
+        "engine": Engine(),
         "tfidf": Tfidf(),
     }
 
@@ -142,7 +144,15 @@ def _baseline(b: Any) -> System:
         return System(b.name, "baseline", "run", kind="run")
     if b.endpoint:
         return System(b.name, "baseline", b.endpoint.model, b.shots, "chat", kind="endpoint")
+    if b.engine:
+        return System(b.name, "baseline", b.engine.model, b.shots, b.prompt_style, kind="engine")
     return System(b.name, "baseline", b.model, b.shots, b.prompt_style)
+
+
+def baseline_config(recipe: Recipe, key: str) -> tuple[int, Any]:
+    """The position and config of the baseline behind instance `<kind>:<name>`."""
+    name = key.partition(":")[2]
+    return next((i, b) for i, b in enumerate(recipe.eval.baselines) if b.name == name)
 
 
 def check_all(recipe: Recipe, run_dir: Path) -> None:

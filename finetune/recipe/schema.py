@@ -349,6 +349,28 @@ class EndpointConfig(Section):
     )
 
 
+class EngineConfig(Section):
+    model: str = _field(
+        help="The GGUF to serve, quantized as shipped: a registry model that ships as GGUF (`qwen2.5-coder-1.5b-instruct`, `qwen2.5-coder-0.5b-instruct`, `smollm2-135m-instruct`, `gemma3-270m`) or a path to a `.gguf` file.",
+        synonyms=("gguf", "base", "model_name"),
+    )
+    context: Annotated[int, Field(ge=256)] = _field(
+        4096,
+        help="Context window in tokens (llama.cpp's `n_ctx`): the longest prompt with its shots and answer must fit. Its key/value cache is allocated at load.",
+        synonyms=("n_ctx", "context_length", "max_length"),
+    )
+    threads: PositiveInt | None = _field(
+        None,
+        help="CPU threads (llama.cpp's `n_threads`; null: every core this process may use).",
+        synonyms=("n_threads", "cpus"),
+    )
+    gpu_layers: Annotated[int, Field(ge=-1)] = _field(
+        0,
+        help="Layers offloaded to a GPU (`n_gpu_layers`; -1: all). Needs llama-cpp-python built with CUDA (see the README); the CPU build ignores it.",
+        synonyms=("n_gpu_layers", "gpu"),
+    )
+
+
 class BaselineConfig(Section):
     name: str = _field(help="Label for this system in the report.")
     model: str = _field(
@@ -375,6 +397,11 @@ class BaselineConfig(Section):
         None,
         help="A model behind an OpenAI-compatible API (a hosted model, or `vllm serve` / llama.cpp's server) instead of local weights, prompted in chat form with the recipe's instruction and `shots`. Token prices go in `eval.prices` under this baseline's name. Leave `model`, `run` and `prompt_style` unset with it.",
         synonyms=("api", "server"),
+    )
+    engine: EngineConfig | None = _field(
+        None,
+        help="A big general model run here by llama.cpp (llama-cpp-python, in this process) from its GGUF as shipped, 4-bit rather than de-quantized: Qwen2.5-Coder-1.5B takes about 1.2 GB instead of about 9 GB in float32. Prompted like a local model (`prompt_style`, `shots`, the GGUF's chat template); classification scores each label's exact log-likelihood. Leave `model`, `run` and `endpoint` unset with it.",
+        synonyms=("llama_cpp", "gguf", "llamacpp"),
     )
 
 
@@ -693,15 +720,18 @@ def _run_baseline_problems(recipe: Recipe) -> list[tuple[str, str]]:
 
 
 def _endpoint_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """An endpoint baseline names no local model or run."""
-    return [
-        (
-            f"eval.baselines.{i}",
-            f"an endpoint baseline is the model behind its API; remove {', '.join(extra)}",
-        )
-        for i, b in enumerate(recipe.eval.baselines)
-        if b.endpoint is not None and (extra := _not_default(b, ("model", "prompt_style", "run")))
-    ]
+    """An endpoint baseline names no local model or run; an engine baseline names its model in
+    `engine` and is no endpoint or run."""
+    problems = []
+    for i, b in enumerate(recipe.eval.baselines):
+        if b.endpoint is not None and (extra := _not_default(b, ("model", "prompt_style", "run"))):
+            what = "an endpoint baseline is the model behind its API"
+        elif b.engine is not None and (extra := _not_default(b, ("model", "run", "endpoint"))):
+            what = "an engine baseline runs the model named in its `engine.model`"
+        else:
+            continue
+        problems.append((f"eval.baselines.{i}", f"{what}; remove {', '.join(extra)}"))
+    return problems
 
 
 def _not_default(section: Section, names: tuple[str, ...]) -> list[str]:
@@ -743,7 +773,7 @@ def _head_problems(recipe: Recipe) -> list[tuple[str, str]]:
 
 def _model_reference_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """Model references that name nothing loadable (a missing directory, a metric name, a typo)."""
-    from finetune.models import reference_problem
+    from finetune.models import gguf_problem, reference_problem
 
     refs = [("model.base", recipe.model.base)]
     refs += [
@@ -751,7 +781,12 @@ def _model_reference_problems(recipe: Recipe) -> list[tuple[str, str]]:
         for i, b in enumerate(recipe.eval.baselines)
         if b.model != "base"
     ]
-    return [(key, problem) for key, ref in refs if (problem := reference_problem(ref))]
+    problems = [(key, problem) for key, ref in refs if (problem := reference_problem(ref))]
+    return problems + [
+        (f"eval.baselines.{i}.engine.model", problem)
+        for i, b in enumerate(recipe.eval.baselines)
+        if b.engine is not None and (problem := gguf_problem(b.engine.model))
+    ]
 
 
 def _template_problems(template: str) -> list[tuple[str, str]]:

@@ -524,7 +524,7 @@ def test_the_shipped_api_recipe_stops_before_anything_when_its_key_is_unset(monk
     with pytest.raises(FinetuneError) as info:
         check_all(recipe, tmp_path)
     assert str(info.value) == (
-        "eval.baselines.3.endpoint.api_key_env: the environment variable OPENAI_API_KEY that "
+        "eval.baselines.2.endpoint.api_key_env: the environment variable OPENAI_API_KEY that "
         "should hold the key for https://api.openai.com/v1 is not set; export it, or name "
         "another variable"
     )

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import engine
 import evaluation
 import serving
 import training
@@ -28,13 +29,16 @@ from rich.console import Console
 from rich.table import Table
 from training import Bench
 
-SECTIONS = ("train", "recipe", "dtype", "hardware", "eval", "serving", "memory", "levers", "growth")
+SECTIONS = (
+    "train", "recipe", "dtype", "hardware", "eval", "serving", "engine", "memory", "levers", "growth"
+)  # fmt: skip
 TARGETS = {
     "training_speedup": 2.0,
     "heldout_loss_margin": 0.02,
     "mfu_bf16": 0.45,
     "eval_speedup": 3.0,
     "agreement": 0.99,
+    "engine_speedup": 5.0,
     "train_memory_bytes": 1.5e9,
     "validation_share": 0.10,
 }
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         ("hardware", "matmul peaks and FLOPs per token", lambda: training.hardware(bench, run_dir)),
         ("eval", "evaluation: workbench vs lm-eval", lambda: evaluation.compare_with_lm_eval(bench, run_dir)),
         ("serving", "serving forms of the specialist in bf16", lambda: serving.compare_forms(bench, run_dir)),
+        ("engine", "general model: llama.cpp Q4 vs transformers", lambda: engine.compare_with_transformers(bench)),
         ("memory", "training memory at sequence length 512", lambda: training.memory(bench)),
         ("levers", "training levers", lambda: training.levers(bench)),
         ("growth", "growth with data size", lambda: {
@@ -231,6 +236,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                         None,
                     )
                 )
+    rows += _engine_rows(results.get("engine", {}))
     grown = results.get("growth")
     if grown:
         for label, fit in (
@@ -289,6 +295,44 @@ def _recipe_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return rows  # fmt: skip
+
+
+def _engine_rows(models: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per general model: llama.cpp's scoring speed, memory and agreement against transformers."""
+    rows = []
+    for model, c in models.items():
+        if not isinstance(c, dict):
+            continue  # bench_seconds
+        ours, peer = c["engine"], c["transformers"]
+        rows += [
+            _row(
+                f"{model}: scoring items/s, llama.cpp Q4 vs transformers",
+                ours["items_per_s"],
+                peer["items_per_s"],
+                c["speedup"],
+                f">= {TARGETS['engine_speedup']}x",
+                c["speedup"] >= TARGETS["engine_speedup"],
+            ),
+            _row(
+                f"{model}: peak RSS (GB), llama.cpp Q4 vs transformers",
+                ours["peak_rss_bytes"] / 1e9,
+                peer["peak_rss_bytes"] / 1e9,
+                ours["peak_rss_bytes"] / peer["peak_rss_bytes"],
+                "",
+                None,
+            ),
+            _row(
+                f"{model}: same prediction as transformers ({c['items']} items; accuracy "
+                f"{ours['accuracy']:.3f} vs {peer['accuracy']:.3f}; mean |logprob gap| "
+                f"{c['mean_abs_logprob_gap']:.3f})",
+                c["agreement"],
+                None,
+                None,
+                "",
+                None,
+            ),
+        ]
+    return rows
 
 
 def _row(

@@ -215,7 +215,14 @@ def serving_forms(args: dict[str, Any]) -> dict[str, Any]:
     return measure(args)
 
 
+def general_scoring(args: dict[str, Any]) -> dict[str, Any]:
+    from engine import general_scoring as measure
+
+    return measure(args)
+
+
 WORKERS = {
+    "general_scoring": general_scoring,
     "serving_forms": serving_forms,
     "matmul_peak": matmul_peak,
     "heldout_loss": heldout_loss,

@@ -76,7 +76,7 @@ format: setup ## Apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(VENV)/.bench-installed ## Workbench vs trl sft and lm-eval, MFU, memory, growth (~2 h; BENCH_ARGS=--quick ~35 min)
+bench: $(VENV)/.bench-installed ## Workbench vs trl sft and lm-eval, llama.cpp vs transformers, MFU, memory, growth (~2 h; BENCH_ARGS=--quick ~35 min)
 	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)
 
 $(VENV)/.bench-installed: $(STAMP)

@@ -46,7 +46,8 @@ def validate(
         ),
     ],
 ) -> None:
-    """Check recipes against the schema; report every problem at once. Exit 0 when all are valid, 2 otherwise."""
+    """Check recipes and experiments against their schemas; report every problem at once. Exit 0 when all are valid, 2 otherwise."""
+    from finetune.experiment import is_experiment_file
     from finetune.recipe import RecipeError, load_recipe
 
     overrides = [i for i in items if "=" in i]
@@ -58,17 +59,25 @@ def validate(
     failed = 0
     for path in paths:
         try:
-            recipe = load_recipe(path, overrides)
+            if is_experiment_file(path):
+                summary = _experiment_summary(path)
+            else:
+                recipe = load_recipe(path, overrides)
+                summary = f"{recipe.name}: {recipe.task.type} on {recipe.data.source or 'split files'}, base model {recipe.model.base}"
         except RecipeError as exc:
             failed += 1
             err.print(f"{path}: invalid\n{exc}", markup=False)
             continue
-        out.print(
-            f"{path}: ok ({recipe.name}: {recipe.task.type} on {recipe.data.source or 'split files'}, base model {recipe.model.base})",
-            markup=False,
-        )
+        out.print(f"{path}: ok ({summary})", markup=False)
     if failed:
         raise typer.Exit(2)
+
+
+def _experiment_summary(path: str) -> str:
+    from finetune.experiment import load_experiment
+
+    experiment, cells = load_experiment(path)
+    return f"experiment {experiment.name}: {len(cells)} cells on {experiment.recipe}, each recipe valid"
 
 
 @app.command()
@@ -252,8 +261,7 @@ def serve(
     ] = None,
     context: Annotated[int, typer.Option(help="Context window in tokens (n_ctx).")] = 4096,
 ) -> None:
-    """Serve a GGUF as shipped on llama.cpp's OpenAI-compatible server, for an endpoint baseline
-    (Ctrl-C stops it)."""
+    """Serve a GGUF as shipped on llama.cpp's OpenAI-compatible server for an endpoint baseline."""
     import time
 
     from finetune.evaluate.llama_server import llama_server
@@ -269,6 +277,37 @@ def serve(
         )
         while True:
             time.sleep(3600)
+
+
+@app.command()
+def experiment(
+    file: Annotated[Path, typer.Argument(help="Experiment YAML file.", show_default=False)],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List the cells and what each would do; run nothing.")
+    ] = False,
+) -> None:
+    """Run every cell of an experiment: train (or resume, or reuse) and evaluate each."""
+    from finetune.experiment import load_experiment, run_cell, state
+
+    experiment, cells = load_experiment(file)
+    recipe_path = file.parent / experiment.recipe
+    out.print(f"experiment {experiment.name}: {len(cells)} cells on {recipe_path}", markup=False)
+    for cell in cells:
+        plan = state(cell)
+        out.print(
+            f"  cell {cell.index} [{cell.key}] {cell.label}: {plan['train']}, {plan['evaluate']}"
+            f" ({cell.run_dir()})",
+            markup=False,
+        )
+    if dry_run:
+        return
+    outcomes = [run_cell(cell, recipe_path, console=err) for cell in cells]
+    failed = [o for o in outcomes if not o.ok]
+    for o in failed:
+        err.print(f"cell {o.cell.index} ({o.cell.label}) failed: {o.error}", markup=False)
+    out.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} cells done", markup=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _quiet_libraries() -> None:

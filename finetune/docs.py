@@ -1,4 +1,5 @@
-"""Render the README's recipe reference (from the schema) and CLI reference (from the Typer app).
+"""Render the README's recipe and experiment references (from the schemas) and CLI reference
+(from the Typer app).
 
 `python -m finetune.docs` rewrites the marked blocks in README.md; a test fails when they are stale.
 """
@@ -17,13 +18,23 @@ from pydantic.fields import FieldInfo
 
 from finetune.recipe.schema import Recipe, section_type
 
-BLOCKS = {"recipe-reference": lambda: recipe_reference(), "cli-reference": lambda: cli_reference()}
+BLOCKS = {
+    "recipe-reference": lambda: recipe_reference(),
+    "experiment-reference": lambda: experiment_reference(),
+    "cli-reference": lambda: cli_reference(),
+}
 
 
-def recipe_reference() -> str:
+def recipe_reference(root: type[BaseModel] = Recipe) -> str:
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    rows += list(_field_rows(Recipe, ""))
+    rows += list(_field_rows(root, ""))
     return "\n".join(rows)
+
+
+def experiment_reference() -> str:
+    from finetune.experiment.schema import Experiment
+
+    return recipe_reference(Experiment)
 
 
 def _field_rows(model: type[BaseModel], prefix: str):

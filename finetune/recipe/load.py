@@ -57,17 +57,26 @@ class _Layers:
         return default
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, extend, override and validate one recipe file."""
+def load_recipe(
+    path: str | Path,
+    overrides: list[str] = (),
+    *,
+    values: dict[str, Any] | None = None,
+    origin: str = COMMAND_LINE,
+) -> Recipe:
+    """Read, extend, override and validate one recipe file. `values` set dotted keys to values
+    directly (an experiment's cell), blamed on `origin` when they are wrong."""
     path = Path(path)
     layers = _read_with_bases(path, chain=[])
     problems = _apply_overrides(layers, overrides)
+    for key, value in (values or {}).items():
+        set_key(layers, key, value, origin)
     if problems:
         raise RecipeError(problems)
     try:
         recipe = Recipe.model_validate(layers.data)
     except ValidationError as exc:
-        raise RecipeError([_describe(err, layers, str(path)) for err in exc.errors()]) from None
+        raise RecipeError([describe(err, layers, str(path)) for err in exc.errors()]) from None
     cross = [Problem(layers.source_of(k, str(path)), k, m) for k, m in consistency_problems(recipe)]
     if cross:
         raise RecipeError(cross)
@@ -161,41 +170,49 @@ def _apply_overrides(layers: _Layers, overrides: list[str]) -> list[Problem]:
             value = yaml.safe_load(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        head, _, leaf = key.rpartition(".")
-        target = layers.data
-        for part in filter(None, head.split(".")):
-            if not isinstance(target.get(part), dict):
-                target[part] = {}
-            target = target[part]
-        target[leaf] = value
-        layers.origin[key] = f"{COMMAND_LINE} ({item})"
+        set_key(layers, key, value, f"{COMMAND_LINE} ({item})")
     return problems
 
 
-def _describe(err: dict[str, Any], layers: _Layers, default_source: str) -> Problem:
+def set_key(layers: _Layers, key: str, value: Any, origin: str) -> None:
+    """Set dotted `key` in the raw layers (sections made as needed), blaming `origin`."""
+    head, _, leaf = key.rpartition(".")
+    target = layers.data
+    for part in filter(None, head.split(".")):
+        if not isinstance(target.get(part), dict):
+            target[part] = {}
+        target = target[part]
+    target[leaf] = value
+    layers.origin[key] = origin
+
+
+def describe(
+    err: dict[str, Any], layers: _Layers, default_source: str, root: type[BaseModel] = Recipe
+) -> Problem:
+    """One pydantic error as a problem naming its source, dotted key and the fix."""
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc)
     source = layers.source_of(key, default_source)
     kind = err["type"]
     if kind == "extra_forbidden":
         message = f"unknown key '{loc[-1]}'"
-        suggestion = suggest_key(loc)
+        suggestion = suggest_key(loc, root)
         message += (
             f" (did you mean {suggestion}?)"
             if suggestion
-            else f"; valid keys here: {', '.join(_fields_at(loc[:-1]))}"
+            else f"; valid keys here: {', '.join(_fields_at(loc[:-1], root))}"
         )
     elif kind == "missing":
-        message = f"required key is missing: {_help_at(loc)}"
+        message = f"required key is missing: {_help_at(loc, root)}"
     else:
         expected = err["msg"][0].lower() + err["msg"][1:]
         message = f"{expected}; found {err['input']!r}"
     return Problem(source, key, message)
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
-    """The schema class a location points into (list indices skipped)."""
-    model: type[BaseModel] | None = Recipe
+def _model_at(loc: list[str], root: type[BaseModel] = Recipe) -> type[BaseModel] | None:
+    """The schema class a location points into (list indices and mapping keys skipped)."""
+    model: type[BaseModel] | None = root
     for part in loc:
         if part.isdigit():
             continue
@@ -206,28 +223,28 @@ def _model_at(loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
-def _fields_at(loc: list[str]) -> list[str]:
-    model = _model_at(loc)
+def _fields_at(loc: list[str], root: type[BaseModel] = Recipe) -> list[str]:
+    model = _model_at(loc, root)
     return list(model.model_fields) if model else []
 
 
-def _help_at(loc: list[str]) -> str:
-    model = _model_at(loc[:-1])
+def _help_at(loc: list[str], root: type[BaseModel] = Recipe) -> str:
+    model = _model_at(loc[:-1], root)
     field = model.model_fields.get(loc[-1]) if model else None
     return field.description if field and field.description else "add it"
 
 
-def suggest_key(loc: list[str]) -> str | None:
+def suggest_key(loc: list[str], root: type[BaseModel] = Recipe) -> str | None:
     """The dotted name of the valid key nearest to the unknown one at `loc`, if any is close."""
     *parent, wrong = loc
-    model = _model_at(parent)
+    model = _model_at(parent, root)
     prefix = ".".join(p for p in parent)
     if model is not None:
         best = _closest(wrong, model)
         if best:
             return f"{prefix}.{best}" if prefix else best
     # A valid key in the wrong section: `train.r` -> `lora.r`.
-    for section, field in Recipe.model_fields.items():
+    for section, field in root.model_fields.items():
         sub = section_type(field.annotation)
         if sub is not None and wrong in sub.model_fields:
             return f"{section}.{wrong}"

@@ -69,8 +69,10 @@ def train(
     resume: str | Path | None = None,
     callbacks: Sequence[Any] = (),
     console: Console | None = None,
+    run_id: str | None = None,
 ) -> TrainResult:
-    """Train the recipe's specialist into a new run directory (or continue `resume`) and return it."""
+    """Train the recipe's specialist into a new run directory (named `run_id`, default a time
+    stamp) or continue `resume`, and return it."""
     from accelerate import PartialState
 
     check_trainable_here(recipe, recipe_path)
@@ -91,7 +93,9 @@ def train(
             trust_remote_code=recipe.model.trust_remote_code,
             head=head,
         )
-    run = _open_run(recipe, recipe_path, overrides, resume) if state.is_main_process else None
+    run = (
+        _open_run(recipe, recipe_path, overrides, resume, run_id) if state.is_main_process else None
+    )
     run_dir = _shared_path(run)
     if run is not None:
         record_inputs(run, prepared, source)
@@ -115,10 +119,14 @@ def train(
 
 
 def _open_run(
-    recipe: Recipe, recipe_path: str | Path, overrides: Sequence[str], resume: str | Path | None
+    recipe: Recipe,
+    recipe_path: str | Path,
+    overrides: Sequence[str],
+    resume: str | Path | None,
+    run_id: str | None,
 ) -> Run:
     if resume is None:
-        return start_run(recipe, recipe_path=recipe_path, overrides=list(overrides))
+        return start_run(recipe, recipe_path=recipe_path, overrides=list(overrides), run_id=run_id)
     return reopen_run(resume)
 
 

@@ -1,0 +1,93 @@
+"""The experiment schema: a base recipe, the axes its cells vary along, the general systems
+every cell is compared with, and what a deployable system must meet.
+
+Like the recipe schema, it rejects unknown keys, and every default and piece of help text
+lives here (`finetune/docs.py` renders it into the README).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from finetune.recipe.schema import BaselineConfig, PositiveInt, Section, _field
+
+AxisValues = Annotated[list[Any], Field(min_length=1)]
+
+
+class ConstraintsConfig(Section):
+    max_p50_ms: Annotated[float, Field(gt=0)] | None = _field(
+        None,
+        help="Largest p50 latency per item, in milliseconds, a deployable system may have (null: any).",
+        synonyms=("latency_ms", "max_latency_ms", "p50_ms"),
+    )
+    max_usd_per_1k: Annotated[float, Field(ge=0)] | None = _field(
+        None,
+        help="Largest cost per 1,000 requests, in USD, at the recipe's prices (null: any).",
+        synonyms=("cost_per_1k", "max_cost", "usd_per_1k"),
+    )
+    max_memory_gb: Annotated[float, Field(gt=0)] | None = _field(
+        None,
+        help="Largest peak memory in GB (10^9 bytes) a deployable system may need; a remote system's memory is not this machine's and always passes (null: any).",
+        synonyms=("memory_gb", "max_memory"),
+    )
+
+
+class ExecutorConfig(Section):
+    kind: Literal["local", "ray"] = _field(
+        "local",
+        help="`local` runs the cells one after another in this process; `ray` runs each as a Ray task (a local instance, or the cluster at `RAY_ADDRESS`), Ray deciding how many at once. `finetune experiment --executor` overrides it.",
+        synonyms=("executor", "backend"),
+    )
+    cpus_per_cell: Annotated[float, Field(gt=0)] = _field(
+        1.0, help="CPUs Ray reserves for each cell.", synonyms=("cpus", "num_cpus")
+    )
+    gpus_per_cell: Annotated[float, Field(ge=0)] = _field(
+        0.0, help="GPUs Ray reserves for each cell.", synonyms=("gpus", "num_gpus")
+    )
+
+
+class Experiment(Section):
+    """A whole experiment file."""
+
+    name: str = _field(
+        help="Experiment name; used for its report directory. Letters, digits, `-`, `_` and `.`.",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        synonyms=("title",),
+    )
+    description: str = _field(
+        "", help="One line saying what question the experiment answers.", synonyms=("desc",)
+    )
+    recipe: str = _field(
+        help="The base recipe every cell starts from, relative to this file.",
+        synonyms=("base", "base_recipe"),
+    )
+    axes: dict[str, AxisValues] = _field(
+        {},
+        help="Dotted recipe keys and the values each takes, e.g. `{lora.r: [4, 16], data.max_train_examples: [50, 200]}`: the cells are every combination (a grid), in file order.",
+        synonyms=("grid", "sweep", "vary"),
+    )
+    paired: list[dict[str, AxisValues]] = _field(
+        [],
+        help="Groups of keys that vary together instead of in a grid: in each group every list has the same length and the n-th values go into one cell, e.g. `[{model.base: [smollm2-135m-instruct, all-minilm-l6-v2], train.method: [lora, full]}]`. Each group is one more axis of the grid.",
+        synonyms=("zipped", "together", "zip"),
+    )
+    general: list[BaselineConfig] = _field(
+        [],
+        help="The general systems every cell is compared with, written as recipe baselines (`eval.baselines` entries: a model with shots, an `engine`, an `endpoint`); they replace the base recipe's baselines in every cell. Empty: the recipe's own.",
+        synonyms=("baselines", "general_systems"),
+    )
+    constraints: ConstraintsConfig = _field(
+        ConstraintsConfig(),
+        help="What a system must meet to be recommended for deployment.",
+        synonyms=("limits", "requirements"),
+    )
+    executor: ExecutorConfig = _field(
+        ExecutorConfig(), help="Where the cells run.", synonyms=("execution", "run")
+    )
+    max_cells: PositiveInt = _field(
+        64,
+        help="Refuse a grid with more cells than this, a guard against a typo that multiplies the work.",
+        synonyms=("cell_limit",),
+    )

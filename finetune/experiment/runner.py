@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.errors import FinetuneError
 from finetune.experiment.cells import Cell, state
 from finetune.runs import PARTIAL_SUFFIX
 
@@ -56,6 +57,8 @@ def run_cell(cell: Cell, recipe_path: Path, console: Any = None) -> Outcome:
         if plan["evaluate"] == "evaluate":
             evaluate(cell.recipe, run, console=console)
     except Exception as exc:  # one failing cell must not stop the others
-        log.error("cell %d (%s) failed: %s: %s", cell.index, cell.label, type(exc).__name__, exc)
-        return Outcome(cell, plan["train"], plan["evaluate"], f"{type(exc).__name__}: {exc}")
+        # A problem the user can fix says what it is; anything else also says what kind it is.
+        error = str(exc) if isinstance(exc, FinetuneError) else f"{type(exc).__name__}: {exc}"
+        log.error("cell %d (%s) failed: %s", cell.index, cell.label, error)
+        return Outcome(cell, plan["train"], plan["evaluate"], error)
     return Outcome(cell, plan["train"], plan["evaluate"])

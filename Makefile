@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" numpy 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
 	@echo "installing the project; llama-cpp-python builds from source the first time (~10 min on 2 cores), then comes from pip's cache"
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e '.[dev,api,engine]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e '.[dev,api,engine,ray]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import finetune, transformers, peft, trl; print('finetune installed')"
 	@touch $(STAMP)
 

@@ -285,11 +285,18 @@ def experiment(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="List the cells and what each would do; run nothing.")
     ] = False,
+    executor: Annotated[
+        str | None,
+        typer.Option(help="`local` or `ray` (default: the experiment's executor.kind)."),
+    ] = None,
 ) -> None:
     """Run every cell of an experiment: train (or resume, or reuse) and evaluate each."""
-    from finetune.experiment import load_experiment, run_cell, state
+    from finetune.experiment import load_experiment, run_cells, state
 
     experiment, cells = load_experiment(file)
+    if executor not in (None, "local", "ray"):
+        raise FinetuneError(f"--executor must be local or ray; found {executor!r}")
+    settings = experiment.executor.model_copy(update={"kind": executor or experiment.executor.kind})
     recipe_path = file.parent / experiment.recipe
     out.print(f"experiment {experiment.name}: {len(cells)} cells on {recipe_path}", markup=False)
     for cell in cells:
@@ -301,7 +308,7 @@ def experiment(
         )
     if dry_run:
         return
-    outcomes = [run_cell(cell, recipe_path, console=err) for cell in cells]
+    outcomes = run_cells(cells, recipe_path, settings, console=err)
     failed = [o for o in outcomes if not o.ok]
     for o in failed:
         err.print(f"cell {o.cell.index} ({o.cell.label}) failed: {o.error}", markup=False)

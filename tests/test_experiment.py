@@ -167,3 +167,97 @@ def test_cells_run_once_and_a_failing_cell_does_not_stop_the_rest(
     # The finished cells train nothing and evaluate nothing.
     assert sorted((tmp_path / "runs" / "tiny").iterdir()) == runs
     assert {r: (r / "eval" / "results.json").stat().st_mtime_ns for r in runs} == results
+
+
+def _fast_cells(write_experiment):
+    from finetune.experiment import load_experiment
+
+    fast = {
+        "tfidf": {"enabled": False},
+        "latency_items": 2,
+        "bootstrap_samples": 50,
+        "timing": {"rounds": 6, "throughput_items": 4},
+    }
+    path = write_experiment(sections={"eval": fast}, axes={"lora.r": [2, 4]})
+    experiment, cells = load_experiment(path)
+    return path.parent / experiment.recipe, cells
+
+
+def test_the_ray_executor_runs_cells_as_tasks_on_a_local_instance(write_experiment):
+    import os
+
+    import ray
+
+    from finetune.experiment import run_cells
+    from finetune.experiment.schema import ExecutorConfig
+    from finetune.runs import is_complete
+
+    recipe_path, cells = _fast_cells(write_experiment)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        outcomes = run_cells(cells, recipe_path, ExecutorConfig(kind="ray", cpus_per_cell=1))
+    finally:
+        ray.shutdown()
+    assert [o.error for o in outcomes] == [None, None]
+    assert [o.cell.key for o in outcomes] == [c.key for c in cells]
+    assert all(int(o.worker.rpartition(":")[2]) != os.getpid() for o in outcomes)
+    for cell in cells:
+        assert is_complete(cell.run_dir())
+        results = json.loads((cell.run_dir() / "eval" / "results.json").read_text())
+        assert results["systems"][0]["name"] == "specialist"
+
+
+def test_the_ray_executor_says_how_to_install_ray(write_experiment, monkeypatch):
+    import sys
+
+    from finetune.errors import FinetuneError
+    from finetune.experiment import run_cells
+    from finetune.experiment.schema import ExecutorConfig
+
+    recipe_path, cells = _fast_cells(write_experiment)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if it were not installed
+    with pytest.raises(FinetuneError) as err:
+        run_cells(cells, recipe_path, ExecutorConfig(kind="ray"))
+    assert str(err.value).startswith(
+        "Python package 'ray' is not installed (needed for `--executor ray`): "
+        "run `.venv/bin/pip install ray` or `make setup`."
+    )
+
+
+def test_a_cell_killed_mid_training_is_resumed_by_the_next_run(write_experiment, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import finetune_process
+
+    from finetune.experiment import load_experiment, state
+    from finetune.train.callbacks import SEAL_FILE
+
+    fast = {"tfidf": {"enabled": False}, "latency_items": 2, "bootstrap_samples": 50}
+    path = write_experiment(
+        sections={"train": {"max_steps": 40, "save_every": 2, "eval_every": 2}, "eval": fast},
+        axes={"lora.r": [2]},
+    )
+    (cell,) = load_experiment(path)[1]
+    partial = cell.run_dir().with_name(cell.run_dir().name + ".partial")
+    command = [sys.executable, "-m", "finetune", "experiment", str(path)]
+    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True)
+    try:  # killed once its first checkpoint is sealed: bounded by the deadline
+        deadline = time.monotonic() + 300
+        while not (partial / "checkpoints" / "checkpoint-2" / SEAL_FILE).exists():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert state(cell) == {"train": "resume", "evaluate": "evaluate"}
+
+    done = finetune_process("experiment", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 of 1 cells done" in done.stdout
+    assert state(cell) == {"train": "reuse", "evaluate": "reuse"} and not partial.exists()
+    provenance = json.loads((cell.run_dir() / "provenance.json").read_text())
+    assert len(provenance["resumed"]) == 1

@@ -2,7 +2,7 @@
 run trained and evaluated once (`runner`)."""
 
 from finetune.experiment.cells import Cell, grid, is_experiment_file, load_experiment, state
-from finetune.experiment.runner import Outcome, run_cell
+from finetune.experiment.runner import Outcome, run_cell, run_cells
 from finetune.experiment.schema import Experiment
 
 __all__ = [
@@ -13,5 +13,6 @@ __all__ = [
     "is_experiment_file",
     "load_experiment",
     "run_cell",
+    "run_cells",
     "state",
 ]

@@ -20,7 +20,7 @@ LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 BENCH_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: help setup demo data models train eval report screenshot validate test test-fast lint format bench clean
+.PHONY: help setup demo data models train eval report screenshot validate experiment test test-fast lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -61,6 +61,10 @@ report: setup ## Write the comparison report for RUN (default: latest run of REC
 
 screenshot: setup ## Render RUN's HTML report in headless Chromium (apt-get install chromium) to RUN/report/screenshot.png
 	$(BIN)/python scripts/screenshot_report.py "$(RUN)"
+
+experiment: setup ## Run experiment EXP=experiments/<file>.yaml (cells, then the combined report)
+	@test -n "$(EXP)" || { echo "give the experiment: make experiment EXP=experiments/<file>.yaml"; exit 2; }
+	$(BIN)/finetune experiment "$(EXP)"
 
 test: setup ## Run the whole test suite (slow real-model tests included)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -292,6 +292,7 @@ def experiment(
 ) -> None:
     """Run every cell of an experiment: train (or resume, or reuse) and evaluate each."""
     from finetune.experiment import load_experiment, run_cells, state
+    from finetune.experiment.report import write as write_report
 
     experiment, cells = load_experiment(file)
     if executor not in (None, "local", "ray"):
@@ -313,6 +314,9 @@ def experiment(
     for o in failed:
         err.print(f"cell {o.cell.index} ({o.cell.label}) failed: {o.error}", markup=False)
     out.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} cells done", markup=False)
+    report = write_report(experiment, cells)
+    if report is not None:
+        out.print(f"combined report: {report}", markup=False)
     if failed:
         raise typer.Exit(1)
 

@@ -261,3 +261,110 @@ def test_a_cell_killed_mid_training_is_resumed_by_the_next_run(write_experiment,
     assert state(cell) == {"train": "reuse", "evaluate": "reuse"} and not partial.exists()
     provenance = json.loads((cell.run_dir() / "provenance.json").read_text())
     assert len(provenance["resumed"]) == 1
+
+
+def _correct(right: set[int], n: int = 30) -> dict[str, bool]:
+    return {f"i{k}": k in right for k in range(n)}
+
+
+def test_the_crossover_on_a_hand_computed_curve():
+    from finetune.experiment.decision import crossover
+
+    general = _correct(set(range(20)))
+    curve = {
+        200: _correct(set(range(30))),  # 10 items only it gets right, none the other way
+        25: _correct(set(range(8))),  # 12 items only the general system gets right
+        50: _correct(set(range(17)) | {20, 21, 22}),  # 3 against 3
+        100: _correct(set(range(25))),  # 5 against 0: p = 2 / 2^5 = 0.0625, not below 0.05
+    }
+    result = crossover(curve, general)
+    assert [(p.size, p.specialist_only, p.general_only, p.verdict) for p in result.points] == [
+        (25, 0, 12, "worse"),
+        (50, 3, 3, "no clear difference"),
+        (100, 5, 0, "no clear difference"),
+        (200, 10, 0, "better"),
+    ]
+    assert [p.p_value for p in result.points] == [2 / 2**12, 1.0, 2 / 2**5, 2 / 2**10]
+    assert (result.smallest_better, result.largest_worse) == (200, 25)
+    assert result.describe("qwen") == (
+        "significantly better than qwen from 200 training examples; still significantly worse at 25"
+    )
+    never = crossover({25: _correct(set(range(20)))}, general)
+    assert never.describe("qwen") == (
+        "not significantly better than qwen within the sizes tried; never significantly worse "
+        "than qwen"
+    )
+
+
+def test_the_recommendation_is_the_best_system_that_meets_the_constraints():
+    from finetune.experiment.decision import Candidate, recommend
+    from finetune.experiment.schema import ConstraintsConfig
+
+    candidates = [
+        Candidate("big local", 0.90, p50_ms=900.0, usd_per_1k=0.02, memory_gb=9.0),
+        Candidate("specialist", 0.85, p50_ms=300.0, usd_per_1k=0.004, memory_gb=1.2),
+        Candidate("tf-idf", 0.80, p50_ms=1.5, usd_per_1k=0.00001, memory_gb=0.2),
+        Candidate("api", 0.95, p50_ms=600.0, usd_per_1k=0.5, memory_gb=None),
+    ]
+    limits = ConstraintsConfig(max_p50_ms=500, max_usd_per_1k=0.1)
+    result = recommend(candidates, limits)
+    assert result.excluded == {
+        "big local": ["p50 latency"],
+        "api": ["p50 latency", "cost per 1k requests"],
+    }
+    assert (result.best.name, result.runner_up.name) == ("specialist", "tf-idf")
+    assert result.describe("accuracy") == (
+        "Deploy specialist (accuracy 0.850). The runner-up, tf-idf, scores 0.050 less accuracy; "
+        "p50 latency 1.5 ms (0.005x); cost per 1k $0.000010 (0.0025x)."
+    )
+    # A remote system's memory is not this machine's: a memory limit does not rule it out.
+    memory = recommend(candidates, ConstraintsConfig(max_memory_gb=2.0))
+    assert memory.best.name == "api" and "big local" in memory.excluded
+    assert recommend(candidates, ConstraintsConfig(max_p50_ms=1.0)).describe("accuracy") == (
+        "No system meets the constraints."
+    )
+
+
+def test_the_combined_report_has_the_leaderboard_curve_crossover_and_recommendation(
+    write_experiment, monkeypatch, capsys, tmp_path
+):
+    from conftest import run_cli
+
+    from finetune.evaluate.stats import mcnemar_exact
+    from finetune.experiment import load_experiment
+
+    fast = {
+        "tfidf": {"enabled": False},
+        "latency_items": 2,
+        "bootstrap_samples": 50,
+        "timing": {"rounds": 6, "throughput_items": 4},
+        "baselines": [{"name": "base zero-shot", "model": "base"}],
+    }
+    path = write_experiment(
+        sections={"eval": fast},
+        axes={"data.max_train_examples": [16, 48]},
+        constraints={"max_p50_ms": 10_000},
+    )
+    code, output = run_cli(monkeypatch, capsys, "experiment", str(path))
+    assert code == 0, output
+    report = tmp_path / "runs" / "experiments" / "exp" / "report.md"
+    assert f"combined report: {report}" in output
+    text = report.read_text()
+    assert (report.parent / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _, cells = load_experiment(path)
+    rows = []
+    for cell in cells:
+        results = json.loads((cell.run_dir() / "eval" / "results.json").read_text())
+        value = results["systems"][0]["metrics"]["accuracy"]
+        rows.append(f"| specialist [{cell.label}] | {cell.values['data.max_train_examples']} | ")
+        assert rows[-1] + f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]" in text
+        predictions = [json.loads(x) for x in (cell.run_dir() / "eval/predictions.jsonl").open()]
+        test = mcnemar_exact(
+            [p["predictions"]["specialist"]["prediction"] == p["gold"] for p in predictions],
+            [p["predictions"]["base zero-shot"]["prediction"] == p["gold"] for p in predictions],
+        )
+        size = cell.values["data.max_train_examples"]
+        assert f"{size}: {test.a_only} vs {test.b_only}, p = " in text
+    assert "- specialist is " in text and "base zero-shot" in text
+    assert text.count("| base zero-shot | - |") == 1  # a general system appears once
+    assert "## Recommendation\n\nDeploy " in text

@@ -238,16 +238,16 @@ def test_a_cell_killed_mid_training_is_resumed_by_the_next_run(write_experiment,
 
     fast = {"tfidf": {"enabled": False}, "latency_items": 2, "bootstrap_samples": 50}
     path = write_experiment(
-        sections={"train": {"max_steps": 40, "save_every": 2, "eval_every": 2}, "eval": fast},
+        sections={"train": {"max_steps": 100, "save_every": 2, "eval_every": 2}, "eval": fast},
         axes={"lora.r": [2]},
     )
     (cell,) = load_experiment(path)[1]
     partial = cell.run_dir().with_name(cell.run_dir().name + ".partial")
     command = [sys.executable, "-m", "finetune", "experiment", str(path)]
     process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True)
-    try:  # killed once its first checkpoint is sealed: bounded by the deadline
+    try:  # killed once a checkpoint is sealed (older ones rotate away): bounded by the deadline
         deadline = time.monotonic() + 300
-        while not (partial / "checkpoints" / "checkpoint-2" / SEAL_FILE).exists():
+        while not list(partial.glob(f"checkpoints/checkpoint-*/{SEAL_FILE}")):
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
     finally:
@@ -368,3 +368,43 @@ def test_the_combined_report_has_the_leaderboard_curve_crossover_and_recommendat
     assert "- specialist is " in text and "base zero-shot" in text
     assert text.count("| base zero-shot | - |") == 1  # a general system appears once
     assert "## Recommendation\n\nDeploy " in text
+
+
+def test_capped_training_rows_are_nested_and_keep_each_labels_share():
+    from finetune.data.split import nested_order
+
+    rows = [{"id": f"r{i}", "label": "a" if i < 60 else "b" if i < 90 else "c"} for i in range(100)]
+    order = nested_order(rows, seed=7)
+    assert sorted(r["id"] for r in order) == sorted(r["id"] for r in rows)
+    for size in (1, 5, 10, 25, 50, 99):
+        counts = {k: sum(r["label"] == k for r in order[:size]) for k in "abc"}
+        shares = {"a": 0.6, "b": 0.3, "c": 0.1}
+        assert all(abs(counts[k] - size * shares[k]) <= 1 for k in "abc"), (size, counts)
+    other = nested_order(rows, seed=8)
+    assert {r["id"] for r in other[:10]} != {r["id"] for r in order[:10]}
+    assert nested_order(list(reversed(rows)), seed=7) == order  # the draw, not the file order
+
+
+def test_a_seed_axis_keeps_the_test_items_and_draws_nested_training_rows(write_experiment):
+    from finetune.data import load_split
+    from finetune.experiment import load_experiment
+
+    path = write_experiment(axes={"seed": [1, 2], "data.max_train_examples": [10, 30]})
+    _, cells = load_experiment(path)
+    assert {c.recipe.data.split_seed for c in cells} == {3}  # the base recipe's seed
+    tests = [[r["id"] for r in load_split(c.recipe, "test")] for c in cells]
+    assert all(t == tests[0] for t in tests)
+    train = {
+        (c.recipe.seed, c.recipe.data.max_train_examples): [
+            r["id"] for r in load_split(c.recipe, "train")
+        ]
+        for c in cells
+    }
+    for seed in (1, 2):
+        small, large = train[(seed, 10)], train[(seed, 30)]
+        assert len(small) == 10 and len(large) == 30 and set(small) < set(large)
+    assert set(train[(1, 10)]) != set(train[(2, 10)])
+    for cell in cells:
+        rows = load_split(cell.recipe, "train")
+        fresh = sum(r["label"] == "fresh" for r in rows)
+        assert abs(fresh - len(rows) / 2) <= 1

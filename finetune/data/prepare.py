@@ -28,6 +28,8 @@ from finetune.data.split import (
     drop_leaked,
     fingerprint,
     leakage,
+    nested_order,
+    split_seed,
     stratified_split,
 )
 from finetune.files import read_jsonl, write_atomic, write_json
@@ -96,7 +98,9 @@ def load_split(recipe: Recipe, split: str) -> list[dict]:
         "test": recipe.data.max_test_examples,
     }
     cap = caps.get(split)
-    return rows[:cap] if cap else rows
+    if not cap:
+        return rows
+    return nested_order(rows, recipe.seed)[:cap] if split == "train" else rows[:cap]
 
 
 def _read_splits(recipe: Recipe) -> tuple[dict[str, list[dict]], list[Rejected], dict[str, Any]]:
@@ -172,10 +176,15 @@ def _inputs_key(recipe: Recipe) -> str:
     # version: raised when what a preparation writes changes (2: the card counts repeated texts and entity types)
     payload = {
         "data": recipe.data.model_dump(
-            exclude={"max_train_examples", "max_validation_examples", "max_test_examples"}
+            exclude={
+                "max_train_examples",
+                "max_validation_examples",
+                "max_test_examples",
+                "split_seed",
+            }
         ),
         "task": recipe.task.model_dump(include={"type", "labels"}),
-        "seed": recipe.seed,
+        "seed": split_seed(recipe),
         "files": state,
         "version": 2,
     }

@@ -23,20 +23,23 @@ def _rank(seed: int, example_id: str) -> str:
     return hashlib.sha256(f"{seed}:{example_id}".encode()).hexdigest()
 
 
+def split_seed(recipe: Recipe) -> int:
+    """The seed of the split: `data.split_seed`, else the recipe's seed."""
+    return recipe.data.split_seed if recipe.data.split_seed is not None else recipe.seed
+
+
 def stratified_split(examples: list[dict], recipe: Recipe) -> dict[str, list[dict]]:
     """Split each label group by the recipe's fractions (QA and extraction: one group)."""
     fractions = recipe.data.split
+    seed = split_seed(recipe)
     splits: dict[str, list[dict]] = {name: [] for name in SPLITS}
-    for group in _ranked_label_groups(examples, recipe.seed):
+    for group in _ranked_label_groups(examples, seed):
         n_test = round(len(group) * fractions.test)
         n_val = round(len(group) * fractions.validation)
         splits["test"] += group[:n_test]
         splits["validation"] += group[n_test : n_test + n_val]
         splits["train"] += group[n_test + n_val :]
-    return {
-        name: sorted(rows, key=lambda e: _rank(recipe.seed, e["id"]))
-        for name, rows in splits.items()
-    }
+    return {name: sorted(rows, key=lambda e: _rank(seed, e["id"])) for name, rows in splits.items()}
 
 
 def carve_validation(train: list[dict], recipe: Recipe) -> tuple[list[dict], list[dict]]:
@@ -45,11 +48,24 @@ def carve_validation(train: list[dict], recipe: Recipe) -> tuple[list[dict], lis
         recipe.data.split.train + recipe.data.split.validation, 1e-9
     )
     rest, validation = [], []
-    for group in _ranked_label_groups(train, recipe.seed):
+    for group in _ranked_label_groups(train, split_seed(recipe)):
         n_val = round(len(group) * share)
         validation += group[:n_val]
         rest += group[n_val:]
     return rest, validation
+
+
+def nested_order(rows: list[dict], seed: int) -> list[dict]:
+    """The rows in the order a capped training set takes them: each label's rows ranked by
+    (seed, id) and interleaved by their share, so that every prefix keeps each label's share to
+    within one row and a smaller prefix is part of every larger one."""
+    groups = _ranked_label_groups(rows, seed)
+    keyed = [
+        ((k + 0.5) / len(group), g, row)
+        for g, group in enumerate(groups)
+        for k, row in enumerate(group)
+    ]
+    return [row for _, _, row in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
 
 def _ranked_label_groups(examples: list[dict], seed: int) -> list[list[dict]]:
@@ -64,7 +80,7 @@ def fingerprint(splits: dict[str, list[dict]], recipe: Recipe) -> str:
     """sha256 over the split contents and the parameters that produced them."""
     digest = hashlib.sha256()
     params = {
-        "seed": recipe.seed,
+        "seed": split_seed(recipe),
         "split": recipe.data.split.model_dump(),
         "dedupe": recipe.data.dedupe,
         "labels": recipe.task.labels,

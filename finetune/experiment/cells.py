@@ -183,11 +183,12 @@ def _resolve(path: Path, experiment: Experiment) -> tuple[list[Cell], list[Probl
     """Each cell's recipe, validated; problems that several cells share are given once."""
     recipe_path = path.parent / experiment.recipe
     general = [b.model_dump(mode="json", exclude_defaults=True) for b in experiment.general]
+    extra = {"eval.baselines": general} if general else {}
+    extra |= _fixed_split(recipe_path, experiment)
     cells, problems = [], {}
     for index, values in enumerate(grid(experiment)):
         label = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
         origin = f"{path} (cell {index}: {label})" if label else str(path)
-        extra = {"eval.baselines": general} if general else {}
         try:
             recipe = load_recipe(recipe_path, values={**values, **extra}, origin=origin)
         except RecipeError as exc:
@@ -204,6 +205,21 @@ def _resolve(path: Path, experiment: Experiment) -> tuple[list[Cell], list[Probl
             problems.setdefault(("", message), Problem(origin, "axes", message))
         cells.append(cell)
     return cells, list(problems.values())
+
+
+def _fixed_split(recipe_path: Path, experiment: Experiment) -> dict[str, Any]:
+    """Where cells vary `seed`, the split stays the base recipe's, so every cell is tested on
+    the same items (unless the experiment varies `data.split_seed` itself)."""
+    varied = set(experiment.axes) | {k for group in experiment.paired for k in group}
+    if "seed" not in varied or "data.split_seed" in varied:
+        return {}
+    try:
+        base = load_recipe(recipe_path)
+    except RecipeError:
+        return {}  # reported with each cell
+    return {
+        "data.split_seed": base.data.split_seed if base.data.split_seed is not None else base.seed
+    }
 
 
 def _short(value: Any) -> str:

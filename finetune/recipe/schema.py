@@ -92,8 +92,13 @@ class DataConfig(Section):
     )
     max_train_examples: PositiveInt | None = _field(
         None,
-        help="Cap on training rows after the split (null: use all).",
+        help="Cap on training rows after the split (null: use all). The rows are drawn by the recipe's `seed` with each label's share kept (to within one row), and nested: the first 50 are among the first 100, so a learning curve measures data size rather than the luck of the draw.",
         synonyms=("max_examples", "limit"),
+    )
+    split_seed: Annotated[int, Field(ge=0)] | None = _field(
+        None,
+        help="Seed of the train/validation/test split (null: the recipe's `seed`). Fixing it lets `seed` vary, and with it the training rows drawn and the training itself, while every run is tested on the same items; an experiment that varies `seed` fixes it to its base recipe's seed.",
+        synonyms=("split_random_seed", "data_seed"),
     )
     max_validation_examples: PositiveInt | None = _field(
         None,

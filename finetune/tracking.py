@@ -130,6 +130,7 @@ def open_tracker(
         "project": settings.project,
         "entity": settings.entity,
         "tags": list(settings.tags),
+        "group": settings.group,
         "name": name,
         "job_type": job_type,
         "dir": str(run_dir),

@@ -19,7 +19,8 @@ NEAR_DUP_JACCARD = 0.6
 SHINGLE = 5
 
 
-def _rank(seed: int, example_id: str) -> str:
+def rank(seed: int, example_id: str) -> str:
+    """The order of rows for the split and for capped training sets: a hash of (seed, id)."""
     return hashlib.sha256(f"{seed}:{example_id}".encode()).hexdigest()
 
 
@@ -39,7 +40,7 @@ def stratified_split(examples: list[dict], recipe: Recipe) -> dict[str, list[dic
         splits["test"] += group[:n_test]
         splits["validation"] += group[n_test : n_test + n_val]
         splits["train"] += group[n_test + n_val :]
-    return {name: sorted(rows, key=lambda e: _rank(seed, e["id"])) for name, rows in splits.items()}
+    return {name: sorted(rows, key=lambda e: rank(seed, e["id"])) for name, rows in splits.items()}
 
 
 def carve_validation(train: list[dict], recipe: Recipe) -> tuple[list[dict], list[dict]]:
@@ -71,7 +72,7 @@ def nested_order(rows: list[dict], seed: int) -> list[dict]:
 def _ranked_label_groups(examples: list[dict], seed: int) -> list[list[dict]]:
     """Examples grouped by label (labels in sorted order), each group ordered by rank."""
     groups: dict[str, list[dict]] = defaultdict(list)
-    for example in sorted(examples, key=lambda e: _rank(seed, e["id"])):
+    for example in sorted(examples, key=lambda e: rank(seed, e["id"])):
         groups[example.get("label", "")].append(example)
     return [groups[label] for label in sorted(groups)]
 

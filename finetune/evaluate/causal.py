@@ -196,28 +196,38 @@ def system_format(system: System, loaded: Loaded, run_format: PromptFormat, reci
 
 
 def draw_shots(recipe: Recipe, train_rows: list[dict], k: int) -> list[tuple[str, str]]:
-    """k in-context examples from train, fixed by the recipe's seed, shared by every test item.
+    """k in-context examples from train, fixed by the recipe's seed, shared by every test item,
+    and the same at every training size of a learning curve.
 
-    Drawn from the shorter half of train so the examples do not crowd out the item, and for
-    classification taken in turn from each label so no label is missing by chance.
+    Each label's rows are ranked by (seed, id), the order in which a capped training set takes
+    them (`data.split.nested_order`), so a label's first rows are in every capped set that holds
+    that many. The examples are the shorter half of each label's first 2 x (shots per label)
+    rows, so they do not crowd out the item, taken in turn from each label (in an order drawn
+    by the seed) so no label is missing by chance; other tasks rank all rows as one group.
     """
     if k == 0 or not train_rows:
         return []
-    rng = random.Random(recipe.seed)
-    lengths = sorted(len(r["text"]) for r in train_rows)
-    short = [r for r in train_rows if len(r["text"]) <= lengths[len(lengths) // 2]]
     if recipe.task.type == "classification":
-        by_label = {
-            label: [r for r in short if r["label"] == label] for label in recipe.task.labels
-        }
-        for rows in by_label.values():
-            rng.shuffle(rows)
-        order = [label for label in recipe.task.labels if by_label[label]]
-        rng.shuffle(order)
-        picked = [by_label[order[i % len(order)]][i // len(order)] for i in range(k)]
+        groups = [[r for r in train_rows if r["label"] == label] for label in recipe.task.labels]
+        groups = [g for g in groups if g]
+        random.Random(recipe.seed).shuffle(groups)
     else:
-        picked = rng.sample(short, min(k, len(short)))
+        groups = [train_rows]
+    per_group = -(-k // len(groups))
+    pools = [_short_first_rows(recipe.seed, g, per_group) for g in groups]
+    picked = [
+        pools[i % len(pools)][(i // len(pools)) % len(pools[i % len(pools)])] for i in range(k)
+    ]
     return [(r["text"], target_text(recipe.task.type, r)) for r in picked]
+
+
+def _short_first_rows(seed: int, rows: list[dict], n: int) -> list[dict]:
+    """The shorter half of the first 2n rows in (seed, id) rank, in rank order."""
+    from finetune.data.split import rank
+
+    first = sorted(rows, key=lambda r: rank(seed, r["id"]))[: 2 * n]
+    shorter = sorted(first, key=lambda r: len(r["text"]))[:n]  # stable: rank breaks ties
+    return [r for r in first if r in shorter]
 
 
 def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:

@@ -15,10 +15,12 @@ interval for the median ratio). Everything lands in `<run>/eval/`: `predictions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,7 @@ import numpy as np
 from finetune.data import load_split, prepare
 from finetune.data.read import TARGET_FIELD
 from finetune.errors import FinetuneError
-from finetune.evaluate import memory, timing
+from finetune.evaluate import memory, reuse, timing
 from finetune.evaluate import metrics as M
 from finetune.evaluate.statistical import majority_label
 from finetune.evaluate.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
@@ -103,35 +105,82 @@ def evaluate(
     )
     context = Context(run_dir, items, load_split(recipe, "train"))
     check_all(recipe, run_dir)
-    plans, outcomes = [], []
+    store = reuse.Store.of(recipe)
     with _progress(console) as progress:
-        for key, group in load_groups(recipe, systems_of(recipe)):
-            with loaded_model(recipe, run_dir, key) as loaded:
-                for system in group:
-                    plan = loaded.kind.plan(recipe, system, key, loaded, context)
-                    outcome = _score(recipe, run_dir, plan, loaded, progress)
-                    outcome.predictions = M.locate(
-                        recipe.task.type, texts, golds, outcome.predictions
-                    )
-                    plans.append(plan)
-                    outcomes.append(outcome)
-                    _say(console, recipe, outcome, golds)
-        order = [s.name for s in systems_of(recipe)]
-        plans.sort(key=lambda p: order.index(p.system.name))
-        outcomes.sort(key=lambda o: order.index(o.system.name))
-        _measure_memory(recipe, run_dir, plans, outcomes, progress)
-        _say_line(
-            console,
-            f"timing {len(plans)} systems in {recipe.eval.timing.rounds} rounds, the order changed "
-            f"between rounds (eval.timing; at most {recipe.eval.timing.max_minutes:g} min)",
-        )
-        rounds = _time(recipe, run_dir, plans, progress, observer)
+        plans, outcomes, kept = _quality(recipe, context, golds, store, progress, console)
+        _measure_memory(recipe, run_dir, plans, outcomes, kept, progress)
+        rounds = _time(recipe, run_dir, plans, kept, progress, observer, console)
+    _keep(recipe, store, outcomes, kept, rounds)
     _say_timing(console, rounds)
     results = summarize(recipe, run_dir, items, outcomes, golds, rounds, context.train_rows)
     _say_floor(console, results)
     out = run_dir / EVAL_DIR
     write_atomic(out / PREDICTIONS_FILE, _predictions_jsonl(recipe, items, outcomes, golds))
     return write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished eval
+
+
+def _quality(
+    recipe: Recipe,
+    context: Context,
+    golds: list[Any],
+    store: reuse.Store | None,
+    progress: Any,
+    console: Any,
+) -> tuple[list[Plan], list[Outcome], dict[str, reuse.Kept]]:
+    """Every system's quality pass, in the recipe's order; a system kept from an earlier
+    evaluation (`reuse`) takes its kept outcome instead of running."""
+    plans, outcomes, kept = [], [], {}
+    texts = [item["text"] for item in context.items]
+    for key, group in load_groups(recipe, systems_of(recipe)):
+        with loaded_model(recipe, context.run_dir, key) as loaded:
+            for system in group:
+                plan = loaded.kind.plan(recipe, system, key, loaded, context)
+                entry = store and store.lookup(reuse.system_key(recipe, plan, loaded, context))
+                if entry and entry.quality:
+                    outcome = Outcome(system=system, **entry.quality)
+                else:
+                    outcome = _score(recipe, context.run_dir, plan, loaded, progress)
+                    if entry:  # kept as the system answered, before spans are located
+                        entry.quality, entry.changed = _quality_entry(outcome), True
+                if entry:
+                    kept[system.name] = entry
+                outcome.predictions = M.locate(recipe.task.type, texts, golds, outcome.predictions)
+                plans.append(plan)
+                outcomes.append(outcome)
+                _say(console, recipe, outcome, golds, reused=bool(entry and not entry.changed))
+    order = [s.name for s in systems_of(recipe)]
+    plans.sort(key=lambda p: order.index(p.system.name))
+    outcomes.sort(key=lambda o: order.index(o.system.name))
+    return plans, outcomes, kept
+
+
+def _quality_entry(outcome: Outcome) -> dict[str, Any]:
+    """An outcome as kept: everything but the system, which each evaluation names itself."""
+    entry = dataclasses.asdict(outcome)
+    del entry["system"]
+    return entry
+
+
+def _keep(
+    recipe: Recipe,
+    store: reuse.Store | None,
+    outcomes: list[Outcome],
+    kept: dict[str, reuse.Kept],
+    rounds: timing.Rounds,
+) -> None:
+    """Keep what this evaluation measured of each system for the next one that includes it."""
+    if store is None:
+        return
+    machine, settings = _machine(), _timing_settings(recipe)
+    for outcome in outcomes:
+        entry = kept.get(outcome.system.name)
+        if entry is None:
+            continue
+        name = outcome.system.name
+        if name not in rounds.reused and rounds.of(name):
+            entry.timing = reuse.timing_entry(rounds, name, machine, settings)
+            entry.changed = True
+        store.save(entry)
 
 
 def check_run(recipe: Recipe, run_dir: Path) -> None:
@@ -208,31 +257,73 @@ def _score(recipe: Recipe, run_dir: Path, plan: Plan, loaded: Loaded, progress: 
 
 
 def _measure_memory(
-    recipe: Recipe, run_dir: Path, plans: list[Plan], outcomes: list[Outcome], progress: Any
+    recipe: Recipe,
+    run_dir: Path,
+    plans: list[Plan],
+    outcomes: list[Outcome],
+    kept: dict[str, reuse.Kept],
+    progress: Any,
 ) -> None:
-    """Replace each outcome's in-process peak by the one measured alone, where it is (`memory`)."""
-    if memory.method(recipe) != "alone":
+    """Replace each outcome's in-process peak by the one measured alone, where it is (`memory`),
+    or kept from an earlier evaluation on this machine."""
+    how = memory.method(recipe)
+    if how != "alone":
         return
-    local = [p for p in plans if not p.infer.remote]
+    machine = _machine()
+    known = {n: k.memory_on(machine, how) for n, k in kept.items() if k.memory_on(machine, how)}
+    local = [p for p in plans if not p.infer.remote and p.system.name not in known]
     task = progress.add_task("peak memory, each system alone", total=len(local))
     peaks = memory.measured_alone(recipe, run_dir, local, on_done=lambda: progress.advance(task))
     progress.remove_task(task)
+    for name, peak in peaks.items():
+        if name in kept:
+            kept[name].memory = {"machine": machine, "method": how, "bytes": peak}
+            kept[name].changed = True
+    peaks |= known
     for outcome in outcomes:
         outcome.peak_memory = peaks.get(outcome.system.name, outcome.peak_memory)
+
+
+def _machine() -> str:
+    """What measurements are tied to: the device and how many cores this process may use."""
+    import os
+
+    return f"{describe_device()}; {len(os.sched_getaffinity(0))} usable cores"
+
+
+def _timing_settings(recipe: Recipe) -> dict[str, Any]:
+    return {
+        "rounds": recipe.eval.timing.rounds,
+        "latency_items": recipe.eval.latency_items,
+        "throughput_items": recipe.eval.timing.throughput_items,
+        "batch_size": recipe.eval.batch_size,
+    }
 
 
 def _time(
     recipe: Recipe,
     run_dir: Path,
     plans: list[Plan],
+    kept: dict[str, reuse.Kept],
     progress: Any,
     observer: timing.Observer | None,
+    console: Any = None,
 ) -> timing.Rounds:
-    """Latency and throughput of every system in rounds, with the instances that fit kept loaded."""
+    """Latency and throughput of every system in rounds, with the instances that fit kept loaded;
+    a system timed on this machine by an earlier evaluation brings its rounds instead."""
     settings = recipe.eval.timing
+    machine, same = _machine(), _timing_settings(recipe)
+    earlier = {n: k.timing_on(machine, same) for n, k in kept.items() if k.timing_on(machine, same)}
+    fresh = [p for p in plans if p.system.name not in earlier]
+    again = f"; {len(earlier)} timed by an earlier evaluation on this machine" if earlier else ""
+    _say_line(
+        console,
+        f"timing {len(fresh)} systems in {settings.rounds} rounds, the order changed between "
+        f"rounds (eval.timing; at most {settings.max_minutes:g} min){again}",
+    )
     # A remote system brings its own measurement (`_ready`): nothing to load for it.
-    keys = list(dict.fromkeys(p.key for p in plans if p.infer.measured is None))
-    task = progress.add_task("timing rounds", total=settings.rounds * len(plans))
+    keys = list(dict.fromkeys(p.key for p in fresh if p.infer.measured is None))
+    task = progress.add_task("timing rounds", total=settings.rounds * len(fresh))
     with ModelPool(recipe, run_dir, keys) as pool:
         warmed: set[str] = set()
         targets = [
@@ -241,7 +332,7 @@ def _time(
                 lambda p=p: _ready(recipe, pool, p, warmed),
                 resident=p.key in pool.resident,
             )
-            for p in plans
+            for p in fresh
         ]
         rounds = timing.run_rounds(
             targets,
@@ -252,6 +343,11 @@ def _time(
             on_step=lambda *_: progress.advance(task),
         )
     rounds.resident = [t.name for t in targets if t.resident]
+    rounds.evaluation, rounds.evaluated_at = uuid.uuid4().hex[:12], reuse.now()
+    for name, entry in earlier.items():
+        rounds.records += reuse.records_of(entry, name)
+        rounds.resident += [name] if entry["resident"] else []
+        rounds.reused[name] = {k: entry[k] for k in ("evaluation", "evaluated_at")}
     progress.remove_task(task)
     return rounds
 
@@ -361,9 +457,10 @@ def summarize(
 
 def _round_figures(recipe: Recipe, outcome: Outcome, rounds: timing.Rounds) -> dict[str, list]:
     name = outcome.system.name
-    return timing.figures_by_round(
+    figures = timing.figures_by_round(
         rounds.of(name), lambda thr: cost_per_1k(recipe, name, thr, outcome)["usd"]
     )
+    return {**figures, "evaluation": rounds.evaluation_of(name)}
 
 
 def _timing_header(recipe: Recipe, rounds: timing.Rounds, figures: dict) -> dict[str, Any]:
@@ -385,6 +482,8 @@ def _timing_header(recipe: Recipe, rounds: timing.Rounds, figures: dict) -> dict
         "latency_items": recipe.eval.latency_items,
         "throughput_items": settings.throughput_items,
         "resident": rounds.resident,
+        # Systems whose rounds an earlier evaluation ran: compared over rounds, not within them.
+        "reused": rounds.reused,
         "interval": "sign-test interval for the median of the per-round ratios",
         "normal_spread": round(spread, 4),
         "disturbed": sorted(disturbed, key=lambda d: (d["round"], d["system"])),
@@ -398,6 +497,7 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figure
     return {
         "name": outcome.system.name,
         "role": outcome.system.role,
+        "kind": outcome.system.kind,
         "model": outcome.description,
         "serving": outcome.serving,
         "shots": outcome.system.shots,
@@ -556,7 +656,13 @@ def _floor(recipe: Recipe, train_rows: list[dict], golds: list, specialist: Outc
 
 def _timing_ratios(mine: dict, theirs: dict, confidence: float) -> dict[str, Any]:
     """Each timing figure as a ratio paired by round, rounds where either was disturbed by a
-    busy machine left out."""
+    busy machine left out; over the two sets of rounds where they were timed in different
+    evaluations (one of them kept from an earlier one)."""
+    if mine["evaluation"] != theirs["evaluation"]:
+        return {
+            k: timing.unpaired_ratio(mine[k], theirs[k], confidence, (mine["busy"], theirs["busy"]))
+            for k in timing.FIGURES
+        }
     busy = [a or b for a, b in zip(mine["busy"], theirs["busy"], strict=True)]
     return {
         k: timing.paired_ratio(mine[k], theirs[k], confidence, busy, mine["round"])
@@ -592,7 +698,9 @@ def _predictions_jsonl(
     return "\n".join(lines) + "\n"
 
 
-def _say(console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any]) -> None:
+def _say(
+    console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any], reused: bool = False
+) -> None:
     if console is None:
         return
     task = recipe.task.type
@@ -605,7 +713,7 @@ def _say(console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any]) -> No
     _say_line(
         console,
         f"{outcome.system.name}: {name} {value:.3f} on {len(golds)} items in "
-        f"{outcome.seconds:.0f} s{note}",
+        f"{outcome.seconds:.0f} s{note}" + (" (kept from an earlier evaluation)" if reused else ""),
     )
 
 

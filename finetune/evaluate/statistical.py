@@ -35,7 +35,10 @@ class Tfidf:
         rows = load_split(recipe, "train")
         pipeline = fitted(recipe, rows)
         size = len(pickle.dumps(pipeline))
-        return Loaded(pipeline, None, describe(recipe, len(rows)), self, {"model": size})
+        description = describe(recipe, len(rows))
+        return Loaded(
+            pipeline, None, description, self, {"model": size}, identity=_key(recipe, rows)
+        )
 
     def plan(
         self, recipe: Recipe, system: System, key: str, loaded: Loaded, context: Context
@@ -57,17 +60,18 @@ class Tfidf:
 
 def fitted(recipe: Recipe, rows: list[dict]) -> Any:
     """The pipeline fitted on `rows`, fitted once per process for the same rows and settings."""
-    settings = recipe.eval.tfidf
-    digest = hashlib.sha256(
-        json.dumps(
-            [settings.model_dump(), recipe.seed, [(r["text"], r["label"]) for r in rows]]
-        ).encode()
-    ).hexdigest()
+    digest = _key(recipe, rows)
     if digest not in _FITTED:
         pipeline = build(recipe)
         pipeline.fit([r["text"] for r in rows], [r["label"] for r in rows])
         _FITTED[digest] = pipeline
     return _FITTED[digest]
+
+
+def _key(recipe: Recipe, rows: list[dict]) -> str:
+    """What a fitted pipeline depends on: its settings, the seed and the training rows."""
+    facts = [recipe.eval.tfidf.model_dump(), recipe.seed, [(r["text"], r["label"]) for r in rows]]
+    return hashlib.sha256(json.dumps(facts).encode()).hexdigest()
 
 
 def build(recipe: Recipe) -> Any:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.evaluate.machine_load import LoadSample, load_between, snapshot
-from finetune.evaluate.stats import median_interval
+from finetune.evaluate.stats import median_interval, shift_interval
 
 # A round whose figure is this far from the system's median, or 4 robust standard deviations
 # of all systems' rounds if that is wider, is called out. On an idle 2-core machine here single
@@ -85,6 +85,10 @@ class Rounds:
     seconds: float = 0.0
     stopped_early: bool = False
     resident: list[str] = field(default_factory=list)  # systems whose model stayed loaded
+    evaluation: str = ""  # an id of this evaluation's rounds, kept with each system's records
+    evaluated_at: str = ""
+    # Systems whose records come from an earlier evaluation: name -> {evaluation, evaluated_at}.
+    reused: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def of(self, name: str) -> list[Record]:
         return sorted((r for r in self.records if r.name == name), key=lambda r: r.round)
@@ -92,6 +96,10 @@ class Rounds:
     @property
     def done(self) -> int:
         return len(self.orders)
+
+    def evaluation_of(self, name: str) -> str:
+        """The evaluation whose rounds timed `name`: rounds of one evaluation pair up."""
+        return self.reused[name]["evaluation"] if name in self.reused else self.evaluation
 
 
 Observer = Callable[[str, int, str], None]  # (event "start" | "end", round, system name)
@@ -214,7 +222,49 @@ def paired_ratio(
         "rounds": len(ratios),
         "clear": interval is not None and (high < 1 or low > 1),
         "left_out": left_out,
+        "paired": True,
     }
+
+
+def unpaired_ratio(
+    mine: list[float | None],
+    theirs: list[float | None],
+    confidence: float,
+    busy: tuple[list[bool], list[bool]] | None = None,
+) -> dict[str, Any]:
+    """mine / theirs for two systems timed in different evaluations, where no round pairs them:
+    the Hodges-Lehmann estimate of the ratio (over every pair of rounds) with Moses'
+    distribution-free interval, on the log figures. Rounds in which the machine was busy are
+    left out of each side; `left_out` counts them, since round numbers name different
+    evaluations here."""
+    mine_busy, theirs_busy = busy or ([False] * len(mine), [False] * len(theirs))
+    a = [math.log(v) for v, b in zip(mine, mine_busy, strict=True) if _usable(v) and not b]
+    b = [math.log(v) for v, x in zip(theirs, theirs_busy, strict=True) if _usable(v) and not x]
+    left_out = sum(mine_busy) + sum(theirs_busy)
+    if not a or not b:
+        return {
+            "ratio": None,
+            "low": None,
+            "high": None,
+            "rounds": 0,
+            "clear": False,
+            "left_out": left_out,
+            "paired": False,
+        }
+    shift, low, high = shift_interval(a, b, confidence)
+    return {
+        "ratio": math.exp(shift),
+        "low": math.exp(low) if low is not None else None,
+        "high": math.exp(high) if high is not None else None,
+        "rounds": min(len(a), len(b)),
+        "clear": low is not None and (high < 0 or low > 0),
+        "left_out": left_out,
+        "paired": False,
+    }
+
+
+def _usable(value: float | None) -> bool:
+    return value is not None and not math.isnan(value) and value > 0
 
 
 def normal_spread(figures: list[dict[str, list]]) -> float:

@@ -185,6 +185,7 @@ def _resolve(path: Path, experiment: Experiment) -> tuple[list[Cell], list[Probl
     general = [b.model_dump(mode="json", exclude_defaults=True) for b in experiment.general]
     extra = {"eval.baselines": general} if general else {}
     extra |= _fixed_split(recipe_path, experiment)
+    extra["tracking.wandb.group"] = experiment.name  # the cells' runs, grouped in W&B
     cells, problems = [], {}
     for index, values in enumerate(grid(experiment)):
         label = ", ".join(f"{k}={_short(v)}" for k, v in values.items())

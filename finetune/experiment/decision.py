@@ -3,22 +3,73 @@ tests on the same items), and the system to deploy under the experiment's constr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune.evaluate.stats import mcnemar_exact
+from finetune.evaluate.stats import McNemar, mcnemar_exact
 
 
 @dataclass(frozen=True)
 class Point:
-    """One training size of a learning curve against one general system."""
+    """One training size of a learning curve against one general system: an exact McNemar test
+    per seed's run on the same items. The size counts as better (or worse) only when every
+    seed's test says so; one seed's luck does not move the crossover."""
 
     size: int
-    specialist_only: int  # items only the specialist got right
-    general_only: int  # items only the general system got right
-    p_value: float
-    verdict: str  # better | worse | no clear difference
+    tests: tuple[McNemar, ...]
+    alpha: float = 0.05
+
+    @property
+    def specialist_only(self) -> int:
+        """Items only the specialist got right, summed over seeds."""
+        return sum(t.a_only for t in self.tests)
+
+    @property
+    def general_only(self) -> int:
+        """Items only the general system got right, summed over seeds."""
+        return sum(t.b_only for t in self.tests)
+
+    @property
+    def p_value(self) -> float:
+        """The largest over seeds: the least significant seed decides."""
+        return max(t.p_value for t in self.tests)
+
+    @property
+    def calls(self) -> list[str]:
+        """Each seed's call: better | worse | no clear difference."""
+        return [_call(t, self.alpha) for t in self.tests]
+
+    @property
+    def verdict(self) -> str:
+        calls = set(self.calls)
+        return calls.pop() if len(calls) == 1 else "no clear difference"
+
+    def describe(self) -> str:
+        """`200: 10 vs 0, p = 0.002`; with seeds, `200 (3 seeds): 10/8/12 vs 0/1/2, p = ...,
+        better in 2 of 3`."""
+        from finetune.report import format as F
+
+        if len(self.tests) == 1:
+            t = self.tests[0]
+            return f"{self.size}: {t.a_only} vs {t.b_only}, p = {F.p_value(t.p_value)}"
+        mine = "/".join(str(t.a_only) for t in self.tests)
+        theirs = "/".join(str(t.b_only) for t in self.tests)
+        ps = "/".join(F.p_value(t.p_value) for t in self.tests)
+        tally = ", ".join(
+            f"{c} in {self.calls.count(c)} of {len(self.tests)}"
+            for c in ("better", "worse")
+            if c in self.calls
+        )
+        return f"{self.size} ({len(self.tests)} seeds): {mine} vs {theirs}, p = {ps}" + (
+            f"; {tally}" if tally else ""
+        )
+
+
+def _call(test: McNemar, alpha: float) -> str:
+    if test.p_value >= alpha:
+        return "no clear difference"
+    return "better" if test.a_only > test.b_only else "worse"
 
 
 @dataclass(frozen=True)
@@ -41,21 +92,23 @@ class Crossover:
         return better + worse
 
 
+Correct = Mapping[str, bool]  # item id -> right on the primary metric
+
+
 def crossover(
-    curve: Mapping[int, Mapping[str, bool]], general: Mapping[str, bool], alpha: float = 0.05
+    curve: Mapping[int, Correct | Sequence[Correct]], general: Correct, alpha: float = 0.05
 ) -> Crossover:
-    """`curve`: per training size, the specialist's per-item correctness by item id; `general`:
-    the general system's on the same items. Each size is an exact McNemar test on the items both
-    were scored on."""
+    """`curve`: per training size, the specialist's per-item correctness by item id (a list of
+    them where several seeds ran that size); `general`: the general system's on the same items.
+    Each size is an exact McNemar test per seed on the items both were scored on."""
     points = []
     for size in sorted(curve):
-        ids = sorted(set(curve[size]) & set(general))
-        test = mcnemar_exact([curve[size][i] for i in ids], [general[i] for i in ids])
-        if test.p_value < alpha:
-            verdict = "better" if test.a_only > test.b_only else "worse"
-        else:
-            verdict = "no clear difference"
-        points.append(Point(size, test.a_only, test.b_only, test.p_value, verdict))
+        runs = [curve[size]] if isinstance(curve[size], Mapping) else list(curve[size])
+        tests = []
+        for run in runs:
+            ids = sorted(set(run) & set(general))
+            tests.append(mcnemar_exact([run[i] for i in ids], [general[i] for i in ids]))
+        points.append(Point(size, tuple(tests), alpha))
     better = [p.size for p in points if p.verdict == "better"]
     worse = [p.size for p in points if p.verdict == "worse"]
     return Crossover(min(better, default=None), max(worse, default=None), points)
@@ -126,3 +179,19 @@ def _trade(best: Candidate, other: Candidate, metric: str) -> str:
         if a is not None and b is not None and a > 0:
             parts.append(f"{label} {show(b)} ({b / a:.2g}x)")
     return "; ".join(parts)
+
+
+def pareto(candidates: list[Candidate], attr: str) -> list[Candidate]:
+    """The systems no other beats on both the primary metric (higher) and `attr` (lower: p50_ms,
+    usd_per_1k or memory_gb), in rising `attr`; systems without the figure are left out."""
+    known = [c for c in candidates if getattr(c, attr) is not None]
+
+    def beaten(c: Candidate) -> bool:
+        return any(
+            o.value >= c.value
+            and getattr(o, attr) <= getattr(c, attr)
+            and (o.value > c.value or getattr(o, attr) < getattr(c, attr))
+            for o in known
+        )
+
+    return sorted((c for c in known if not beaten(c)), key=lambda c: getattr(c, attr))

@@ -1,27 +1,47 @@
-"""The experiment's combined report from its evaluated cells: a leaderboard of every system, the
-learning curve (primary metric against training examples, one line per specialist kind, the
-general systems as bands), the crossover with each general system, and the recommendation under
-the constraints. Written as Markdown with its plot to `<runs_dir>/experiments/<name>/`.
+"""The experiment's combined report from its evaluated cells: the recommendation under the
+constraints and the crossovers up front, then a leaderboard of every system, the learning curve
+(primary metric against training examples, one line per specialist kind, the general systems
+as bands), the crossover with each general system size by size, and the Pareto fronts of
+quality against p50 latency, cost per 1k requests and peak memory. Written as `report.md`,
+a self-contained `report.html` and the figures to `<runs_dir>/experiments/<name>/`, and logged
+to one W&B run grouped with the cells' runs.
 
-A specialist kind is a cell's values other than its training size and seed; the TF-IDF
-classifier each cell fits on the same rows is a kind of its own. General systems are scored on
-the same test items in every cell, so each is taken once.
+A specialist kind is a cell's values other than its training size and seed (and the keys that
+vary together with the size); the TF-IDF classifier each cell fits on its training rows is a
+kind of its own. General systems are scored on the same test items in every cell, so each is
+taken once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from finetune.experiment.cells import Cell
-from finetune.experiment.decision import Candidate, crossover, recommend
+from finetune.experiment.decision import Candidate, Crossover, crossover, pareto, recommend
 from finetune.experiment.schema import Experiment
+from finetune.files import write_atomic
 from finetune.report import format as F
+from finetune.report.document import Block, Bullets, Heading, Paragraph, Verdict
+from finetune.report.html import render_html
+from finetune.report.markdown import render_markdown
+from finetune.report.plots import Figure
+from finetune.report.tables import Table
 
+log = logging.getLogger(__name__)
 SIZE_KEY = "data.max_train_examples"
 SEED_KEYS = ("seed",)
+GENERAL = "general"
+FRONTS = (
+    ("p50_ms", "p50 latency (ms)", "p50 latency"),
+    ("usd_per_1k", "cost per 1k requests (USD)", "cost per 1k requests"),
+    ("memory_gb", "peak memory (GB)", "peak memory"),
+)
 
 
 @dataclass(frozen=True)
@@ -29,14 +49,16 @@ class Entry:
     name: str
     kind: str  # the curve it belongs to; "general" for a general system
     train_examples: int | None
+    seed: int | None
     metric: dict[str, float]  # value, low, high of the primary metric
     candidate: Candidate
     correct: dict[str, bool]  # item id -> right on the primary metric
+    short: str = ""  # a label short enough for a plot
 
 
 def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]]:
-    """The primary metric and every system of the evaluated cells."""
-    found, general, metric = [], {}, ""
+    """The primary metric and every system of the evaluated cells, each once."""
+    found, general, metric = {}, {}, ""
     for cell in cells:
         results_path = cell.run_dir() / "eval" / "results.json"
         if not results_path.is_file():
@@ -45,15 +67,23 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
         metric = results["metrics"][0]
         correct = _correct(cell.run_dir() / "eval" / "predictions.jsonl")
         size = json.loads((cell.run_dir() / "train_summary.json").read_text())["train_examples"]
+        kind, sizing = _kind(experiment, cell), _sizing(experiment, cell)
         for system in results["systems"]:
-            name = system["name"]
-            if system["role"] == "specialist" or system["model"] == "tfidf":
-                kind = _kind(cell) if system["role"] == "specialist" else name
-                label = f"{name} [{cell.label}]"
-                found.append(_entry(label, kind, size, metric, system, correct[name]))
-            elif name not in general:
-                general[name] = _entry(name, "general", None, metric, system, correct[name])
-    return metric, found + list(general.values())
+            name, seed = system["name"], cell.recipe.seed
+            if system["role"] == "specialist":
+                label, short, curve = f"{name} [{cell.label}]", f"{kind} @ {size}", kind
+            elif system.get("kind") == "tfidf":
+                # The same rows give the same classifier in every cell that trains on them.
+                label, short, curve = f"{name} [{sizing}]", f"{name} @ {size}", name
+            else:
+                if name not in general:
+                    general[name] = _entry(name, GENERAL, None, None, metric, system, correct[name])
+                continue
+            key = (curve, size, seed) if curve == name else label
+            found.setdefault(
+                key, _entry(label, curve, size, seed, metric, system, correct[name], short)
+            )
+    return metric, [*found.values(), *general.values()]
 
 
 def write(experiment: Experiment, cells: list[Cell]) -> Path | None:
@@ -62,13 +92,74 @@ def write(experiment: Experiment, cells: list[Cell]) -> Path | None:
     if not found:
         return None
     out = Path(cells[0].recipe.tracking.runs_dir) / "experiments" / experiment.name
-    out.mkdir(parents=True, exist_ok=True)
-    plot = _plot(metric, found, out / "learning_curve.png")
-    (out / "report.md").write_text(_markdown(experiment, metric, found, plot), encoding="utf-8")
+    figures = [_curve_figure(metric, found, out), _pareto_figure(metric, found, out)]
+    figures = [f for f in figures if f is not None]
+    blocks = document(experiment, cells, metric, found, figures)
+    write_atomic(out / "report.md", render_markdown(blocks, out))
+    write_atomic(out / "report.html", render_html(blocks, f"{experiment.name}: experiment report"))
+    _track(experiment, cells, blocks, figures)
     return out / "report.md"
 
 
-def _entry(name, kind, size, metric, system, correct) -> Entry:
+def document(
+    experiment: Experiment,
+    cells: list[Cell],
+    metric: str,
+    found: list[Entry],
+    figures: list[Figure],
+) -> list[Block]:
+    """What the report says, in order, for Markdown, HTML and W&B alike."""
+    name = F.metric_label(metric)
+    crossings = _crossings(found)
+    recommendation = recommend([e.candidate for e in found], experiment.constraints)
+    blocks: list[Block] = [Heading(experiment.name, 1)]
+    blocks += [Paragraph(experiment.description)] if experiment.description else []
+    blocks += [
+        Paragraph(_setup(experiment, cells, found, metric)),
+        Verdict(
+            [f"{kind} is {c.describe(g)}." for kind, g, c in crossings] or ["No curve to cross."],
+            recommendation.describe(name),
+            tuple(_missing(cells)),
+        ),
+        Heading("Leaderboard"),
+        _leaderboard(found, name),
+    ]
+    by_key = {f.key: f for f in figures}
+    if "learning_curve" in by_key:
+        blocks += [Heading("Learning curve"), by_key["learning_curve"]]
+    blocks += [
+        Heading("Crossover"),
+        _crossover_table(found, crossings),
+        Bullets(_crossover_lines(crossings)),
+    ]
+    if "pareto" in by_key:
+        blocks += [Heading("Pareto fronts"), by_key["pareto"], _front_table(found, metric)]
+    blocks += [Heading("Recommendation"), Paragraph(recommendation.describe(name))]
+    blocks += [Bullets(_constraint_lines(experiment, recommendation.excluded))]
+    return blocks
+
+
+def _setup(experiment: Experiment, cells: list[Cell], found: list[Entry], metric: str) -> str:
+    evaluated = sum((c.run_dir() / "eval" / "results.json").is_file() for c in cells)
+    general = [e.name for e in found if e.kind == GENERAL]
+    return (
+        f"{evaluated} of {len(cells)} cells evaluated, each an ordinary run of "
+        f"`{experiment.recipe}` with the cell's values set, scored on the same test items as "
+        f"every general system ({', '.join(general) or 'none'}). Primary metric: "
+        f"{F.metric_label(metric)}, with 95% bootstrap intervals over the items; crossovers are "
+        "exact McNemar tests on the items only one of the two systems got right."
+    )
+
+
+def _missing(cells: list[Cell]) -> list[str]:
+    missing = [c for c in cells if not (c.run_dir() / "eval" / "results.json").is_file()]
+    if not missing:
+        return []
+    listed = "; ".join(f"cell {c.index} ({c.label})" for c in missing)
+    return [f"Not evaluated, so not in this report: {listed}. Run the experiment again."]
+
+
+def _entry(name, kind, size, seed, metric, system, correct, short="") -> Entry:
     peak = system.get("peak_memory_bytes")
     candidate = Candidate(
         name,
@@ -77,7 +168,9 @@ def _entry(name, kind, size, metric, system, correct) -> Entry:
         usd_per_1k=(system.get("cost_per_1k") or {}).get("usd"),
         memory_gb=peak / 1e9 if peak else None,
     )
-    return Entry(name, kind, size, system["metrics"][metric], candidate, correct)
+    return Entry(
+        name, kind, size, seed, system["metrics"][metric], candidate, correct, short or name
+    )
 
 
 def _correct(predictions: Path) -> dict[str, dict[str, bool]]:
@@ -89,90 +182,273 @@ def _correct(predictions: Path) -> dict[str, dict[str, bool]]:
     return by_system
 
 
-def _kind(cell: Cell) -> str:
-    rest = {k: v for k, v in cell.values.items() if k != SIZE_KEY and k not in SEED_KEYS}
-    return "specialist" + (f" ({', '.join(f'{k}={v}' for k, v in rest.items())})" if rest else "")
+def size_keys(experiment: Experiment) -> set[str]:
+    """The training-size key and every key that varies together with it (a paired group)."""
+    keys = {SIZE_KEY}
+    for group in experiment.paired:
+        if SIZE_KEY in group:
+            keys |= set(group)
+    return keys
+
+
+def _kind(experiment: Experiment, cell: Cell) -> str:
+    """`specialist (r=4, base=all-minilm-l6-v2)`: one value per axis other than size and seed
+    (a paired group by its first key), each key by its last part."""
+    sizing, seen, parts = size_keys(experiment) | set(SEED_KEYS), set(), []
+    for group in [{k: None} for k in experiment.axes] + list(experiment.paired):
+        first = next(iter(group))
+        if first in sizing or first in seen:
+            continue
+        seen |= set(group)
+        parts.append(f"{first.rsplit('.', 1)[-1]}={cell.values[first]}")
+    return "specialist" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _sizing(experiment: Experiment, cell: Cell) -> str:
+    keys = size_keys(experiment) | set(SEED_KEYS)
+    return ", ".join(f"{k}={v}" for k, v in cell.values.items() if k in keys) or "the recipe"
 
 
 def _curves(found: list[Entry]) -> dict[str, dict[int, list[Entry]]]:
     curves: dict[str, dict[int, list[Entry]]] = defaultdict(lambda: defaultdict(list))
     for e in found:
-        if e.kind != "general":
+        if e.kind != GENERAL:
             curves[e.kind][e.train_examples].append(e)
     return curves
 
 
-def _markdown(experiment: Experiment, metric: str, found: list[Entry], plot: Path) -> str:
-    name = F.metric_label(metric)
-    lines = [f"# {experiment.name}", ""]
-    lines += [experiment.description, ""] if experiment.description else []
-    lines += ["## Leaderboard", ""]
-    lines += [
-        f"| system | training examples | {name} [95% CI] | p50 | cost / 1k | peak memory |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
+def _crossings(found: list[Entry]) -> list[tuple[str, str, Crossover]]:
+    """(kind, general system, its crossover) for every specialist kind and general system."""
+    out = []
+    for kind, sizes in _curves(found).items():
+        for general in (e for e in found if e.kind == GENERAL):
+            curve = {size: [e.correct for e in runs] for size, runs in sizes.items()}
+            out.append((kind, general.name, crossover(curve, general.correct)))
+    return out
+
+
+def _crossover_lines(crossings: list[tuple[str, str, Crossover]]) -> list[str]:
+    return [
+        f"{kind} is {c.describe(general)} (exact McNemar per size, items only one gets right: "
+        f"{'; '.join(p.describe() for p in c.points)})."
+        for kind, general, c in crossings
+    ] or ["No general system to cross."]
+
+
+def _crossover_table(found: list[Entry], crossings: list) -> Table:
+    by_kind = _curves(found)
+    value = {e.name: e.metric["value"] for e in found if e.kind == GENERAL}
+    rows = []
+    for kind, general, c in crossings:
+        for p in c.points:
+            mine = statistics.mean(e.metric["value"] for e in by_kind[kind][p.size])
+            rows.append(
+                [
+                    kind,
+                    general,
+                    str(p.size),
+                    str(len(p.tests)),
+                    f"{F.score(mine)} vs {F.score(value[general])}",
+                    f"{p.specialist_only} vs {p.general_only}",
+                    F.p_value(p.p_value),
+                    p.verdict,
+                ]
+            )
+    columns = ["specialist", "general system", "training examples", "seeds", "metric (mean)"]
+    columns += ["items only one gets right", "p (largest over seeds)", "call"]
+    return Table("crossover", "Crossover, size by size", columns, rows)
+
+
+def _leaderboard(found: list[Entry], metric_name: str) -> Table:
+    rows = []
     for e in sorted(found, key=lambda e: -e.metric["value"]):
         c = e.candidate
-        lines.append(
-            f"| {e.name} | {e.train_examples if e.train_examples is not None else '-'} | "
-            f"{F.with_ci(e.metric)} | {F.ms(c.p50_ms) if c.p50_ms is not None else '-'} | "
-            f"{F.usd(c.usd_per_1k) if c.usd_per_1k is not None else '-'} | "
-            f"{f'{c.memory_gb:.2f} GB' if c.memory_gb is not None else 'remote'} |"
+        rows.append(
+            [
+                e.name,
+                str(e.train_examples) if e.train_examples is not None else "-",
+                F.with_ci(e.metric),
+                F.ms(c.p50_ms) if c.p50_ms is not None else "-",
+                F.usd(c.usd_per_1k) if c.usd_per_1k is not None else "-",
+                f"{c.memory_gb:.2f} GB" if c.memory_gb is not None else "remote",
+            ]
         )
-    lines += ["", "## Learning curve", "", f"![learning curve]({plot.name})", ""]
-    lines += ["## Crossover", "", *_crossovers(found), ""]
+    columns = ["system", "training examples", f"{metric_name} [95% CI]", "p50", "cost / 1k"]
+    return Table("leaderboard", "Leaderboard", [*columns, "peak memory"], rows)
+
+
+def _front_table(found: list[Entry], metric: str) -> Table:
     candidates = [e.candidate for e in found]
-    lines += ["## Recommendation", "", recommend(candidates, experiment.constraints).describe(name)]
-    return "\n".join(lines) + "\n"
+    rows = []
+    for attr, _, label in FRONTS:
+        front = pareto(candidates, attr)
+        rows.append(
+            [label, "; ".join(f"{c.name} ({F.score(c.value)}, {_show(attr, c)})" for c in front)]
+        )
+    return Table(
+        "pareto",
+        "Pareto fronts",
+        ["against", f"systems no other beats on both {F.metric_label(metric)} and it"],
+        rows,
+    )
 
 
-def _crossovers(found: list[Entry]) -> list[str]:
-    """For each specialist kind and general system: where the paired test first says better."""
-    lines = []
-    for kind, sizes in _curves(found).items():
-        for general in (e for e in found if e.kind == "general"):
-            # Several seeds at one size: the first seed's run stands for the size here.
-            curve = {size: runs[0].correct for size, runs in sizes.items()}
-            result = crossover(curve, general.correct)
-            points = "; ".join(
-                f"{p.size}: {p.specialist_only} vs {p.general_only}, p = {F.p_value(p.p_value)}"
-                for p in result.points
-            )
-            lines.append(
-                f"- {kind} is {result.describe(general.name)} (exact McNemar per size, items "
-                f"only one gets right: {points})."
-            )
-    return lines or ["- No general system to cross."]
+def _show(attr: str, c: Candidate) -> str:
+    value = getattr(c, attr)
+    return {"p50_ms": F.ms, "usd_per_1k": F.usd}.get(attr, lambda v: f"{v:.2f} GB")(value)
 
 
-def _plot(metric: str, found: list[Entry], path: Path) -> Path:
+def _constraint_lines(experiment: Experiment, excluded: dict[str, list[str]]) -> list[str]:
+    limits = experiment.constraints
+    shown = [
+        f"{label} at most {show(value)}"
+        for label, value, show in (
+            ("p50 latency", limits.max_p50_ms, F.ms),
+            ("cost per 1k requests", limits.max_usd_per_1k, F.usd),
+            ("peak memory", limits.max_memory_gb, lambda v: f"{v:g} GB"),
+        )
+        if value is not None
+    ]
+    lines = [f"Constraints (`constraints`): {'; '.join(shown) if shown else 'none'}."]
+    lines += [f"Ruled out: {name} ({', '.join(broken)})." for name, broken in excluded.items()]
+    return lines
+
+
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import io
+
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    _plt().close(fig)
+    return write_atomic(path, png.getvalue())
+
+
+def _curve_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
+    """The learning curve, when the cells train on more than one size."""
     curves = _curves(found)
-    for kind, sizes in curves.items():
-        xs = sorted(sizes)
-        means = [sum(e.metric["value"] for e in sizes[x]) / len(sizes[x]) for x in xs]
-        low = [min(e.metric["low"] for e in sizes[x]) for x in xs]
-        high = [max(e.metric["high"] for e in sizes[x]) for x in xs]
-        ax.plot(xs, means, marker="o", label=kind)
-        ax.fill_between(xs, low, high, alpha=0.15)
-    for j, e in enumerate(e for e in found if e.kind == "general"):
-        color = f"C{len(curves) + j}"  # a colour no curve has
-        ax.axhline(e.metric["value"], color=color, linestyle="--", linewidth=1, label=e.name)
-        ax.axhspan(e.metric["low"], e.metric["high"], color=color, alpha=0.08)
-    ax.set_xscale("log")
     sizes = sorted({x for curve in curves.values() for x in curve})
+    if len(sizes) < 2:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    seeds = max(len(runs) for curve in curves.values() for runs in curve.values())
+    for i, (kind, by_size) in enumerate(curves.items()):
+        xs = sorted(by_size)
+        values = [[e.metric["value"] for e in by_size[x]] for x in xs]
+        means = [statistics.mean(v) for v in values]
+        color = f"C{i}"
+        ax.plot(xs, means, marker="o", color=color, label=kind)
+        low = [min(e.metric["low"] for e in by_size[x]) for x in xs]
+        high = [max(e.metric["high"] for e in by_size[x]) for x in xs]
+        ax.fill_between(xs, low, high, color=color, alpha=0.12)
+        if seeds > 1:  # the spread over seeds at each size
+            below = [m - min(v) for m, v in zip(means, values, strict=True)]
+            above = [max(v) - m for m, v in zip(means, values, strict=True)]
+            ax.errorbar(xs, means, yerr=[below, above], fmt="none", ecolor=color, capsize=3)
+    for j, e in enumerate(e for e in found if e.kind == GENERAL):
+        color = f"C{len(curves) + j}"  # a colour no curve has
+        ax.axhline(e.metric["value"], color=color, linestyle="--", linewidth=1.2, label=e.name)
+        ax.axhspan(e.metric["low"], e.metric["high"], color=color, alpha=0.07)
+    ax.set_xscale("log")
     ax.set_xticks(sizes, [str(x) for x in sizes])
     ax.minorticks_off()
     ax.set_xlabel("labelled training examples")
     ax.set_ylabel(F.metric_label(metric))
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    spread = " Bars: the range over seeds." if seeds > 1 else ""
+    caption = (
+        f"{F.metric_label(metric)} against training examples; shaded: 95% intervals (the "
+        f"widest over seeds); dashed: general systems with their intervals.{spread}"
+    )
+    return Figure("learning_curve", _save(fig, out / "learning_curve.png"), caption)
+
+
+def _pareto_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
+    """Quality against p50 latency, cost and memory, each front drawn as a line."""
+    candidates = [e.candidate for e in found]
+    panels = [(a, x, t) for a, x, t in FRONTS if any(getattr(c, a) for c in candidates)]
+    if not panels:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    kinds = list(dict.fromkeys(e.kind for e in found if e.kind != GENERAL))
+    for ax, (attr, xlabel, _) in zip(axes[0], panels, strict=True):
+        for e in found:
+            x = getattr(e.candidate, attr)
+            if not x:
+                continue
+            general = e.kind == GENERAL
+            color = "black" if general else f"C{kinds.index(e.kind)}"
+            ax.scatter(x, e.metric["value"], color=color, marker="s" if general else "o", s=28)
+        front = pareto([c for c in candidates if getattr(c, attr)], attr)
+        ax.plot([getattr(c, attr) for c in front], [c.value for c in front], "r--", linewidth=1)
+        short = {e.name: e.short for e in found}
+        for c in front:
+            ax.annotate(
+                short[c.name],
+                (getattr(c, attr), c.value),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        values = [getattr(c, attr) for c in candidates if getattr(c, attr)]
+        if min(values) > 0 and max(values) / min(values) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(F.metric_label(metric))
+        ax.grid(alpha=0.3)
+    handles = [
+        plt.Line2D([], [], color=f"C{i}", marker="o", linestyle="", label=k)
+        for i, k in enumerate(kinds)
+    ]
+    handles.append(
+        plt.Line2D([], [], color="black", marker="s", linestyle="", label="general systems")
+    )
+    handles.append(plt.Line2D([], [], color="red", linestyle="--", label="Pareto front"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    caption = (
+        f"{F.metric_label(metric)} against p50 latency, cost per 1k requests and peak memory; "
+        "the dashed line joins the systems no other beats on both (remote systems have no "
+        "memory point)."
+    )
+    return Figure("pareto", _save(fig, out / "pareto.png"), caption)
+
+
+def _track(
+    experiment: Experiment, cells: list[Cell], blocks: list[Block], figures: list[Figure]
+) -> None:
+    """One W&B run in the experiment's group: its tables, figures and recommendation."""
+    from finetune.tracking import open_tracker
+
+    out = Path(cells[0].recipe.tracking.runs_dir) / "experiments" / experiment.name
+    tracker = open_tracker(
+        cells[0].recipe,
+        out,
+        job_type="experiment",
+        config=experiment.model_dump(mode="json"),
+        name=f"{experiment.name}-experiment",
+    )
+    ok = False
+    try:
+        for block in blocks:
+            if isinstance(block, Table):
+                tracker.log_table(f"experiment/{block.key}", block.columns, block.rows)
+        for figure in figures:
+            tracker.log_image(f"experiment/{figure.key}", figure.path)
+        verdict = next(b for b in blocks if isinstance(b, Verdict))
+        tracker.summary({"recommendation": verdict.bottom_line, "cells": len(cells)})
+        ok = True
+    finally:
+        tracker.finish(ok)

@@ -79,7 +79,12 @@ def run_cells(
 ) -> list[Outcome]:
     """Every cell's outcome, in the cells' order, run where `executor.kind` says."""
     if executor.kind == "local":
-        return [run_cell(cell, recipe_path, console) for cell in cells]
+        outcomes = []
+        for n, cell in enumerate(cells, start=1):
+            if console is not None:
+                console.print(f"[{n}/{len(cells)}] cell {cell.index}: {cell.label}", markup=False)
+            outcomes.append(run_cell(cell, recipe_path, console))
+        return outcomes
     return _on_ray(cells, recipe_path, executor)
 
 

@@ -530,6 +530,11 @@ class EvalConfig(Section):
         help="How latency and throughput are measured: rounds with the order of systems changed between them.",
         synonyms=("timings", "speed"),
     )
+    reuse: bool = _field(
+        True,
+        help="Take a system's predictions, peak memory and timing rounds from an earlier evaluation of exactly the same system (same model, weights, prompts, test items, answer settings and software) instead of evaluating it again; memory and timing only from this machine with the same timing settings. Kept in `<tracking.runs_dir>/systems/`. A system timed in another evaluation is compared with the others over their rounds, not round by round. `false` evaluates and times everything afresh.",
+        synonyms=("cache", "reuse_evaluations"),
+    )
     bootstrap_samples: PositiveInt = _field(
         2000,
         help="Bootstrap resamples for confidence intervals.",
@@ -555,6 +560,11 @@ class WandbConfig(Section):
         None, help="W&B team or user (null: the key's default).", synonyms=("team",)
     )
     tags: list[str] = _field([], help="Tags added to the W&B run.")
+    group: str | None = _field(
+        None,
+        help="W&B group the run's train, eval and report runs join (null: none). An experiment sets it to its name for every cell.",
+        synonyms=("run_group",),
+    )
 
 
 class TrackingConfig(Section):

@@ -314,7 +314,7 @@ def experiment(
     for o in failed:
         err.print(f"cell {o.cell.index} ({o.cell.label}) failed: {o.error}", markup=False)
     out.print(f"{len(outcomes) - len(failed)} of {len(outcomes)} cells done", markup=False)
-    report = write_report(experiment, cells)
+    report = write_report(experiment, cells, console=out)
     if report is not None:
         out.print(f"combined report: {report}", markup=False)
     if failed:
@@ -329,6 +329,11 @@ def _quiet_libraries() -> None:
     # model; nothing a user can change.
     warnings.filterwarnings(
         "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
+    # TRL 1.16 still calls models with transformers' old `past_key_values` name (renamed
+    # `cache`; the workbench's own calls use the new name); nothing a user can change.
+    warnings.filterwarnings(
+        "ignore", message="`past_key_values` is deprecated", category=FutureWarning
     )
     # bitsandbytes warns at import that an optional 4-bit CPU kernel (fetched from the Hub) is
     # missing; 4-bit training is refused on CPUs anyway, so the warning only confuses.

@@ -579,6 +579,9 @@ def load_language_model(
     )
 
 
+TP_LOGGER = "distributed.tensor_parallel"
+
+
 def load_classifier(
     source: ModelSource,
     labels: list[str],
@@ -595,10 +598,13 @@ def load_classifier(
     from finetune.heads import auto_class
 
     # transformers warns of every weight the checkpoint lacks; a new head is the point here:
-    # training names and trains what is new, evaluation restores it from the run.
-    loader_log = logging.getLogger("transformers.modeling_utils")
-    level = loader_log.level
-    loader_log.setLevel(logging.ERROR)
+    # training names and trains what is new, evaluation restores it from the run. With its
+    # loader quieted, transformers 5.23 checks the tensor-parallel plan instead and lists every
+    # BERT layer as "not sharded" (nothing is sharded here), so that logger is quieted too.
+    loggers = [logging.getLogger(f"transformers.{n}") for n in ("modeling_utils", TP_LOGGER)]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
     try:
         return _load_pretrained(
             auto_class(head),
@@ -613,7 +619,8 @@ def load_classifier(
             **kwargs,
         )
     finally:
-        loader_log.setLevel(level)
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
 
 
 def _load_pretrained(

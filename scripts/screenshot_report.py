@@ -1,6 +1,8 @@
-"""Screenshot a run's `report.html` with headless Chromium, to look at the report without a browser.
+"""Screenshot a run's or an experiment's `report.html` with headless Chromium, to look at the report without a browser.
 
-    python scripts/screenshot_report.py RUN_DIR [--out PNG] [--height PIXELS]
+    python scripts/screenshot_report.py DIR [--out PNG] [--height PIXELS]
+
+DIR is a run directory or an experiment's report directory (`<runs_dir>/experiments/<name>`).
 
 The window is 1200 px wide and tall enough for the whole page: unless --height is given, a
 first Chromium pass measures the page's height. Prints the PNG's path.
@@ -57,7 +59,9 @@ def page_height(browser: str, url: str, timeout: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="run directory holding report.html")
+    parser.add_argument(
+        "run_dir", type=Path, help="run or experiment report directory holding report.html"
+    )
     parser.add_argument("--out", type=Path, help="PNG to write (default RUN/report/screenshot.png)")
     parser.add_argument("--height", type=int, help="window height in pixels (default: measured)")
     args = parser.parse_args(argv)

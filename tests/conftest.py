@@ -208,3 +208,41 @@ def finetune_process(*args: str, cwd: Path = REPO, env: dict | None = None, time
         env=env,
         timeout=timeout,
     )
+
+
+@pytest.fixture
+def scored(monkeypatch):
+    """The names of the systems the evaluator actually scores (not taken from a kept
+    evaluation), in order."""
+    from finetune.evaluate import evaluator
+
+    names: list[str] = []
+    real = evaluator._score
+
+    def counted(recipe, run_dir, plan, loaded, progress):
+        names.append(plan.system.name)
+        return real(recipe, run_dir, plan, loaded, progress)
+
+    monkeypatch.setattr(evaluator, "_score", counted)
+    return names
+
+
+def screenshot(report_dir: Path, out: Path) -> tuple[int, int]:
+    """Render `report_dir/report.html` with the screenshot script in headless Chromium: the
+    PNG's (width, height)."""
+    import struct
+    import subprocess
+    import sys
+
+    script = REPO / "scripts" / "screenshot_report.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(report_dir), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    header = out.read_bytes()[:24]
+    assert header.startswith(b"\x89PNG\r\n\x1a\n")
+    return struct.unpack(">II", header[16:24])  # the IHDR chunk

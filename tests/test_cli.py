@@ -5,6 +5,7 @@ import torch
 from conftest import REPO, finetune_process
 
 SHIPPED = sorted(str(p) for p in (REPO / "recipes").glob("*.yaml"))
+EXPERIMENTS = sorted(str(p) for p in (REPO / "experiments").glob("*.yaml"))
 
 
 def finetune(*args, cwd=REPO):
@@ -15,6 +16,17 @@ def test_validate_all_shipped_recipes():
     result = finetune("validate", *SHIPPED)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (") == len(SHIPPED)
+
+
+def test_shipped_experiments_validate_and_list_their_cells():
+    result = finetune("validate", *EXPERIMENTS)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (experiment ") == len(EXPERIMENTS) == 2
+    for path, cells in zip(EXPERIMENTS, (6, 36), strict=True):  # bbc-topics, rt-sentiment
+        dry = finetune("experiment", path, "--dry-run")
+        assert dry.returncode == 0, dry.stderr
+        assert f": {cells} cells on " in dry.stdout
+        assert dry.stdout.count("  cell ") == cells
 
 
 def test_validate_reports_typo_with_file_key_and_suggestion(write_recipe):

@@ -224,6 +224,25 @@ def test_shots_are_fixed_by_the_seed_and_take_turns_over_labels(evaluated):
     assert draw_shots(other_seed, train_rows, 4) != shots
 
 
+def test_shots_are_the_same_at_every_training_size_that_holds_them(evaluated):
+    from finetune.data.split import rank
+
+    recipe, *_ = evaluated
+    everything = load_split(recipe, "train")
+    shots = draw_shots(recipe, everything, 4)
+    for cap in (8, 20, 40):
+        data = recipe.data.model_copy(update={"max_train_examples": cap})
+        capped = load_split(recipe.model_copy(update={"data": data}), "train")
+        assert len(capped) == cap and draw_shots(recipe, capped, 4) == shots, cap
+    # Each label's two examples are the shorter two of its first four rows in rank order.
+    for label in recipe.task.labels:
+        first = sorted(
+            (r for r in everything if r["label"] == label), key=lambda r: rank(recipe.seed, r["id"])
+        )[:4]
+        shorter = sorted(first, key=lambda r: len(r["text"]))[:2]
+        assert sorted(t for t, a in shots if a == label) == sorted(r["text"] for r in shorter)
+
+
 def test_the_plain_baseline_uses_its_own_prompt_style(evaluated):
     _, _, _, results, _ = evaluated
     styles = {s["name"]: s["prompt_style"] for s in results["systems"]}

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import yaml
+from conftest import screenshot
+from wandb_files import read_run, run_groups
 
 from finetune.recipe import RecipeError
 
@@ -74,6 +77,11 @@ def test_a_cell_is_named_by_a_hash_of_what_it_trains(write_experiment, tmp_path)
     assert cell.key == cells[0].key
     assert cell.run_dir() == tmp_path / "runs" / "tiny" / f"cell-{cell.key}"
     assert [b.name for b in cell.recipe.eval.baselines] == ["b"]
+    # The base recipe's seed on a seed axis pins the split to the seed it had anyway.
+    seeded = write_experiment("seeded.yaml", axes={"lora.r": [2], "seed": [3, 4]})
+    same, other_seed = load_experiment(seeded)[1]
+    assert same.recipe.data.split_seed == 3 and cells[0].recipe.data.split_seed is None
+    assert same.key == cells[0].key and other_seed.key != cells[0].key
 
 
 def test_every_problem_is_reported_at_once_naming_the_file_and_key(write_experiment):
@@ -296,6 +304,44 @@ def test_the_crossover_on_a_hand_computed_curve():
     )
 
 
+def test_with_several_seeds_a_size_is_called_only_when_every_seed_agrees():
+    from finetune.experiment.decision import crossover
+
+    general = _correct(set(range(20)))
+    curve = {
+        100: [_correct(set(range(30))), _correct(set(range(25)))],  # 10 vs 0; 5 vs 0
+        200: [_correct(set(range(30))), _correct(set(range(29)))],  # 10 vs 0; 9 vs 0
+        25: [_correct(set(range(8))), _correct(set(range(9)))],  # 0 vs 12; 0 vs 11
+    }
+    result = crossover(curve, general)
+    assert [(p.size, p.calls, p.verdict) for p in result.points] == [
+        (25, ["worse", "worse"], "worse"),
+        (100, ["better", "no clear difference"], "no clear difference"),
+        (200, ["better", "better"], "better"),
+    ]
+    assert (result.smallest_better, result.largest_worse) == (200, 25)
+    point = result.points[1]
+    assert (point.specialist_only, point.general_only, point.p_value) == (15, 0, 2 / 2**5)
+    assert point.describe() == ("100 (2 seeds): 10/5 vs 0/0, p = 0.002/0.062; better in 1 of 2")
+
+
+def test_the_pareto_front_keeps_the_systems_nothing_beats_on_both():
+    from finetune.experiment.decision import Candidate, pareto
+
+    candidates = [
+        Candidate("big", 0.90, p50_ms=900.0, memory_gb=9.0),
+        Candidate("specialist", 0.85, p50_ms=300.0, memory_gb=1.2),
+        Candidate("slow and worse", 0.80, p50_ms=400.0, memory_gb=1.0),
+        Candidate("tf-idf", 0.80, p50_ms=1.5, memory_gb=0.2),
+        Candidate("tied but slower", 0.80, p50_ms=2.0, memory_gb=0.3),
+        Candidate("api", 0.95, p50_ms=600.0, memory_gb=None),
+    ]
+    assert [c.name for c in pareto(candidates, "p50_ms")] == ["tf-idf", "specialist", "api"]
+    # A remote system has no memory figure here: it is not on that front.
+    assert [c.name for c in pareto(candidates, "memory_gb")] == ["tf-idf", "specialist", "big"]
+    assert pareto(candidates, "usd_per_1k") == []
+
+
 def test_the_recommendation_is_the_best_system_that_meets_the_constraints():
     from finetune.experiment.decision import Candidate, recommend
     from finetune.experiment.schema import ConstraintsConfig
@@ -340,8 +386,9 @@ def test_the_combined_report_has_the_leaderboard_curve_crossover_and_recommendat
         "timing": {"rounds": 6, "throughput_items": 4},
         "baselines": [{"name": "base zero-shot", "model": "base"}],
     }
+    tracking = {"runs_dir": str(tmp_path / "runs"), "wandb": {"mode": "offline"}}
     path = write_experiment(
-        sections={"eval": fast},
+        sections={"eval": fast, "tracking": tracking},
         axes={"data.max_train_examples": [16, 48]},
         constraints={"max_p50_ms": 10_000},
     )
@@ -356,18 +403,68 @@ def test_the_combined_report_has_the_leaderboard_curve_crossover_and_recommendat
     for cell in cells:
         results = json.loads((cell.run_dir() / "eval" / "results.json").read_text())
         value = results["systems"][0]["metrics"]["accuracy"]
-        rows.append(f"| specialist [{cell.label}] | {cell.values['data.max_train_examples']} | ")
+        size = cell.values["data.max_train_examples"]
+        rows.append(f"| specialist @ {size} | {size} | ")
         assert rows[-1] + f"{value['value']:.3f} [{value['low']:.3f}, {value['high']:.3f}]" in text
         predictions = [json.loads(x) for x in (cell.run_dir() / "eval/predictions.jsonl").open()]
         test = mcnemar_exact(
             [p["predictions"]["specialist"]["prediction"] == p["gold"] for p in predictions],
             [p["predictions"]["base zero-shot"]["prediction"] == p["gold"] for p in predictions],
         )
-        size = cell.values["data.max_train_examples"]
         assert f"{size}: {test.a_only} vs {test.b_only}, p = " in text
     assert "- specialist is " in text and "base zero-shot" in text
     assert text.count("| base zero-shot | - |") == 1  # a general system appears once
     assert "## Recommendation\n\nDeploy " in text
+    assert "## Pareto fronts" in text and "| p50 latency | " in text
+    assert (report.parent / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report.parent / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<h2>Crossover</h2>" in page
+    # The cells' runs and the report's own run form one W&B group named after the experiment.
+    logged = read_run(report.parent)
+    assert (logged["job_type"], logged["group"]) == ("experiment", "exp")
+    assert any(k.startswith("experiment/leaderboard") for row in logged["history"] for k in row)
+    for cell in cells:
+        assert run_groups(cell.run_dir()) == [("train", "exp")]
+    if shutil.which("chromium"):  # the screenshot script renders it like a run's report
+        width, height = screenshot(report.parent, report.parent / "shot.png")
+        assert width >= 1200 and height > 1000
+
+
+def test_a_new_general_system_or_a_new_cell_evaluates_only_what_is_new(
+    write_experiment, monkeypatch, capsys, scored
+):
+    from conftest import run_cli
+
+    fast = {
+        "latency_items": 2,
+        "bootstrap_samples": 50,
+        "timing": {"rounds": 6, "throughput_items": 4},
+    }
+    zero = {"name": "base zero-shot", "model": "base"}
+    path = write_experiment(
+        sections={"eval": fast}, axes={"data.max_train_examples": [16, 48]}, general=[zero]
+    )
+    assert run_cli(monkeypatch, capsys, "experiment", str(path))[0] == 0
+    # The general system is the same in both cells: scored once.
+    assert sorted(scored) == ["base zero-shot", *["specialist"] * 2, *["tf-idf + logreg"] * 2]
+
+    scored.clear()
+    two = {"name": "base 2-shot", "model": "base", "shots": 2}
+    write_experiment(
+        sections={"eval": fast}, axes={"data.max_train_examples": [16, 48]}, general=[zero, two]
+    )
+    code, output = run_cli(monkeypatch, capsys, "experiment", str(path))
+    assert code == 0, output
+    # Both cells are evaluated again, yet only the new system is scored, and once: its shots
+    # are the same at both training sizes.
+    assert scored == ["base 2-shot"]
+
+    scored.clear()
+    write_experiment(
+        sections={"eval": fast}, axes={"data.max_train_examples": [16, 32, 48]}, general=[zero, two]
+    )
+    assert run_cli(monkeypatch, capsys, "experiment", str(path))[0] == 0
+    assert scored == ["specialist", "tf-idf + logreg"]  # the new cell's own systems
 
 
 def test_capped_training_rows_are_nested_and_keep_each_labels_share():

@@ -8,13 +8,11 @@ import copy
 import json
 import re
 import shutil
-import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import screenshot
 from rich.console import Console
 from wandb_files import read_run
 
@@ -516,24 +514,7 @@ def test_qa_report_has_no_confusion_matrix_and_no_mcnemar(tmp_path):
 )
 def test_screenshot_script_captures_the_report(written):
     run, _, _ = written
-    out = run / "shot.png"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "screenshot_report.py"),
-            str(run),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(out)
-    header = out.read_bytes()[:24]
-    assert header.startswith(PNG_MAGIC)
-    width, height = struct.unpack(">II", header[16:24])  # the IHDR chunk
+    width, height = screenshot(run, run / "shot.png")
     assert width >= 1200 and height > 1000
 
 

@@ -145,3 +145,38 @@ def test_mcnemar_rejects_unpaired_or_non_binary_input():
         mcnemar_exact([True, False], [True, False, True])
     with pytest.raises(ValueError, match="b_correct must hold only True/False"):
         mcnemar_exact([1, 0], [0.5, 1])
+
+
+@pytest.mark.parametrize("m, n", [(1, 1), (2, 3), (4, 4), (6, 6), (3, 7)])
+def test_rank_sum_counts_equal_a_count_over_every_ordering(m, n):
+    from collections import Counter
+    from itertools import combinations
+
+    from finetune.evaluate.stats import _rank_sum_counts
+
+    positions = range(m + n)  # the first sample holds `first`, the second the rest
+    brute = Counter(
+        sum(x > y for x in first for y in set(positions) - set(first))
+        for first in combinations(positions, m)
+    )
+    assert _rank_sum_counts(m, n) == [brute[u] for u in range(m * n + 1)]
+
+
+def test_the_shift_interval_holds_the_shifts_an_exact_mann_whitney_test_accepts():
+    from finetune.evaluate.stats import shift_interval
+
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(1.0, 1.0, 7), rng.normal(0.0, 1.0, 6)
+    estimate, low, high = shift_interval(list(a), list(b), 0.95)
+    assert estimate == pytest.approx(np.median(np.subtract.outer(a, b)))
+    eps = 1e-9
+    for shift, rejected in (
+        (low - eps, True),
+        (low + eps, False),
+        (high - eps, False),
+        (high + eps, True),
+    ):
+        p = scipy_stats.mannwhitneyu(a - shift, b, method="exact").pvalue
+        assert (p <= 0.05) == rejected, (shift, p)
+    # Too few values for any interval at 95%: 2 against 2 can never reach p < 0.05.
+    assert shift_interval([1.0, 2.0], [0.0, 0.5], 0.95)[1:] == (None, None)

@@ -184,6 +184,7 @@ def timed_run(tmp_path_factory):
             "confidence": 0.99,
             "timing": {"rounds": 10, "throughput_items": 12},
             "tfidf": {"enabled": False},  # these tests pair the specialist with one baseline
+            "reuse": False,  # each test times its systems side by side itself
         },
     )
     recipe = load_recipe(path)
@@ -271,3 +272,25 @@ def test_systems_that_do_not_fit_in_memory_load_again_for_every_round(timed_run,
     assert not any(s["resident"] for s in results["systems"])
     # Each pool use loads afresh: 8 rounds x 2 systems (the quality pass loads directly).
     assert loads.count("specialist") == 8 and loads.count("base") == 8
+
+
+def test_figures_timed_in_different_evaluations_compare_over_every_pair_of_rounds():
+    from finetune.evaluate.stats import shift_interval
+    from finetune.evaluate.timing import unpaired_ratio
+
+    mine = [100.0, 110.0, 105.0, 98.0, 102.0, 101.0, 300.0]
+    theirs = [200.0, 190.0, 210.0, 205.0, 195.0, 220.0]
+    busy = ([False] * 6 + [True], [False] * 6)  # mine's last round: the machine was busy
+    out = unpaired_ratio(mine, theirs, 0.95, busy)
+    shift, low, high = shift_interval(
+        [math.log(v) for v in mine[:6]], [math.log(v) for v in theirs], 0.95
+    )
+    assert out["ratio"] == pytest.approx(math.exp(shift))
+    assert (out["low"], out["high"]) == (
+        pytest.approx(math.exp(low)),
+        pytest.approx(math.exp(high)),
+    )
+    assert out["high"] < 1 and out["clear"] and not out["paired"]
+    assert out["left_out"] == 1 and out["rounds"] == 6
+    same = unpaired_ratio(theirs, theirs, 0.95)
+    assert same["ratio"] == pytest.approx(1.0) and not same["clear"]

@@ -89,6 +89,7 @@ def _parse(records: list[Any]) -> dict[str, Any]:
             run["history"].append(_items(record.history.item))
         elif kind == "run":  # the config given to wandb.init travels in the run record
             run["config"].update(_items(record.run.config.update))
+            run["group"], run["job_type"] = record.run.run_group, record.run.job_type
         elif kind == "config":
             run["config"].update(_items(record.config.update))
         elif kind == "artifact":
@@ -104,3 +105,18 @@ def _parse(records: list[Any]) -> dict[str, Any]:
 
 def _items(items: Any) -> dict[str, Any]:
     return {(item.key or "/".join(item.nested_key)): json.loads(item.value_json) for item in items}
+
+
+def run_groups(run_dir: Path) -> list[tuple[str, str]]:
+    """(job type, group) of every W&B run file under `<run_dir>/wandb/`, finished or not."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    found = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        for raw in _records(path.read_bytes()):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            if record.WhichOneof("record_type") == "run":
+                found.append((record.run.job_type, record.run.run_group))
+                break
+    return found

@@ -136,9 +136,8 @@ def _quality(
             for system in group:
                 plan = loaded.kind.plan(recipe, system, key, loaded, context)
                 entry = store and store.lookup(reuse.system_key(recipe, plan, loaded, context))
-                if entry and entry.quality:
-                    outcome = Outcome(system=system, **entry.quality)
-                else:
+                outcome = _kept_outcome(entry, system)
+                if outcome is None:
                     outcome = _score(recipe, context.run_dir, plan, loaded, progress)
                     if entry:  # kept as the system answered, before spans are located
                         entry.quality, entry.changed = _quality_entry(outcome), True
@@ -152,6 +151,16 @@ def _quality(
     plans.sort(key=lambda p: order.index(p.system.name))
     outcomes.sort(key=lambda o: order.index(o.system.name))
     return plans, outcomes, kept
+
+
+def _kept_outcome(entry: reuse.Kept | None, system: System) -> Outcome | None:
+    """The kept outcome of a system, if there is one this version can read."""
+    if entry is None or not entry.quality:
+        return None
+    try:
+        return Outcome(system=system, **entry.quality)
+    except TypeError:  # kept by a workbench whose outcomes had other fields
+        return None
 
 
 def _quality_entry(outcome: Outcome) -> dict[str, Any]:
@@ -178,7 +187,9 @@ def _keep(
             continue
         name = outcome.system.name
         if name not in rounds.reused and rounds.of(name):
-            entry.timing = reuse.timing_entry(rounds, name, machine, settings)
+            # Rounds a busy machine disturbed are not kept: the next evaluation times it again.
+            quiet = not any(r.load.busy for r in rounds.of(name))
+            entry.timing = reuse.timing_entry(rounds, name, machine, settings) if quiet else None
             entry.changed = True
         store.save(entry)
 

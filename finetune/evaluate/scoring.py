@@ -92,7 +92,7 @@ class LabelScorer:
         import torch
 
         out = self.model(input_ids=torch.tensor([list(prefix)]), use_cache=True, logits_to_keep=1)
-        return [(layer[0], layer[1]) for layer in out.past_key_values]
+        return [(layer[0], layer[1]) for layer in out.cache]
 
     def _score_batch(
         self, suffixes: list[Sequence[int]], prefix: list[tuple[Any, Any]] | None, shared: int
@@ -112,14 +112,14 @@ class LabelScorer:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=(shared + torch.arange(width)).expand(size, width),
-            past_key_values=expanded_cache(prefix, size) if prefix else None,
+            cache=expanded_cache(prefix, size) if prefix else None,
             use_cache=multi_token,
             logits_to_keep=(lengths - 1)[:, None],
         )
         first = torch.log_softmax(out.logits[:, 0].float(), dim=-1)  # (size, vocab)
         totals = torch.stack([first[:, ids[0]] for ids in self.label_ids], dim=1)
         if multi_token:
-            totals = totals + self._continuations(out.past_key_values, mask, lengths + shared)
+            totals = totals + self._continuations(out.cache, mask, lengths + shared)
         counts = torch.tensor([len(ids) for ids in self.label_ids], dtype=totals.dtype)
         return (totals / counts if self.length_normalize else totals).tolist()
 
@@ -145,7 +145,7 @@ class LabelScorer:
                 [mask.repeat_interleave(n_labels, dim=0), keep.long().repeat(size, 1)], dim=1
             ),
             position_ids=ends.repeat_interleave(n_labels)[:, None] + torch.arange(width),
-            past_key_values=cache,
+            cache=cache,
             use_cache=False,
         )
         logprobs = torch.log_softmax(out.logits.float(), dim=-1)

@@ -86,8 +86,12 @@ def grid(experiment: Experiment) -> list[dict[str, Any]]:
 
 
 def cell_key(recipe: Recipe) -> str:
-    """12 hex digits of the sha256 of the resolved recipe's training part, keys sorted."""
+    """12 hex digits of the sha256 of the resolved recipe's training part, keys sorted. A
+    `data.split_seed` equal to `seed` is the default spelled out (an experiment that adds a seed
+    axis pins it), so it hashes as the default does: the same training, the same cell."""
     trained = {k: v for k, v in recipe_to_dict(recipe).items() if k not in UNTRAINED_KEYS}
+    if trained["data"]["split_seed"] == trained["seed"]:
+        trained["data"] = {**trained["data"], "split_seed": None}
     text = json.dumps(trained, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

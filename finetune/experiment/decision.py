@@ -101,13 +101,24 @@ def crossover(
     """`curve`: per training size, the specialist's per-item correctness by item id (a list of
     them where several seeds ran that size); `general`: the general system's on the same items.
     Each size is an exact McNemar test per seed on the items both were scored on."""
+    runs = {
+        size: [(run, general) for run in ([runs] if isinstance(runs, Mapping) else runs)]
+        for size, runs in curve.items()
+    }
+    return crossover_runs(runs, alpha)
+
+
+def crossover_runs(
+    runs: Mapping[int, Sequence[tuple[Correct, Correct]]], alpha: float = 0.05
+) -> Crossover:
+    """As `crossover`, each run paired with the general system's answers it was evaluated
+    beside: (specialist, general) correctness per run, per training size."""
     points = []
-    for size in sorted(curve):
-        runs = [curve[size]] if isinstance(curve[size], Mapping) else list(curve[size])
+    for size in sorted(runs):
         tests = []
-        for run in runs:
-            ids = sorted(set(run) & set(general))
-            tests.append(mcnemar_exact([run[i] for i in ids], [general[i] for i in ids]))
+        for mine, theirs in runs[size]:
+            ids = sorted(set(mine) & set(theirs))
+            tests.append(mcnemar_exact([mine[i] for i in ids], [theirs[i] for i in ids]))
         points.append(Point(size, tuple(tests), alpha))
     better = [p.size for p in points if p.verdict == "better"]
     worse = [p.size for p in points if p.verdict == "worse"]

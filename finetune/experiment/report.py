@@ -18,12 +18,12 @@ import json
 import logging
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from finetune.experiment.cells import Cell
-from finetune.experiment.decision import Candidate, Crossover, crossover, pareto, recommend
+from finetune.experiment.decision import Candidate, Crossover, crossover_runs, pareto, recommend
 from finetune.experiment.schema import Experiment
 from finetune.files import write_atomic
 from finetune.report import format as F
@@ -54,11 +54,17 @@ class Entry:
     candidate: Candidate
     correct: dict[str, bool]  # item id -> right on the primary metric
     short: str = ""  # a label short enough for a plot
+    # Each general system's correctness in the cell this entry comes from, by name: what the
+    # entry is paired with (a few-shot system's examples are drawn by the cell's seed).
+    against: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
 def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]]:
-    """The primary metric and every system of the evaluated cells, each once."""
-    found, general, metric = {}, {}, ""
+    """The primary metric and every system of the evaluated cells, each once: a general system
+    that answered differently in some cells (its shots drawn by another seed) once per variant."""
+    found: dict[Any, Entry] = {}
+    variants: dict[str, list[tuple[int, dict[str, bool], dict]]] = defaultdict(list)
+    seeded, metric = any(k in SEED_KEYS for k in _varied(experiment)), ""
     for cell in cells:
         results_path = cell.run_dir() / "eval" / "results.json"
         if not results_path.is_file():
@@ -67,37 +73,105 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
         metric = results["metrics"][0]
         correct = _correct(cell.run_dir() / "eval" / "predictions.jsonl")
         size = json.loads((cell.run_dir() / "train_summary.json").read_text())["train_examples"]
-        kind, sizing = _kind(experiment, cell), _sizing(experiment, cell)
+        seed = cell.recipe.seed
+        at = f" @ {size}" + (f", seed {seed}" if seeded else "")
+        generals = {
+            s["name"]: s
+            for s in results["systems"]
+            if s["role"] != "specialist" and s["kind"] != "tfidf"
+        }
+        against = {name: correct[name] for name in generals}
+        for name, system in generals.items():
+            if all(right != correct[name] for _, right, _ in variants[name]):
+                variants[name].append((seed, correct[name], system))
         for system in results["systems"]:
-            name, seed = system["name"], cell.recipe.seed
-            if system["role"] == "specialist":
-                label, short, curve = f"{name} [{cell.label}]", f"{kind} @ {size}", kind
-            elif system.get("kind") == "tfidf":
-                # The same rows give the same classifier in every cell that trains on them.
-                label, short, curve = f"{name} [{sizing}]", f"{name} @ {size}", name
-            else:
-                if name not in general:
-                    general[name] = _entry(name, GENERAL, None, None, metric, system, correct[name])
+            name = system["name"]
+            if name in generals:
                 continue
-            key = (curve, size, seed) if curve == name else label
+            # The same rows give the same TF-IDF classifier in every cell that trains on them.
+            curve = _kind(experiment, cell) if system["role"] == "specialist" else name
+            key = (curve, size, seed)
             found.setdefault(
-                key, _entry(label, curve, size, seed, metric, system, correct[name], short)
+                key,
+                _entry(curve + at, curve, size, seed, metric, system, correct[name], against),
             )
-    return metric, [*found.values(), *general.values()]
+    general = [
+        _entry(
+            name if len(vs) == 1 else f"{name} [seed {seed}]",
+            GENERAL,
+            None,
+            None,
+            metric,
+            system,
+            right,
+            {},
+        )
+        for name, vs in variants.items()
+        for seed, right, system in vs
+    ]
+    return metric, [*found.values(), *general]
 
 
-def write(experiment: Experiment, cells: list[Cell]) -> Path | None:
-    """Write the combined report; None when no cell has been evaluated."""
+def _varied(experiment: Experiment) -> set[str]:
+    return set(experiment.axes) | {k for group in experiment.paired for k in group}
+
+
+def per_size(found: list[Entry]) -> list[Entry]:
+    """The systems a deployment chooses between: each specialist kind at each training size,
+    its seeds' runs as one (mean metric, median p50, cost and memory), and each general system.
+    Picking the luckiest seed's run by its test score would overstate what that recipe gives."""
+    groups: dict[Any, list[Entry]] = defaultdict(list)
+    for e in found:
+        groups[e.name if e.kind == GENERAL else (e.kind, e.train_examples)].append(e)
+    out = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            out.append(runs[0])
+            continue
+        first, values = runs[0], [e.metric["value"] for e in runs]
+        name = f"{first.kind} @ {first.train_examples} (mean of {len(runs)} seeds)"
+        candidate = Candidate(
+            name,
+            statistics.mean(values),
+            **{a: _median(getattr(e.candidate, a) for e in runs) for a, _, _ in FRONTS},
+        )
+        metric = {
+            "value": candidate.value,
+            "low": min(e.metric["low"] for e in runs),
+            "high": max(e.metric["high"] for e in runs),
+        }
+        short = f"{first.kind} @ {first.train_examples}"
+        out.append(
+            Entry(name, first.kind, first.train_examples, None, metric, candidate, {}, short)
+        )
+    return out
+
+
+def _median(values: Any) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def write(experiment: Experiment, cells: list[Cell], console: Any = None) -> Path | None:
+    """Write the combined report and print its findings and recommendation to `console`;
+    None when no cell has been evaluated."""
     metric, found = entries(experiment, cells)
     if not found:
         return None
     out = Path(cells[0].recipe.tracking.runs_dir) / "experiments" / experiment.name
-    figures = [_curve_figure(metric, found, out), _pareto_figure(metric, found, out)]
+    figures = [_curve_figure(metric, found, out), _pareto_figure(metric, per_size(found), out)]
     figures = [f for f in figures if f is not None]
     blocks = document(experiment, cells, metric, found, figures)
     write_atomic(out / "report.md", render_markdown(blocks, out))
-    write_atomic(out / "report.html", render_html(blocks, f"{experiment.name}: experiment report"))
+    page = write_atomic(
+        out / "report.html", render_html(blocks, f"{experiment.name}: experiment report")
+    )
     _track(experiment, cells, blocks, figures)
+    if console is not None:
+        verdict = next(b for b in blocks if isinstance(b, Verdict))
+        for line in [*verdict.findings, verdict.bottom_line, *verdict.cautions]:
+            console.print(line, markup=False, highlight=False)
+        console.print(f"HTML report (open in a browser): {page}", markup=False)
     return out / "report.md"
 
 
@@ -111,7 +185,7 @@ def document(
     """What the report says, in order, for Markdown, HTML and W&B alike."""
     name = F.metric_label(metric)
     crossings = _crossings(found)
-    recommendation = recommend([e.candidate for e in found], experiment.constraints)
+    recommendation = recommend([e.candidate for e in per_size(found)], experiment.constraints)
     blocks: list[Block] = [Heading(experiment.name, 1)]
     blocks += [Paragraph(experiment.description)] if experiment.description else []
     blocks += [
@@ -133,10 +207,26 @@ def document(
         Bullets(_crossover_lines(crossings)),
     ]
     if "pareto" in by_key:
-        blocks += [Heading("Pareto fronts"), by_key["pareto"], _front_table(found, metric)]
+        front = _front_table(per_size(found), metric)
+        blocks += [Heading("Pareto fronts"), by_key["pareto"], front]
     blocks += [Heading("Recommendation"), Paragraph(recommendation.describe(name))]
     blocks += [Bullets(_constraint_lines(experiment, recommendation.excluded))]
+    blocks += [Heading("Cells"), _cells_table(cells)]
     return blocks
+
+
+def _cells_table(cells: list[Cell]) -> Table:
+    """Every cell: its values, its run (named by the hash of what it trains), its state."""
+    rows = [
+        [
+            str(c.index),
+            c.label,
+            f"`{c.run_dir()}`",
+            "evaluated" if (c.run_dir() / "eval" / "results.json").is_file() else "not evaluated",
+        ]
+        for c in cells
+    ]
+    return Table("cells", "Cells", ["cell", "values", "run", "state"], rows)
 
 
 def _setup(experiment: Experiment, cells: list[Cell], found: list[Entry], metric: str) -> str:
@@ -146,7 +236,7 @@ def _setup(experiment: Experiment, cells: list[Cell], found: list[Entry], metric
         f"{evaluated} of {len(cells)} cells evaluated, each an ordinary run of "
         f"`{experiment.recipe}` with the cell's values set, scored on the same test items as "
         f"every general system ({', '.join(general) or 'none'}). Primary metric: "
-        f"{F.metric_label(metric)}, with 95% bootstrap intervals over the items; crossovers are "
+        f"{F.metric_label(metric)}, with bootstrap intervals over the items; crossovers are "
         "exact McNemar tests on the items only one of the two systems got right."
     )
 
@@ -155,11 +245,14 @@ def _missing(cells: list[Cell]) -> list[str]:
     missing = [c for c in cells if not (c.run_dir() / "eval" / "results.json").is_file()]
     if not missing:
         return []
-    listed = "; ".join(f"cell {c.index} ({c.label})" for c in missing)
-    return [f"Not evaluated, so not in this report: {listed}. Run the experiment again."]
+    listed = ", ".join(str(c.index) for c in missing)
+    return [
+        f"Not evaluated, so not in this report: {len(missing)} of {len(cells)} cells "
+        f"({listed}; see Cells). Run the experiment again to finish them."
+    ]
 
 
-def _entry(name, kind, size, seed, metric, system, correct, short="") -> Entry:
+def _entry(name, kind, size, seed, metric, system, correct, against) -> Entry:
     peak = system.get("peak_memory_bytes")
     candidate = Candidate(
         name,
@@ -169,7 +262,7 @@ def _entry(name, kind, size, seed, metric, system, correct, short="") -> Entry:
         memory_gb=peak / 1e9 if peak else None,
     )
     return Entry(
-        name, kind, size, seed, system["metrics"][metric], candidate, correct, short or name
+        name, kind, size, seed, system["metrics"][metric], candidate, correct, name, against
     )
 
 
@@ -218,12 +311,17 @@ def _curves(found: list[Entry]) -> dict[str, dict[int, list[Entry]]]:
 
 
 def _crossings(found: list[Entry]) -> list[tuple[str, str, Crossover]]:
-    """(kind, general system, its crossover) for every specialist kind and general system."""
+    """(kind, general system, its crossover) for every specialist kind and general system, each
+    run tested against the general system's answers in its own cell."""
+    names = list(dict.fromkeys(n for e in found for n in e.against))
     out = []
     for kind, sizes in _curves(found).items():
-        for general in (e for e in found if e.kind == GENERAL):
-            curve = {size: [e.correct for e in runs] for size, runs in sizes.items()}
-            out.append((kind, general.name, crossover(curve, general.correct)))
+        for general in names:
+            runs = {
+                size: [(e.correct, e.against[general]) for e in entries if general in e.against]
+                for size, entries in sizes.items()
+            }
+            out.append((kind, general, crossover_runs(runs)))
     return out
 
 
@@ -237,25 +335,25 @@ def _crossover_lines(crossings: list[tuple[str, str, Crossover]]) -> list[str]:
 
 def _crossover_table(found: list[Entry], crossings: list) -> Table:
     by_kind = _curves(found)
-    value = {e.name: e.metric["value"] for e in found if e.kind == GENERAL}
     rows = []
     for kind, general, c in crossings:
         for p in c.points:
-            mine = statistics.mean(e.metric["value"] for e in by_kind[kind][p.size])
+            runs = by_kind[kind][p.size]
+            mine = statistics.mean(e.metric["value"] for e in runs)
             rows.append(
                 [
                     kind,
                     general,
                     str(p.size),
                     str(len(p.tests)),
-                    f"{F.score(mine)} vs {F.score(value[general])}",
+                    F.score(mine),
                     f"{p.specialist_only} vs {p.general_only}",
                     F.p_value(p.p_value),
                     p.verdict,
                 ]
             )
-    columns = ["specialist", "general system", "training examples", "seeds", "metric (mean)"]
-    columns += ["items only one gets right", "p (largest over seeds)", "call"]
+    columns = ["specialist", "general system", "training examples", "runs", "metric (mean)"]
+    columns += ["items only one gets right (summed)", "p (largest over runs)", "call"]
     return Table("crossover", "Crossover, size by size", columns, rows)
 
 
@@ -339,7 +437,7 @@ def _curve_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
     if len(sizes) < 2:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(10.5, 5))
     seeds = max(len(runs) for curve in curves.values() for runs in curve.values())
     for i, (kind, by_size) in enumerate(curves.items()):
         xs = sorted(by_size)
@@ -363,7 +461,7 @@ def _curve_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
     ax.minorticks_off()
     ax.set_xlabel("labelled training examples")
     ax.set_ylabel(F.metric_label(metric))
-    ax.legend(fontsize=8, loc="best")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     spread = " Bars: the range over seeds." if seeds > 1 else ""
@@ -381,9 +479,9 @@ def _pareto_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
     if not panels:
         return None
     plt = _plt()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.4 * len(panels)), squeeze=False)
     kinds = list(dict.fromkeys(e.kind for e in found if e.kind != GENERAL))
-    for ax, (attr, xlabel, _) in zip(axes[0], panels, strict=True):
+    for ax, (attr, xlabel, _) in zip(axes[:, 0], panels, strict=True):
         for e in found:
             x = getattr(e.candidate, attr)
             if not x:
@@ -416,12 +514,13 @@ def _pareto_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
         plt.Line2D([], [], color="black", marker="s", linestyle="", label="general systems")
     )
     handles.append(plt.Line2D([], [], color="red", linestyle="--", label="Pareto front"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(4, len(handles)), fontsize=8)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.legend(handles=handles, loc="lower center", ncol=min(3, len(handles)), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 + 0.015 * (len(handles) // 3), 1, 1))
     caption = (
         f"{F.metric_label(metric)} against p50 latency, cost per 1k requests and peak memory; "
-        "the dashed line joins the systems no other beats on both (remote systems have no "
-        "memory point)."
+        "each specialist kind at each training size is one point (its seeds averaged); the "
+        "dashed line joins the systems no other beats on both (remote systems have no memory "
+        "point)."
     )
     return Figure("pareto", _save(fig, out / "pareto.png"), caption)
 

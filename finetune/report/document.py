@@ -88,7 +88,21 @@ def timing_text(results: dict[str, Any]) -> str:
         f"{t['rounds']} rounds in {t['seconds']:,.0f} s; each timed {fmt.count(t['latency_items'])} "
         f"items one at a time and {fmt.count(t['throughput_items'])} at batch size "
         f"{results['batch_size']} per system. Orders: {orders}{more}. Kept loaded between "
-        f"rounds: {loaded} (the others load again for each round).{early}"
+        f"rounds: {loaded} (the others load again for each round).{early}{_reused_text(t)}"
+    )
+
+
+def _reused_text(timing: dict[str, Any]) -> str:
+    """Which systems brought rounds an earlier evaluation on this machine ran (`eval.reuse`)."""
+    reused = timing.get("reused") or {}
+    if not reused:
+        return ""
+    listed = ", ".join(f"{name} ({r['evaluated_at']})" for name, r in reused.items())
+    return (
+        f" Timed by an earlier evaluation on this machine, with the same settings, and not in "
+        f"these rounds: {listed}. Systems timed in one evaluation are compared round by round; "
+        "across two, a ratio is the Hodges-Lehmann estimate over every pair of rounds with "
+        "Moses' distribution-free interval (marked 'timed apart')."
     )
 
 

@@ -208,7 +208,8 @@ def _ratio_cell(r: dict[str, Any]) -> str:
         return "-"
     interval = f"[{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "[too few rounds]"
     verdict = "" if r["clear"] else " no clear difference"
-    return f"{r['ratio']:.2f}x {interval}{verdict}"
+    apart = "" if r.get("paired", True) else " (timed apart)"
+    return f"{r['ratio']:.2f}x {interval}{verdict}{apart}"
 
 
 def _median_range(value: float | None, spread: dict[str, Any], form: str | None) -> str:

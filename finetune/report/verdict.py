@@ -130,9 +130,10 @@ def _ratio_text(comparison: dict[str, Any], figure: str) -> str:
     r = comparison["timing"][figure]
     if r["ratio"] is None:
         return "not measured"
+    apart = "" if r.get("paired", True) else ", timed apart"
     if r["low"] is None:
-        return f"ratio {r['ratio']:.2f}, too few rounds for an interval"
-    return f"ratio {r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
+        return f"ratio {r['ratio']:.2f}, too few rounds for an interval{apart}"
+    return f"ratio {r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]{apart}"
 
 
 def _timed_sentence(

@@ -136,14 +136,14 @@ class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
         ids = inputs["input_ids"]
         if self._eval_cache is None:
             out = model(input_ids=ids[:1, :shared], use_cache=True, logits_to_keep=1)
-            self._eval_cache = [(layer[0], layer[1]) for layer in out.past_key_values]
+            self._eval_cache = [(layer[0], layer[1]) for layer in out.cache]
         size, width = ids.shape[0], ids.shape[1] - shared
         mask = inputs.get("attention_mask")
         return {
             "input_ids": ids[:, shared:],
             "attention_mask": mask if mask is not None else torch.ones_like(ids),
             "position_ids": (shared + torch.arange(width, device=ids.device)).expand(size, width),
-            "past_key_values": expanded_cache(self._eval_cache, size),
+            "cache": expanded_cache(self._eval_cache, size),
         }
 
     def _plain_nll(self, model: Any) -> bool:

@@ -135,11 +135,8 @@ def per_size(found: list[Entry]) -> list[Entry]:
             statistics.mean(values),
             **{a: _median(getattr(e.candidate, a) for e in runs) for a, _, _ in FRONTS},
         )
-        metric = {
-            "value": candidate.value,
-            "low": min(e.metric["low"] for e in runs),
-            "high": max(e.metric["high"] for e in runs),
-        }
+        metric = {"value": candidate.value, "low": min(values), "high": max(values)}
+        metric["seeds"] = len(runs)  # low and high: the range over seeds, not an interval
         short = f"{first.kind} @ {first.train_examples}"
         out.append(
             Entry(name, first.kind, first.train_examples, None, metric, candidate, {}, short)
@@ -182,10 +179,13 @@ def document(
     found: list[Entry],
     figures: list[Figure],
 ) -> list[Block]:
-    """What the report says, in order, for Markdown, HTML and W&B alike."""
-    name = F.metric_label(metric)
+    """What the report says, in order, for Markdown, HTML and W&B alike: the answer first,
+    then the curve, the systems (each kind at each size, seeds averaged), the tests behind the
+    answer, and every run last."""
+    name, systems = F.metric_label(metric), per_size(found)
     crossings = _crossings(found)
-    recommendation = recommend([e.candidate for e in per_size(found)], experiment.constraints)
+    recommendation = recommend([e.candidate for e in systems], experiment.constraints)
+    by_key = {f.key: f for f in figures}
     blocks: list[Block] = [Heading(experiment.name, 1)]
     blocks += [Paragraph(experiment.description)] if experiment.description else []
     blocks += [
@@ -195,22 +195,21 @@ def document(
             recommendation.describe(name),
             tuple(_missing(cells)),
         ),
-        Heading("Leaderboard"),
-        _leaderboard(found, name),
     ]
-    by_key = {f.key: f for f in figures}
     if "learning_curve" in by_key:
         blocks += [Heading("Learning curve"), by_key["learning_curve"]]
+    blocks += [Heading("Leaderboard"), _leaderboard(systems, name)]
     blocks += [
         Heading("Crossover"),
         _crossover_table(found, crossings),
         Bullets(_crossover_lines(crossings)),
     ]
     if "pareto" in by_key:
-        front = _front_table(per_size(found), metric)
-        blocks += [Heading("Pareto fronts"), by_key["pareto"], front]
+        blocks += [Heading("Pareto fronts"), by_key["pareto"], _front_table(systems, metric)]
     blocks += [Heading("Recommendation"), Paragraph(recommendation.describe(name))]
     blocks += [Bullets(_constraint_lines(experiment, recommendation.excluded))]
+    if len(systems) < len(found):  # several seeds: each run's own figures
+        blocks += [Heading("Every run"), _leaderboard(found, name, key="runs")]
     blocks += [Heading("Cells"), _cells_table(cells)]
     return blocks
 
@@ -357,7 +356,7 @@ def _crossover_table(found: list[Entry], crossings: list) -> Table:
     return Table("crossover", "Crossover, size by size", columns, rows)
 
 
-def _leaderboard(found: list[Entry], metric_name: str) -> Table:
+def _leaderboard(found: list[Entry], metric_name: str, key: str = "leaderboard") -> Table:
     rows = []
     for e in sorted(found, key=lambda e: -e.metric["value"]):
         c = e.candidate
@@ -365,14 +364,22 @@ def _leaderboard(found: list[Entry], metric_name: str) -> Table:
             [
                 e.name,
                 str(e.train_examples) if e.train_examples is not None else "-",
-                F.with_ci(e.metric),
+                _metric_cell(e.metric),
                 F.ms(c.p50_ms) if c.p50_ms is not None else "-",
                 F.usd(c.usd_per_1k) if c.usd_per_1k is not None else "-",
                 f"{c.memory_gb:.2f} GB" if c.memory_gb is not None else "remote",
             ]
         )
-    columns = ["system", "training examples", f"{metric_name} [95% CI]", "p50", "cost / 1k"]
-    return Table("leaderboard", "Leaderboard", [*columns, "peak memory"], rows)
+    seeds = any("seeds" in e.metric for e in found)
+    level = f"{metric_name} [95% CI]" + ("; mean (range) over seeds" if seeds else "")
+    columns = ["system", "training examples", level, "p50", "cost / 1k"]
+    return Table(key, key.capitalize(), [*columns, "peak memory"], rows)
+
+
+def _metric_cell(metric: dict[str, float]) -> str:
+    if "seeds" in metric:
+        return f"{F.score(metric['value'])} ({F.score(metric['low'])}-{F.score(metric['high'])})"
+    return F.with_ci(metric)
 
 
 def _front_table(found: list[Entry], metric: str) -> Table:

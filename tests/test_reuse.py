@@ -10,7 +10,7 @@ import math
 import pytest
 from conftest import tiny_recipe_factory
 
-from finetune.evaluate import evaluate, evaluator
+from finetune.evaluate import evaluate, reuse
 from finetune.recipe import load_recipe
 from finetune.train import train
 
@@ -124,7 +124,7 @@ def test_memory_and_timing_are_kept_for_this_machine_only(trained, scored, monke
     assert {s["name"]: s["peak_memory_bytes"] for s in again["systems"]} == peaks
     assert set(again["timing"]["reused"]) == set(peaks)
 
-    monkeypatch.setattr(evaluator, "_machine", lambda: "another machine (64 cores)")
+    monkeypatch.setattr(reuse, "machine", lambda: "another machine (64 cores)")
     elsewhere = _evaluate(path, run_dir, "eval.memory=alone")
     assert scored == []  # the answers do not depend on the machine's description
     assert alone == ["specialist", "base zero-shot", "tf-idf + logreg"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from finetune.data.split import rank
 from finetune.errors import FinetuneError
 from finetune.evaluate import metrics as M
 from finetune.evaluate.scoring import LabelScorer, generate_answers, label_token_ids
@@ -215,19 +216,16 @@ def draw_shots(recipe: Recipe, train_rows: list[dict], k: int) -> list[tuple[str
         groups = [train_rows]
     per_group = -(-k // len(groups))
     pools = [_short_first_rows(recipe.seed, g, per_group) for g in groups]
-    picked = [
-        pools[i % len(pools)][(i // len(pools)) % len(pools[i % len(pools)])] for i in range(k)
-    ]
+    turns = [pools[i % len(pools)] for i in range(k)]  # each group in turn
+    picked = [pool[(i // len(pools)) % len(pool)] for i, pool in enumerate(turns)]
     return [(r["text"], target_text(recipe.task.type, r)) for r in picked]
 
 
 def _short_first_rows(seed: int, rows: list[dict], n: int) -> list[dict]:
     """The shorter half of the first 2n rows in (seed, id) rank, in rank order."""
-    from finetune.data.split import rank
-
     first = sorted(rows, key=lambda r: rank(seed, r["id"]))[: 2 * n]
-    shorter = sorted(first, key=lambda r: len(r["text"]))[:n]  # stable: rank breaks ties
-    return [r for r in first if r in shorter]
+    shorter = {id(r) for r in sorted(first, key=lambda r: len(r["text"]))[:n]}  # rank breaks ties
+    return [r for r in first if id(r) in shorter]
 
 
 def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:

@@ -180,15 +180,15 @@ def _keep(
     """Keep what this evaluation measured of each system for the next one that includes it."""
     if store is None:
         return
-    machine, settings = _machine(), _timing_settings(recipe)
+    machine, settings = reuse.machine(), reuse.timing_settings(recipe)
     for outcome in outcomes:
         entry = kept.get(outcome.system.name)
         if entry is None:
             continue
-        name = outcome.system.name
-        if name not in rounds.reused and rounds.of(name):
+        name, records = outcome.system.name, rounds.of(outcome.system.name)
+        if name not in rounds.reused and records:
             # Rounds a busy machine disturbed are not kept: the next evaluation times it again.
-            quiet = not any(r.load.busy for r in rounds.of(name))
+            quiet = not any(r.load.busy for r in records)
             entry.timing = reuse.timing_entry(rounds, name, machine, settings) if quiet else None
             entry.changed = True
         store.save(entry)
@@ -280,8 +280,9 @@ def _measure_memory(
     how = memory.method(recipe)
     if how != "alone":
         return
-    machine = _machine()
-    known = {n: k.memory_on(machine, how) for n, k in kept.items() if k.memory_on(machine, how)}
+    machine = reuse.machine()
+    known = {n: k.memory_on(machine, how) for n, k in kept.items()}
+    known = {n: peak for n, peak in known.items() if peak is not None}
     local = [p for p in plans if not p.infer.remote and p.system.name not in known]
     task = progress.add_task("peak memory, each system alone", total=len(local))
     peaks = memory.measured_alone(recipe, run_dir, local, on_done=lambda: progress.advance(task))
@@ -293,22 +294,6 @@ def _measure_memory(
     peaks |= known
     for outcome in outcomes:
         outcome.peak_memory = peaks.get(outcome.system.name, outcome.peak_memory)
-
-
-def _machine() -> str:
-    """What measurements are tied to: the device and how many cores this process may use."""
-    import os
-
-    return f"{describe_device()}; {len(os.sched_getaffinity(0))} usable cores"
-
-
-def _timing_settings(recipe: Recipe) -> dict[str, Any]:
-    return {
-        "rounds": recipe.eval.timing.rounds,
-        "latency_items": recipe.eval.latency_items,
-        "throughput_items": recipe.eval.timing.throughput_items,
-        "batch_size": recipe.eval.batch_size,
-    }
 
 
 def _time(
@@ -323,8 +308,9 @@ def _time(
     """Latency and throughput of every system in rounds, with the instances that fit kept loaded;
     a system timed on this machine by an earlier evaluation brings its rounds instead."""
     settings = recipe.eval.timing
-    machine, same = _machine(), _timing_settings(recipe)
-    earlier = {n: k.timing_on(machine, same) for n, k in kept.items() if k.timing_on(machine, same)}
+    machine, same = reuse.machine(), reuse.timing_settings(recipe)
+    earlier = {n: k.timing_on(machine, same) for n, k in kept.items()}
+    earlier = {n: entry for n, entry in earlier.items() if entry is not None}
     fresh = [p for p in plans if p.system.name not in earlier]
     again = f"; {len(earlier)} timed by an earlier evaluation on this machine" if earlier else ""
     _say_line(

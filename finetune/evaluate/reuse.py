@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -37,6 +38,8 @@ FORMAT = 1  # bump when what an entry holds, or how answers are computed, change
 STORE_DIR = "systems"
 # The evaluation settings that change a system's answers (the rest change only statistics).
 ANSWER_SETTINGS = {"batch_size", "length_normalize", "max_new_tokens", "specialist_form", "tfidf"}
+# The software that computes answers: another version may answer differently.
+ANSWER_PACKAGES = ("finetune", "torch", "transformers", "peft", "scikit-learn", "llama-cpp-python")
 
 
 @dataclass
@@ -141,6 +144,25 @@ def system_key(recipe: Recipe, plan: Plan, loaded: Loaded, context: Context) -> 
     return _digest(facts)[:32]
 
 
+def machine() -> str:
+    """What measurements are tied to: the device and how many cores this process may use."""
+    import os
+
+    from finetune.hardware import describe_device
+
+    return f"{describe_device()}; {len(os.sched_getaffinity(0))} usable cores"
+
+
+def timing_settings(recipe: Recipe) -> dict[str, Any]:
+    """The settings a kept timing must have been measured with to be reused."""
+    return {
+        "rounds": recipe.eval.timing.rounds,
+        "latency_items": recipe.eval.latency_items,
+        "throughput_items": recipe.eval.timing.throughput_items,
+        "batch_size": recipe.eval.batch_size,
+    }
+
+
 def timing_entry(
     rounds: timing.Rounds, name: str, machine: str, settings: dict[str, Any]
 ) -> dict[str, Any]:
@@ -231,20 +253,9 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.cache
 def _versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
+    """Read once per process: every system's key carries them."""
+    from finetune.runs import package_versions
 
-    found = {}
-    for package in (
-        "finetune",
-        "torch",
-        "transformers",
-        "peft",
-        "scikit-learn",
-        "llama-cpp-python",
-    ):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = None
-    return found
+    return package_versions(ANSWER_PACKAGES)

@@ -14,7 +14,7 @@ A statistic is `statistic(idx) -> float`: the metric on the items at `idx` (with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,35 +131,36 @@ def median_interval(values: Sequence[float], confidence: float) -> tuple[float, 
     """
     x = sorted(values)
     n = len(x)
-    k, below = 0, 0  # below: P[Binomial(n, 1/2) < k + 1] * 2**n, exact in integers
-    while True:
-        below += math.comb(n, k)
-        if 2 * below > (1 - confidence) * 2**n:
-            break
-        k += 1
+    k = _depth((math.comb(n, j) for j in range(n + 1)), 2**n, confidence)
     if k == 0:
         return None
     return float(x[k - 1]), float(x[n - k])
 
 
+def _depth(counts: Iterable[int], total: int, confidence: float) -> int:
+    """How far in from each end a distribution-free interval starts: the largest k with
+    2 (counts[0] + ... + counts[k-1]) <= (1 - confidence) total, for the null distribution's
+    counts of its statistic (exact, in integers)."""
+    k, below = 0, 0
+    for count in counts:
+        below += count
+        if 2 * below > (1 - confidence) * total:
+            break
+        k += 1
+    return k
+
+
 def _rank_sum_counts(m: int, n: int) -> list[int]:
     """counts[u]: how many of the C(m+n, m) orderings of two samples of sizes m and n give the
     Mann-Whitney count U = u (pairs with the first sample's value above the second's)."""
-    # table[j][u] for the first sample's i values against j of the second's, built up in i.
-    table = [[1] for _ in range(n + 1)]  # i = 0: U = 0 whatever j is
+    size = m * n + 1
+    # table[j][u] for i of the first sample's values against j of the second's, built up in i.
+    table = [[1] + [0] * (size - 1) for _ in range(n + 1)]  # i = 0: U = 0 whatever j is
     for _ in range(m):
-        row = [[1]]  # j = 0: U = 0
+        row = [[1] + [0] * (size - 1)]  # j = 0: U = 0
         for j in range(1, n + 1):
             # The largest value is the first sample's (it beats all j) or the second's.
-            with_first, with_second = [0] * j + table[j], row[j - 1]
-            size = max(len(with_first), len(with_second))
-            row.append(
-                [
-                    (with_first[u] if u < len(with_first) else 0)
-                    + (with_second[u] if u < len(with_second) else 0)
-                    for u in range(size)
-                ]
-            )
+            row.append([(table[j][u - j] if u >= j else 0) + row[j - 1][u] for u in range(size)])
         table = row
     return table[n]
 
@@ -175,13 +176,8 @@ def shift_interval(
     if not a or not b:
         raise ValueError(f"both samples need values; found {len(a)} and {len(b)}")
     d = sorted(x - y for x in a for y in b)
-    counts = _rank_sum_counts(len(a), len(b))
-    total, k, below = math.comb(len(a) + len(b), len(a)), 0, 0
-    while True:
-        below += counts[k]
-        if 2 * below > (1 - confidence) * total:
-            break
-        k += 1
+    total = math.comb(len(a) + len(b), len(a))
+    k = _depth(_rank_sum_counts(len(a), len(b)), total, confidence)
     estimate = float(np.median(d))
     if k == 0:
         return estimate, None, None

@@ -238,33 +238,18 @@ def unpaired_ratio(
     left out of each side; `left_out` counts them, since round numbers name different
     evaluations here."""
     mine_busy, theirs_busy = busy or ([False] * len(mine), [False] * len(theirs))
-    a = [math.log(v) for v, b in zip(mine, mine_busy, strict=True) if _usable(v) and not b]
-    b = [math.log(v) for v, x in zip(theirs, theirs_busy, strict=True) if _usable(v) and not x]
-    left_out = sum(mine_busy) + sum(theirs_busy)
-    if not a or not b:
-        return {
-            "ratio": None,
-            "low": None,
-            "high": None,
-            "rounds": 0,
-            "clear": False,
-            "left_out": left_out,
-            "paired": False,
-        }
-    shift, low, high = shift_interval(a, b, confidence)
+    a = _logs([v for v, b in zip(mine, mine_busy, strict=True) if not b])
+    b = _logs([v for v, b in zip(theirs, theirs_busy, strict=True) if not b])
+    shift, low, high = shift_interval(a, b, confidence) if a and b else (None, None, None)
     return {
-        "ratio": math.exp(shift),
+        "ratio": math.exp(shift) if shift is not None else None,
         "low": math.exp(low) if low is not None else None,
         "high": math.exp(high) if high is not None else None,
         "rounds": min(len(a), len(b)),
         "clear": low is not None and (high < 0 or low > 0),
-        "left_out": left_out,
+        "left_out": sum(mine_busy) + sum(theirs_busy),
         "paired": False,
     }
-
-
-def _usable(value: float | None) -> bool:
-    return value is not None and not math.isnan(value) and value > 0
 
 
 def normal_spread(figures: list[dict[str, list]]) -> float:

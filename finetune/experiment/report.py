@@ -30,7 +30,7 @@ from finetune.report import format as F
 from finetune.report.document import Block, Bullets, Heading, Paragraph, Verdict
 from finetune.report.html import render_html
 from finetune.report.markdown import render_markdown
-from finetune.report.plots import Figure
+from finetune.report.plots import Figure, pyplot, save_png
 from finetune.report.tables import Table
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ def write(experiment: Experiment, cells: list[Cell], console: Any = None) -> Pat
     page = write_atomic(
         out / "report.html", render_html(blocks, f"{experiment.name}: experiment report")
     )
-    _track(experiment, cells, blocks, figures)
+    _track(experiment, cells, out, blocks, figures)
     if console is not None:
         verdict = next(b for b in blocks if isinstance(b, Verdict))
         for line in [*verdict.findings, verdict.bottom_line, *verdict.cautions]:
@@ -419,31 +419,13 @@ def _constraint_lines(experiment: Experiment, excluded: dict[str, list[str]]) ->
     return lines
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import io
-
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    _plt().close(fig)
-    return write_atomic(path, png.getvalue())
-
-
 def _curve_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
     """The learning curve, when the cells train on more than one size."""
     curves = _curves(found)
     sizes = sorted({x for curve in curves.values() for x in curve})
     if len(sizes) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(10.5, 5))
     seeds = max(len(runs) for curve in curves.values() for runs in curve.values())
     for i, (kind, by_size) in enumerate(curves.items()):
@@ -476,7 +458,7 @@ def _curve_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
         f"{F.metric_label(metric)} against training examples; shaded: 95% intervals (the "
         f"widest over seeds); dashed: general systems with their intervals.{spread}"
     )
-    return Figure("learning_curve", _save(fig, out / "learning_curve.png"), caption)
+    return Figure("learning_curve", save_png(fig, out / "learning_curve.png"), caption)
 
 
 def _pareto_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
@@ -485,7 +467,7 @@ def _pareto_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
     panels = [(a, x, t) for a, x, t in FRONTS if any(getattr(c, a) for c in candidates)]
     if not panels:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.4 * len(panels)), squeeze=False)
     kinds = list(dict.fromkeys(e.kind for e in found if e.kind != GENERAL))
     for ax, (attr, xlabel, _) in zip(axes[:, 0], panels, strict=True):
@@ -529,16 +511,15 @@ def _pareto_figure(metric: str, found: list[Entry], out: Path) -> Figure | None:
         "dashed line joins the systems no other beats on both (remote systems have no memory "
         "point)."
     )
-    return Figure("pareto", _save(fig, out / "pareto.png"), caption)
+    return Figure("pareto", save_png(fig, out / "pareto.png"), caption)
 
 
 def _track(
-    experiment: Experiment, cells: list[Cell], blocks: list[Block], figures: list[Figure]
+    experiment: Experiment, cells: list[Cell], out: Path, blocks: list[Block], figures: list[Figure]
 ) -> None:
     """One W&B run in the experiment's group: its tables, figures and recommendation."""
     from finetune.tracking import open_tracker
 
-    out = Path(cells[0].recipe.tracking.runs_dir) / "experiments" / experiment.name
     tracker = open_tracker(
         cells[0].recipe,
         out,

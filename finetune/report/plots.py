@@ -28,7 +28,8 @@ class Figure:
     caption: str
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,10 +38,11 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_png(fig: Any, path: Path) -> Path:
+    """Write the figure as a PNG atomically, and close it."""
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=DPI)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return write_atomic(path, png.getvalue())
 
 
@@ -53,7 +55,7 @@ def tradeoff(
 ) -> Path:
     """Primary metric (with CI error bars) against a cost-like quantity, one point per system;
     `spread(system)` gives the quantity's range over timing rounds (`low`, `high`) as x bars."""
-    plt = _pyplot()
+    plt = pyplot()
     metric, special = primary_metric(results), specialist(results)
     xs = [x(s) for s in results["systems"]]
     log = min(xs) > 0 and max(xs) / min(xs) > 10
@@ -93,7 +95,7 @@ def tradeoff(
     ax.set_ylabel(f"{fmt.metric_label(metric)} ({results['confidence']:.0%} CI)")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _fraction(value: float, values: list[float], log: bool) -> float:
@@ -115,7 +117,7 @@ def _log_axis(ax: Any) -> None:
 
 def confusion(results: dict[str, Any], path: Path) -> Path:
     """One confusion matrix per system: gold labels in rows, predicted in columns, counts shown."""
-    plt = _pyplot()
+    plt = pyplot()
     labels, systems = results["labels"], [s for s in results["systems"] if s.get("confusion")]
     ncols = min(len(systems), 4 if len(labels) <= 3 else 2)
     nrows = math.ceil(len(systems) / ncols)
@@ -143,7 +145,7 @@ def confusion(results: dict[str, Any], path: Path) -> Path:
     for ax in list(axes.flat)[len(systems) :]:
         ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def loss_curve(run_dir: Path, history: list[dict[str, Any]], path: Path) -> Path | None:

@@ -84,6 +84,9 @@ def test_a_later_evaluation_scores_only_the_system_it_has_not_seen(trained, scor
     renamed = dict(ZERO, name="zero-shot, renamed")
     _evaluate(path, run_dir, f"eval.baselines=[{json.dumps(renamed)}]")
     assert scored == []  # a name is not part of what a system is
+    by_reference = {"name": "the base by its path", "model": load_recipe(path).model.base}
+    _evaluate(path, run_dir, f"eval.baselines=[{json.dumps(by_reference)}]")
+    assert scored == []  # nor is `base` against the base's own reference
 
 
 def test_what_the_answers_depend_on_makes_a_new_system(trained, scored):

@@ -208,12 +208,13 @@ def _record_json(record: timing.Record) -> dict[str, Any]:
 
 
 def _baseline_settings(recipe: Recipe, plan: Plan) -> dict[str, Any] | None:
-    """The baseline's settings but its name (`model: base` is read through the identity)."""
+    """The baseline's settings but its name and model reference: the model is in the key as
+    its identity, so `model: base` and the base's own name are one system."""
     if plan.system.role == "specialist":
         return None
     for baseline in recipe.eval.baselines:
         if baseline.name == plan.system.name:
-            return baseline.model_dump(mode="json", exclude={"name"})
+            return baseline.model_dump(mode="json", exclude={"name", "model"})
     return {"kind": plan.system.kind}
 
 

@@ -362,7 +362,11 @@ def test_a_timing_difference_is_called_only_when_its_interval_excludes_1():
     retime(results)
     ratio = results["comparisons"][1]["timing"]["latency"]
     assert ratio["low"] is None and not ratio["clear"]
-    assert "base 4-shot (210 ms, ratio 0.19, too few rounds for an interval)" in verdict(results)[3]
+    assert timing_call(results["comparisons"][1], "latency") == "untested"
+    latency = verdict(results)[3]
+    assert "base 4-shot (210 ms, ratio 0.19) and" in latency
+    assert "too few rounds to test against base zero-shot" in latency
+    assert "no clear difference from base 4-shot" not in latency
 
 
 def test_disturbed_rounds_are_named_in_the_verdict_box(tmp_path):

@@ -207,7 +207,7 @@ def _ratio_cell(r: dict[str, Any]) -> str:
     if r["ratio"] is None:
         return "-"
     interval = f"[{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "[too few rounds]"
-    verdict = "" if r["clear"] else " no clear difference"
+    verdict = "" if r["clear"] or r["low"] is None else " no clear difference"
     apart = "" if r.get("paired", True) else " (timed apart)"
     return f"{r['ratio']:.2f}x {interval}{verdict}{apart}"
 

@@ -4,7 +4,8 @@ Every sentence restates measured numbers; nothing is weighed beyond them. Qualit
 evaluator's `significant` flag (McNemar for classification, a paired-bootstrap interval that
 excludes 0 otherwise). Latency and cost use the evaluator's round-by-round ratios: a baseline
 is called faster, slower, cheaper or dearer only when the interval of its ratio to the
-specialist excludes 1, and otherwise "no clear difference". Memory and size name the lowest
+specialist excludes 1, "no clear difference" when it does not, and "too few rounds to test"
+when the quiet rounds left are too few for an interval. Memory and size name the lowest
 system and its ratio to the specialist. `cautions` says what may have disturbed the timings.
 """
 
@@ -118,9 +119,13 @@ def _lowest_sentence(
 
 
 def timing_call(comparison: dict[str, Any], figure: str) -> str:
-    """`lower`, `higher` or `unclear`: the specialist's figure against the baseline's, called only
-    when the interval of their round-by-round ratio excludes 1."""
+    """`lower`, `higher`, `unclear` or `untested`: the specialist's figure against the baseline's,
+    called only when the interval of their round-by-round ratio excludes 1. `untested` when too
+    few (quiet) rounds were left for an interval: a 100x ratio then is not "no clear
+    difference", only one the rounds cannot test."""
     ratio = comparison["timing"][figure]
+    if ratio["ratio"] is not None and ratio["low"] is None:
+        return "untested"
     if not ratio["clear"]:
         return "unclear"
     return "lower" if ratio["high"] < 1 else "higher"
@@ -132,7 +137,7 @@ def _ratio_text(comparison: dict[str, Any], figure: str) -> str:
         return "not measured"
     apart = "" if r.get("paired", True) else ", timed apart"
     if r["low"] is None:
-        return f"ratio {r['ratio']:.2f}, too few rounds for an interval{apart}"
+        return f"ratio {r['ratio']:.2f}{apart}"
     return f"ratio {r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]{apart}"
 
 
@@ -144,10 +149,11 @@ def _timed_sentence(
     words: tuple[str, str],
 ) -> str:
     """`WHAT, median of n rounds: the specialist A; LOWER than X (B, ratio r [lo, hi]); HIGHER
-    than Y (...); no clear difference from Z (...); 95% intervals over rounds.`"""
+    than Y (...); no clear difference from Z (...); too few rounds to test against W (...); 95%
+    intervals over rounds.`"""
     special = specialist(results)
     by_name = {s["name"]: s for s in results["systems"]}
-    groups: dict[str, list[str]] = {"lower": [], "higher": [], "unclear": []}
+    groups: dict[str, list[str]] = {"lower": [], "higher": [], "unclear": [], "untested": []}
     for c in results["comparisons"]:
         other = by_name[c["baseline"]]
         groups[timing_call(c, figure)].append(
@@ -157,6 +163,7 @@ def _timed_sentence(
         "lower": f"{words[0]} than",
         "higher": f"{words[1]} than",
         "unclear": "no clear difference from",
+        "untested": "too few rounds to test against",
     }
     parts = [f"{heads[k]} {_and(v)}" for k, v in groups.items() if v]
     rounds = results["timing"]["rounds"]

@@ -68,15 +68,21 @@ def read_run(run_dir: Path, *, timeout: float = 30.0) -> dict[str, Any]:
     return _parse(records)
 
 
-def _finished_records(run_dir: Path) -> list[Any] | None:
+def _protos(path: Path) -> list[Any]:
+    """The records of one run file as `Record` protobufs."""
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    records = []
+    protos = []
     for raw in _records(path.read_bytes()):
         record = pb.Record()
         record.ParseFromString(raw)
-        records.append(record)
+        protos.append(record)
+    return protos
+
+
+def _finished_records(run_dir: Path) -> list[Any] | None:
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = _protos(path)
     kinds = {record.WhichOneof("record_type") for record in records}
     return records if "exit" in kinds else None
 
@@ -109,14 +115,8 @@ def _items(items: Any) -> dict[str, Any]:
 
 def run_groups(run_dir: Path) -> list[tuple[str, str]]:
     """(job type, group) of every W&B run file under `<run_dir>/wandb/`, finished or not."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    found = []
-    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        for raw in _records(path.read_bytes()):
-            record = pb.Record()
-            record.ParseFromString(raw)
-            if record.WhichOneof("record_type") == "run":
-                found.append((record.run.job_type, record.run.run_group))
-                break
-    return found
+    firsts = (
+        next((r.run for r in _protos(path) if r.WhichOneof("record_type") == "run"), None)
+        for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    )
+    return [(run.job_type, run.run_group) for run in firsts if run is not None]

@@ -1,7 +1,8 @@
-"""The engine benchmark: a general model scoring the sentiment test items on llama.cpp (its
-GGUF as shipped, Q4) and on transformers (the same GGUF de-quantized, `model.dtype: auto`),
-each in its own process, one after the other: items/s, peak memory, and how far the two agree
-(predictions, accuracy, label log-probabilities)."""
+"""The engine benchmark: a general model on llama.cpp (its GGUF as shipped, Q4) and on
+transformers (the same GGUF de-quantized, `model.dtype: auto`), each in its own process, one
+after the other. Scoring: the sentiment test items' label log-likelihoods, items/s, peak memory,
+and how far the two agree. Generation: greedy answers to the construction FAQ's questions,
+tokens/s at the evaluator's batch and one prompt at a time, and how many answers are the same."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import RECIPE, run_worker
+from common import RECIPE, ROOT, run_worker
 
 BATCH = 16
+QA_RECIPE = ROOT / "recipes" / "construction-faq-smollm2-lora.yaml"
+QA_MODEL = "qwen2.5-coder-0.5b-instruct"
 
 
 def compare_with_transformers(bench: Any) -> dict[str, Any]:
@@ -23,14 +26,10 @@ def compare_with_transformers(bench: Any) -> dict[str, Any]:
 
 
 def _compare(bench: Any, model: str, items: int) -> dict[str, Any]:
-    runs = {}
-    for backend in ("engine", "transformers"):
-        result, done = run_worker(
-            "general_scoring",
-            {"model": model, "backend": backend, "items": items},
-            bench.work / "logs" / f"engine-{model}-{backend}.log",
-        )
-        runs[backend] = {**result, "peak_rss_bytes": done.peak_rss_bytes}
+    runs = {
+        backend: _run(bench, f"engine-{model}-{backend}", model=model, backend=backend, items=items)
+        for backend in ("engine", "transformers")
+    }
     engine, hf = runs["engine"], runs["transformers"]
     ids = list(engine["predictions"])
     same = sum(engine["predictions"][i] == hf["predictions"][i] for i in ids)
@@ -51,13 +50,51 @@ def _compare(bench: Any, model: str, items: int) -> dict[str, Any]:
     }
 
 
+def compare_generation(bench: Any) -> dict[str, Any]:
+    """Greedy answers, where llama.cpp's 4-bit weights should pay: decoding reads every weight
+    for each new token, so one stream at a time is bound by memory, not arithmetic."""
+    items = bench.scaled(24, 8)
+    common = {"model": QA_MODEL, "items": items, "recipe": str(QA_RECIPE)}
+    runs = {
+        name: _run(bench, f"generate-{QA_MODEL}-{name}", **common, backend=backend, batch=batch)
+        for name, backend, batch in (
+            ("engine", "engine", 1),
+            (f"transformers batch {BATCH}", "transformers", BATCH),
+            ("transformers batch 1", "transformers", 1),
+        )
+    }
+    engine = runs["engine"]
+    ids = list(engine["predictions"])
+    return {
+        "model": QA_MODEL,
+        "items": len(ids),
+        "runs": {name: _public(run) for name, run in runs.items()},
+        "speedups": {
+            name: engine["tokens_per_s"] / run["tokens_per_s"]
+            for name, run in runs.items()
+            if run is not engine
+        },
+        "same_answers": {
+            name: sum(engine["predictions"][i] == run["predictions"][i] for i in ids) / len(ids)
+            for name, run in runs.items()
+            if run is not engine
+        },
+    }
+
+
+def _run(bench: Any, log: str, **args: Any) -> dict[str, Any]:
+    result, done = run_worker("general_model", args, bench.work / "logs" / f"{log}.log")
+    return {**result, "peak_rss_bytes": done.peak_rss_bytes}
+
+
 def _public(run: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in run.items() if k not in ("predictions", "logprobs")}
 
 
-def general_scoring(args: dict[str, Any]) -> dict[str, Any]:
-    """In a worker: score the first `items` test items with `model` on one backend, as the
-    evaluator scores a zero-shot baseline (its chat prompt, shared prefix, batch of 16)."""
+def general_model(args: dict[str, Any]) -> dict[str, Any]:
+    """In a worker: run the first `items` test items of `recipe` (default: sentiment) through
+    `model` on one backend, as the evaluator runs a zero-shot baseline (its chat prompt, shared
+    prefix, `batch` items a pass): label scores for classification, greedy answers otherwise."""
     from finetune.data import load_split
     from finetune.evaluate.causal import CausalLM, _encode_items
     from finetune.evaluate.engine import Engine
@@ -71,7 +108,8 @@ def general_scoring(args: dict[str, Any]) -> dict[str, Any]:
         else f"{{name: g, model: {args['model']}}}"
     )
     recipe = load_recipe(
-        RECIPE, [f"data.max_test_examples={args['items']}", f"eval.baselines=[{baseline}]"]
+        Path(args.get("recipe", RECIPE)),
+        [f"data.max_test_examples={args['items']}", f"eval.baselines=[{baseline}]"],
     )
     kind, key = (Engine(), "engine:g") if engine else (CausalLM(), args["model"])
     started = time.perf_counter()
@@ -81,20 +119,21 @@ def general_scoring(args: dict[str, Any]) -> dict[str, Any]:
     items = load_split(recipe, "test")
     infer = kind.inference(recipe, fmt, loaded.tokenizer)
     prompts = [e.input_ids for e in _encode_items(recipe, fmt, loaded.tokenizer, items, [], 0)]
-    infer.run(loaded.model, prompts[:2], BATCH, True)  # warm-up: first passes allocate
+    batch = args.get("batch", BATCH)
+    infer.run(loaded.model, prompts[:2], batch, True)  # warm-up: first passes allocate
     started = time.perf_counter()
-    predictions, details, _ = infer.run(loaded.model, prompts, BATCH, True)
+    predictions, details, counts = infer.run(loaded.model, prompts, batch, True)
     seconds = time.perf_counter() - started
-    right = sum(p == item["label"] for p, item in zip(predictions, items, strict=True))
-    return {
+    result = {
         "serving": loaded.serving,
         "load_seconds": load_seconds,
         "seconds": seconds,
         "items_per_s": len(items) / seconds,
-        "accuracy": right / len(items),
         "prompt_tokens_mean": sum(map(len, prompts)) / len(prompts),
         "predictions": {item["id"]: p for item, p in zip(items, predictions, strict=True)},
-        "logprobs": {
-            item["id"]: d["label_logprobs"] for item, d in zip(items, details, strict=True)
-        },
     }
+    if recipe.task.type != "classification":
+        return {**result, "generated_tokens": sum(counts), "tokens_per_s": sum(counts) / seconds}
+    right = sum(p == item["label"] for p, item in zip(predictions, items, strict=True))
+    logprobs = {item["id"]: d["label_logprobs"] for item, d in zip(items, details, strict=True)}
+    return {**result, "accuracy": right / len(items), "logprobs": logprobs}

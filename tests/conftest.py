@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -15,27 +14,6 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _quiet_machine(request, tmp_path_factory):
-    """Under pytest-xdist (`make test`), a module marked `quiet` runs with no other module
-    beside it: its tests time systems against each other and read the machine's load, which
-    another worker's training would disturb. Other modules share the machine freely."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
-        yield
-        return
-    quiet = request.node.get_closest_marker("quiet") is not None
-    # The workers' temporary directories share this parent.
-    lock = tmp_path_factory.getbasetemp().parent / "quiet-machine.lock"
-    with lock.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX if quiet else fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

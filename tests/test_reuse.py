@@ -14,8 +14,6 @@ from finetune.evaluate import evaluate, reuse
 from finetune.recipe import load_recipe
 from finetune.train import train
 
-pytestmark = pytest.mark.quiet
-
 FAST = {
     "batch_size": 4,
     "latency_items": 2,

@@ -34,8 +34,6 @@ from finetune.report import verdict
 from finetune.report.verdict import cautions, timing_call
 from finetune.train import train
 
-pytestmark = pytest.mark.quiet
-
 # Burns one core until killed, and at most 60 s whatever happens to the test that started it.
 BURNER = "import sys, time\nend = time.time() + 60\nprint('burning', flush=True)\nwhile time.time() < end: pass\n"
 

@@ -105,6 +105,7 @@ def prepare(
         raise FinetuneError(
             "give a recipe file, e.g. `finetune prepare recipes/rt-sentiment-smollm2-lora.yaml`, or --list"
         )
+    _quiet_progress_bars()
     loaded = _load(recipe, overrides)
     prepared = prepare_data(loaded, force=force)
     card = prepared.card
@@ -130,6 +131,8 @@ def models(
     ] = None,
 ) -> None:
     """List the built-in model registry and what is cached; --fetch NAME materializes one."""
+    if fetch:
+        _quiet_progress_bars()
     from finetune.models import REGISTRY, materialize, model_cache_path, registry_rows
 
     for name in fetch or []:
@@ -175,6 +178,7 @@ def train(
     ] = None,
 ) -> None:
     """Train the specialist and write runs/<recipe name>/<run id>/ (adapter, log, loss curve, summary)."""
+    _quiet_progress_bars()
     from finetune.recipe import load_recipe
 
     if resume is not None:
@@ -212,6 +216,7 @@ def export(
     ] = "float32",
 ) -> None:
     """Write a deployable model from a run: `--merge` gives plain transformers safetensors."""
+    _quiet_progress_bars()
     from finetune.hardware import DTYPES
     from finetune.train import export_merged
 
@@ -232,6 +237,7 @@ def evaluate(
     overrides: OverridesArg = None,
 ) -> None:
     """Score the specialist and every baseline on the same held-out items; writes RUN/eval/."""
+    _quiet_progress_bars()
     from finetune.evaluate import evaluate as run_evaluation
 
     path = run_evaluation(_load(recipe, overrides), run, console=err)
@@ -262,6 +268,7 @@ def serve(
     context: Annotated[int, typer.Option(help="Context window in tokens (n_ctx).")] = 4096,
 ) -> None:
     """Serve a GGUF as shipped on llama.cpp's OpenAI-compatible server for an endpoint baseline."""
+    _quiet_progress_bars()
     import time
 
     from finetune.evaluate.llama_server import llama_server
@@ -291,6 +298,7 @@ def experiment(
     ] = None,
 ) -> None:
     """Run every cell of an experiment: train (or resume, or reuse) and evaluate each."""
+    _quiet_progress_bars()
     from finetune.experiment import load_experiment, run_cells, state
     from finetune.experiment.report import write as write_report
 
@@ -338,6 +346,11 @@ def _quiet_libraries() -> None:
     # bitsandbytes warns at import that an optional 4-bit CPU kernel (fetched from the Hub) is
     # missing; 4-bit training is refused on CPUs anyway, so the warning only confuses.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def _quiet_progress_bars() -> None:
+    """For the commands that load models or datasets: importing transformers and datasets to
+    reach their switches takes ~2 s, which `--help`, `validate` and the like need not pay."""
     # transformers draws a "Loading weights" bar for every model load: noise beside our own.
     from transformers.utils import logging as hf_logging
 

@@ -32,7 +32,6 @@ def _compare(bench: Any, model: str, items: int) -> dict[str, Any]:
     }
     engine, hf = runs["engine"], runs["transformers"]
     ids = list(engine["predictions"])
-    same = sum(engine["predictions"][i] == hf["predictions"][i] for i in ids)
     gaps = [
         abs(engine["logprobs"][i][label] - hf["logprobs"][i][label])
         for i in ids
@@ -43,7 +42,7 @@ def _compare(bench: Any, model: str, items: int) -> dict[str, Any]:
         "engine": _public(engine),
         "transformers": _public(hf),
         "speedup": engine["items_per_s"] / hf["items_per_s"],
-        "agreement": same / len(ids),
+        "agreement": _agreement(engine, hf),
         "accuracy_difference": engine["accuracy"] - hf["accuracy"],
         "mean_abs_logprob_gap": sum(gaps) / len(gaps),
         "max_abs_logprob_gap": max(gaps),
@@ -64,22 +63,21 @@ def compare_generation(bench: Any) -> dict[str, Any]:
         )
     }
     engine = runs["engine"]
-    ids = list(engine["predictions"])
+    peers = {name: run for name, run in runs.items() if run is not engine}
     return {
         "model": QA_MODEL,
-        "items": len(ids),
+        "items": len(engine["predictions"]),
         "runs": {name: _public(run) for name, run in runs.items()},
-        "speedups": {
-            name: engine["tokens_per_s"] / run["tokens_per_s"]
-            for name, run in runs.items()
-            if run is not engine
-        },
-        "same_answers": {
-            name: sum(engine["predictions"][i] == run["predictions"][i] for i in ids) / len(ids)
-            for name, run in runs.items()
-            if run is not engine
-        },
+        "speedups": {n: engine["tokens_per_s"] / r["tokens_per_s"] for n, r in peers.items()},
+        "same_answers": {n: _agreement(engine, r) for n, r in peers.items()},
     }
+
+
+def _agreement(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The share of items on which two runs predicted or answered the same."""
+    return sum(a["predictions"][i] == b["predictions"][i] for i in a["predictions"]) / len(
+        a["predictions"]
+    )
 
 
 def _run(bench: Any, log: str, **args: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.deps import require
-from finetune.hardware import has_cuda, training_attention, use_bf16_autocast, weight_dtype
+from finetune.hardware import training_attention, use_bf16_autocast, weight_dtype
 from finetune.heads import (
     CAUSAL_LM,
     SEQUENCE_CLASSIFICATION,
@@ -25,22 +25,6 @@ from finetune.models import ModelSource, load_classifier, load_language_model, s
 from finetune.recipe import Problem, Recipe, RecipeError
 
 log = logging.getLogger(__name__)
-
-
-def check_trainable_here(recipe: Recipe, recipe_path: str | Path) -> None:
-    """Refuse set-ups that cannot train on this machine before anything is loaded."""
-    if recipe.model.quantization == "4bit" and not has_cuda():
-        raise RecipeError(
-            [
-                Problem(
-                    str(recipe_path),
-                    "model.quantization",
-                    "4-bit (QLoRA) training needs a CUDA GPU: on a CPU bitsandbytes computes no gradients "
-                    "through 4-bit layers, so the adapters would silently never learn. Use quantization: 8bit "
-                    "or none on this machine",
-                )
-            ]
-        )
 
 
 def trained_head(recipe: Recipe, recipe_path: str | Path, source: ModelSource) -> str:

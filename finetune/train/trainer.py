@@ -30,6 +30,7 @@ from finetune.heads import save_head
 from finetune.models import ModelSource, check_fits, load_tokenizer, resolve
 from finetune.prompts import PROMPT_FILE, PromptFormat
 from finetune.recipe import Recipe, recipe_to_dict
+from finetune.recipe.machine import check_trainable_here
 from finetune.runs import PARTIAL_SUFFIX, Run, record_inputs, reopen_run, start_run
 from finetune.tracking import Tracker, open_tracker
 from finetune.train.callbacks import (
@@ -43,7 +44,6 @@ from finetune.train.callbacks import (
 )
 from finetune.train.model import (
     adapter_inputs_kept,
-    check_trainable_here,
     compile_decoder_layers,
     parameter_counts,
     trained_head,

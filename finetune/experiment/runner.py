@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune import quiet
 from finetune.deps import require
 from finetune.errors import FinetuneError
 from finetune.experiment.cells import Cell, state
@@ -42,6 +43,7 @@ class Outcome:
 
 def run_cell(cell: Cell, recipe_path: Path, console: Any = None) -> Outcome:
     """Train and evaluate one cell, doing only what its run does not already hold."""
+    quiet.apply()  # a Ray worker starts here, not in the CLI
     from finetune.evaluate import evaluate
     from finetune.train import train
 

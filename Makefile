@@ -2,6 +2,7 @@
 # `make test` runs the test suite. Both set up .venv on first use.
 
 SHELL := /bin/bash
+comma := ,
 .SHELLFLAGS := -eo pipefail -c
 PYTHON ?= python3
 VENV := .venv
@@ -23,23 +24,41 @@ LLAMA_CMAKE_ARGS ?= $(PORTABLE_LLAMA)
 LLAMA_SPEC = $(shell grep -o 'llama-cpp-python\[server\]==[0-9.]*' pyproject.toml)
 BENCH_ARGS ?=
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# Every package at the version the suite last passed with (`make lock` upgrades). torch is left
+# out of it: TORCH_SPEC pins its version, and the index gives the build (CPU here, CUDA on a GPU).
+LOCK := requirements.lock
+EXTRAS := dev,api,engine,ray
+PIP_TOOLS_SPEC ?= pip-tools==7.7.0
+NUMPY_SPEC = $(shell grep -o '^numpy==[0-9.]*' $(LOCK))
 
-.PHONY: help setup demo data models train eval report screenshot validate experiment test test-fast lint format bench clean
+.PHONY: help setup lock demo data models train eval report screenshot validate experiment test test-fast lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## Create .venv and install torch (CPU wheel here) and the project with dev tools
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" numpy 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PIP) install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)" "$(NUMPY_SPEC)" 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@$(BIN)/python -c "import torch; print('torch', torch.__version__, '(CUDA available)' if torch.cuda.is_available() else '(CPU)')"
 	@echo "installing the project; llama-cpp-python builds from source the first time (~10 min on 2 cores), then comes from pip's cache"
 	$(if $(filter-out $(PORTABLE_LLAMA),$(LLAMA_CMAKE_ARGS)),CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir --force-reinstall --no-deps "$(LLAMA_SPEC)")
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -e '.[dev,api,engine,ray]' 2>&1 | { grep -v "^WARNING: Location" || true; }
-	@$(BIN)/python -c "import finetune, transformers, peft, trl; print('finetune installed')"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -r $(LOCK) 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PIP) install --no-deps -e . 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/python -m pip check
+	@$(BIN)/python -c "import finetune; print('finetune installed from $(LOCK)')"
 	@touch $(STAMP)
+
+lock: setup ## Upgrade every package to its newest allowed version in $(LOCK), install them, then run the suite
+	$(PIP) install "$(PIP_TOOLS_SPEC)" 2>&1 | { grep -v "^WARNING: Location" || true; }
+	CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile -q --upgrade --extra $(subst $(comma), --extra ,$(EXTRAS)) \
+	  --unsafe-package torch --strip-extras --no-emit-index-url --no-emit-find-links \
+	  --annotation-style line -o $(LOCK) pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -r $(LOCK) 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(BIN)/python -m pip check
+	@touch $(STAMP)
+	$(MAKE) --no-print-directory test
 
 demo: setup ## Whole pipeline on the default recipe: data, model, train, eval, report
 	$(BIN)/finetune prepare $(RECIPE)
@@ -58,8 +77,8 @@ validate: setup ## Validate every shipped recipe
 train: setup ## Train RECIPE (default: the sentiment recipe)
 	$(BIN)/finetune train $(RECIPE)
 
-eval: setup ## Evaluate the latest run of RECIPE (or RUN=runs/...) against its baselines
-	$(BIN)/finetune eval $(RECIPE) --run "$(RUN)"
+eval: setup ## Evaluate the latest finished run of RECIPE (or RUN=runs/...) against its baselines
+	$(BIN)/finetune eval $(RECIPE) $(if $(RUN),--run "$(RUN)")
 
 report: setup ## Write the comparison report for RUN (default: latest run of RECIPE)
 	$(BIN)/finetune report "$(RUN)"
@@ -89,7 +108,7 @@ bench: $(VENV)/.bench-installed ## Workbench vs trl sft and lm-eval, llama.cpp v
 	$(BIN)/python scripts/bench/run.py $(BENCH_ARGS)
 
 $(VENV)/.bench-installed: $(STAMP)
-	$(PIP) install -e '.[bench]' 2>&1 | { grep -v "^WARNING: Location" || true; }
+	$(PIP) install -c $(LOCK) -e '.[bench]' 2>&1 | { grep -v "^WARNING: Location" || true; }
 	@touch $@
 
 clean: ## Remove the venv, prepared data and caches (keeps runs/)

@@ -5,7 +5,8 @@
 DIR is a run directory or an experiment's report directory (`<runs_dir>/experiments/<name>`).
 
 The window is 1200 px wide and tall enough for the whole page: unless --height is given, a
-first Chromium pass measures the page's height. Prints the PNG's path.
+first Chromium pass measures the page's height, and its width: a page wider than the window
+(something that overflows sideways) is named on stderr. Prints the PNG's path.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ FLAGS = (
     "--hide-scrollbars",
 )
 # Loads the report in a frame the width of the screenshot and writes the frame's full height
-# into the page, which --dump-dom then prints.
+# and width into the page, which --dump-dom then prints.
 MEASURE = """<!DOCTYPE html><html><body style="margin:0">
 <iframe src="{url}" style="width:{width}px;height:100px;border:0"
- onload="document.body.dataset.height=this.contentDocument.documentElement.scrollHeight">
+ onload="const page=this.contentDocument.documentElement;
+ document.body.dataset.height=page.scrollHeight; document.body.dataset.width=page.scrollWidth">
 </iframe></body></html>"""
 
 
@@ -42,19 +44,29 @@ def find_browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
-def page_height(browser: str, url: str, timeout: float) -> int:
-    """The report's rendered height at the screenshot's width (a fallback if it cannot tell)."""
+def page_size(browser: str, url: str, timeout: float, width: int = WIDTH) -> tuple[int, int]:
+    """The report's rendered (scroll width, height) in a window `width` px wide: a scroll
+    width above `width` means something overflows sideways. Falls back to (`width`,
+    FALLBACK_HEIGHT) if it cannot tell."""
     with tempfile.TemporaryDirectory() as tmp:
         page = Path(tmp) / "measure.html"
-        page.write_text(MEASURE.format(url=url, width=WIDTH))
+        page.write_text(MEASURE.format(url=url, width=width))
         done = subprocess.run(
             [browser, *FLAGS, "--allow-file-access-from-files", "--dump-dom", page.as_uri()],
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-    found = re.search(r'data-height="(\d+)"', done.stdout)
-    return int(found.group(1)) if found else FALLBACK_HEIGHT
+    found = {k: int(v) for k, v in re.findall(r'data-(height|width)="(\d+)"', done.stdout)}
+    return found.get("width", width), found.get("height", FALLBACK_HEIGHT)
+
+
+def _measured_height(browser: str, url: str) -> int:
+    """The page's height, after naming on stderr any overflow sideways."""
+    width, height = page_size(browser, url, TIMEOUT_S / 2)
+    if width > WIDTH:
+        print(f"warning: the report is {width} px wide in a {WIDTH} px window", file=sys.stderr)
+    return height
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + TIMEOUT_S  # both passes together
     try:
-        height = args.height or page_height(browser, report.as_uri(), TIMEOUT_S / 2)
+        height = args.height or _measured_height(browser, report.as_uri())
         subprocess.run(
             [
                 browser,

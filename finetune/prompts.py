@@ -9,10 +9,15 @@ Prompt and answer are tokenized separately and concatenated, so the answer's tok
 the same whether they are trained on, scored or generated. An encoder-decoder reads the
 prompt alone and its decoder writes the answer apart (`encode_target`). A sequence classifier
 reads no prompt: its format is `text` (the input alone, `encode_text`), stored the same way.
+
+A system that was not trained on the task (a zero- or few-shot baseline) may see the label
+list appended to the instruction (`task.list_labels`, `untrained_format`): it has no other way
+to learn which answers exist. The specialist's stored format never has it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,9 +25,11 @@ from typing import Any, Literal
 
 from finetune.errors import FinetuneError
 from finetune.files import write_json
+from finetune.recipe.schema import unnamed_labels
 
 PROMPT_FILE = "prompt.json"
 _PROBE_ANSWER = "ANSWER"
+LABEL_LIST_HEADING = "Answer with one of these labels:"
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,27 @@ def prompt_format(tokenizer: Any, task: Any, style: str = "auto") -> PromptForma
 def text_format(task: Any) -> PromptFormat:
     """The format of a sequence classifier, which reads the input text alone."""
     return PromptFormat("text", task.instruction, task.template, None, "", "")
+
+
+def lists_labels(task: Any) -> bool:
+    """Whether untrained systems see the label list (`task.list_labels`; classification only)."""
+    if task.type != "classification" or task.list_labels == "never":
+        return False
+    return task.list_labels == "always" or bool(unnamed_labels(task))
+
+
+def untrained_instruction(task: Any) -> str:
+    """The instruction an untrained system reads: the recipe's, then the label list one label a
+    line when `lists_labels`."""
+    if not lists_labels(task):
+        return task.instruction
+    listed = "\n".join(f"- {label}" for label in task.labels)
+    return "\n\n".join(filter(None, [task.instruction, f"{LABEL_LIST_HEADING}\n{listed}"]))
+
+
+def untrained_format(fmt: PromptFormat, task: Any) -> PromptFormat:
+    """`fmt` with the instruction an untrained system reads (`untrained_instruction`)."""
+    return dataclasses.replace(fmt, instruction=untrained_instruction(task))
 
 
 def encode_text(tokenizer: Any, text: str, *, max_length: int, truncation: str = "left") -> Encoded:

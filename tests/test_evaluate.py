@@ -21,7 +21,7 @@ from finetune.evaluate import evaluate
 from finetune.evaluate.causal import draw_shots
 from finetune.evaluate.metrics import compute
 from finetune.evaluate.scoring import label_token_ids
-from finetune.prompts import PromptFormat, encode
+from finetune.prompts import PromptFormat, encode, untrained_format
 from finetune.recipe import load_recipe
 from finetune.train import train
 
@@ -53,6 +53,8 @@ def evaluated(tmp_path_factory, tiny_model_dir, tiny_plain_model_dir):
             "source": None,
             "split_files": {"train": str(root / "train.jsonl"), "test": str(root / "test.jsonl")},
         },
+        # Room for the label list the baselines read after "Sentiment?" (task.list_labels).
+        model={"max_length": 128},
     )
     recipe = load_recipe(path)
     run_dir = train(recipe, recipe_path=path).run_dir
@@ -190,9 +192,12 @@ def test_label_scores_equal_direct_log_probabilities_of_each_system(evaluated, t
         AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(run_dir / "adapter")
     ).eval()
     items = {row["id"]: row for row in load_split(recipe, "test")}
+    # The untrained base reads the label list after the instruction ("Sentiment?" names none).
+    formats = {"specialist": fmt, "base zero-shot": untrained_format(fmt, recipe.task)}
+    limits = {"max_length": recipe.model.max_length, "reserve": max(map(len, label_ids))}
     for record in predictions[:6]:
-        prompt = encode(fmt, tokenizer, items[record["id"]]["text"], None, max_length=64, reserve=2)
         for name, model in (("specialist", tuned), ("base zero-shot", base)):
+            prompt = encode(formats[name], tokenizer, items[record["id"]]["text"], None, **limits)
             got = record["predictions"][name]["label_logprobs"]
             for label, ids in zip(recipe.task.labels, label_ids, strict=True):
                 want = direct_logprob(model, prompt.input_ids, ids)

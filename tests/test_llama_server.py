@@ -66,9 +66,17 @@ def _evaluated(tiny_recipe, monkeypatch, tmp_path, server, scoring: str):
     return recipe, results["systems"][1], predictions
 
 
-def _chat_ids(tokenizer, text: str) -> list[int]:
+def _user_turn(recipe, text: str) -> dict[str, str]:
+    """The endpoint's one user turn: the instruction an untrained system reads (with the label
+    list: the tiny recipe's "Sentiment?" names no label), then the text."""
+    from finetune.prompts import untrained_instruction
+
+    return {"role": "user", "content": f"{untrained_instruction(recipe.task)}\n\n{text}"}
+
+
+def _chat_ids(tokenizer, recipe, text: str) -> list[int]:
     """The chat prompt llama.cpp's server builds from the endpoint's one user turn."""
-    messages = [{"role": "user", "content": f"Sentiment?\n\n{text}"}]
+    messages = [_user_turn(recipe, text)]
     rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return tokenizer(rendered, add_special_tokens=False)["input_ids"]
 
@@ -83,7 +91,7 @@ def test_auto_scores_by_top_logprobs_equal_to_llama_cpps_own_next_token_distribu
     assert system["serving"] == "remote API; scoring: top_logprobs"
     served, tokenizer = local
     for p in predictions:
-        logprobs = served.next_logprobs(_chat_ids(tokenizer, p["text"]), run=2)
+        logprobs = served.next_logprobs(_chat_ids(tokenizer, recipe, p["text"]), run=2)
         top = [
             (served.llm.detokenize([int(i)]).decode(errors="replace"), float(logprobs[i]))
             for i in np.argsort(-logprobs)[:20]
@@ -99,11 +107,11 @@ def test_generate_answers_equal_llama_cpps_own_greedy_chat_completion(
 ):
     from llama_cpp import Llama
 
-    _, system, predictions = _evaluated(tiny_recipe, monkeypatch, tmp_path, server, "generate")
+    recipe, system, predictions = _evaluated(tiny_recipe, monkeypatch, tmp_path, server, "generate")
     assert system["serving"] == "remote API; scoring: generate"
     own = Llama(str(gguf), n_ctx=1024, n_threads=2, verbose=False)
     for p in predictions:
-        messages = [{"role": "user", "content": f"Sentiment?\n\n{p['text']}"}]
+        messages = [_user_turn(recipe, p["text"])]
         done = own.create_chat_completion(messages, max_tokens=8, temperature=0.0)
         assert p["predictions"]["llama-server"]["raw"] == done["choices"][0]["message"]["content"]
     own.close()

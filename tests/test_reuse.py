@@ -106,6 +106,19 @@ def test_what_the_answers_depend_on_makes_a_new_system(trained, scored):
     assert scored == ["base zero-shot"]
 
 
+def test_the_label_list_makes_new_prompts_for_the_untrained_systems_only(trained, scored):
+    path, run_dir = trained
+    listed = _evaluate(path, run_dir)  # "Sentiment?" names no label: base zero-shot sees them
+    scored.clear()
+    unlisted = _evaluate(path, run_dir, "task.list_labels=never")
+    assert scored == ["base zero-shot"]  # its planned inputs changed; nothing else's did
+    flags = {s["name"]: s["label_list"] for s in listed["systems"]}
+    assert flags == {"specialist": False, "base zero-shot": True, "tf-idf + logreg": False}
+    assert not any(s["label_list"] for s in unlisted["systems"])
+    tokens = [r["systems"][1]["tokens"]["input_per_item"] for r in (listed, unlisted)]
+    assert tokens[0] > tokens[1]
+
+
 def test_memory_and_timing_are_kept_for_this_machine_only(trained, scored, monkeypatch):
     from finetune.evaluate import memory
 

@@ -20,7 +20,13 @@ from finetune.evaluate.metrics import compute
 from finetune.evaluate.seq2seq import generate, label_loglikelihoods
 from finetune.heads import head_problems, resolved_head
 from finetune.models import config_role, model_role
-from finetune.prompts import PromptFormat, encode, encode_target, prompt_format
+from finetune.prompts import (
+    PromptFormat,
+    encode,
+    encode_target,
+    prompt_format,
+    untrained_format,
+)
 from finetune.recipe import RecipeError, load_recipe
 from finetune.report import write_report
 from finetune.train import train
@@ -292,12 +298,13 @@ def test_the_specialist_and_its_base_score_labels_as_a_direct_forward_pass_and_a
 ):
     from peft import PeftModel
 
-    _, run_dir, results, predictions = evaluated
+    recipe, run_dir, results, predictions = evaluated
     fmt = PromptFormat.load(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
     base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir).eval()
+    listed = untrained_format(fmt, recipe.task)  # the untuned base also reads the label list
     untuned = {
-        p["id"]: _direct_scores(base, tokenizer, fmt, p["text"], LABELS) for p in predictions
+        p["id"]: _direct_scores(base, tokenizer, listed, p["text"], LABELS) for p in predictions
     }
     tuned = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
     for record in predictions:

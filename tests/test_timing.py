@@ -173,6 +173,8 @@ def timed_run(tmp_path_factory):
     deeper = build_tiny_model(root / "four-layers", hidden=1024, layers=4)
     make = tiny_recipe_factory(root, model)
     path = make(
+        # The base reads the specialist's very prompt, without the label list: the same compute.
+        task={"list_labels": "never"},
         train={"max_steps": 2, "eval_every": 2, "save_every": 2},
         eval={
             "baselines": [{"name": "base zero-shot", "model": "base"}],

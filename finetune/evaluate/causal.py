@@ -3,8 +3,8 @@ untouched base and any other decoder, each prompted with the recipe's task.
 
 Classification scores every label's tokens after the prompt (`scoring.LabelScorer`); QA and
 extraction generate greedily. The specialist keeps the prompt format stored with its run; a
-baseline gets its own prompt style's format and, with `shots`, in-context examples drawn from
-train by the recipe's seed.
+baseline gets its own prompt style's format, the label list where `task.list_labels` asks for
+it, and, with `shots`, in-context examples drawn from train by the recipe's seed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from finetune.data.split import rank
 from finetune.errors import FinetuneError
 from finetune.evaluate import metrics as M
 from finetune.evaluate.scoring import LabelScorer, generate_answers, label_token_ids
-from finetune.evaluate.systems import SPECIALIST, Context, Inference, Loaded, Plan, System
+from finetune.evaluate.systems import (
+    SPECIALIST,
+    Context,
+    Inference,
+    Loaded,
+    Plan,
+    System,
+    sees_label_list,
+)
 from finetune.hardware import free_memory, weight_dtype
 from finetune.heads import CAUSAL_LM
 from finetune.models import (
@@ -31,7 +39,7 @@ from finetune.models import (
     resolve,
     weights_bytes_needed,
 )
-from finetune.prompts import PromptFormat, encode, prompt_format, target_text
+from finetune.prompts import PromptFormat, encode, prompt_format, target_text, untrained_format
 from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -184,7 +192,8 @@ def _fits_float32(source: ModelSource, head: str) -> bool:
 
 def system_format(system: System, loaded: Loaded, run_format: PromptFormat, recipe: Recipe):
     """The specialist keeps the run's stored format; a baseline gets its own style's format (the
-    base model shares the run's, unless the run is a sequence classifier that reads no prompt)."""
+    base model shares the run's, unless the run is a sequence classifier that reads no prompt),
+    with the label list when `sees_label_list`."""
     if system.model == "run":
         return run_format
     if (
@@ -192,8 +201,10 @@ def system_format(system: System, loaded: Loaded, run_format: PromptFormat, reci
         and system.prompt_style in ("auto", run_format.style)
         and run_format.style != "text"
     ):
-        return run_format
-    return prompt_format(loaded.tokenizer, recipe.task, system.prompt_style)
+        fmt = run_format
+    else:
+        fmt = prompt_format(loaded.tokenizer, recipe.task, system.prompt_style)
+    return untrained_format(fmt, recipe.task) if sees_label_list(recipe, system) else fmt
 
 
 def draw_shots(recipe: Recipe, train_rows: list[dict], k: int) -> list[tuple[str, str]]:

@@ -45,6 +45,7 @@ from finetune.evaluate.systems import (
     check_all,
     load_groups,
     loaded_model,
+    sees_label_list,
     systems_of,
 )
 from finetune.files import write_atomic, write_json
@@ -500,6 +501,8 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figure
         "serving": outcome.serving,
         "shots": outcome.system.shots,
         "prompt_style": outcome.prompt_style,
+        # Whether its prompts listed the labels (`task.list_labels`), for the report to say.
+        "label_list": sees_label_list(recipe, outcome.system),
         "metrics": metrics,
         "per_class": M.per_class(golds, preds, labels) if task == "classification" else [],
         "confusion": M.confusion_matrix(golds, preds, labels) if task == "classification" else None,

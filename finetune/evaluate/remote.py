@@ -2,8 +2,9 @@
 llama.cpp's server) as a baseline, on the same test items with the same instruction and shots.
 
 Requests go through `endpoint.EndpointClient` (retries, cache, rate limit, spend cap). The
-prompt is the chat form every local chat model gets: the instruction and the text as the user
-turn, shots as earlier turns; `prompt_logprobs` sends the recipe's plain template to the
+prompt is the chat form every local chat model gets: the instruction (with the label list, as
+every untrained system's, per `task.list_labels`) and the text as the user turn, shots as
+earlier turns; `prompt_logprobs` sends the recipe's plain template to the
 completions route instead, with each label after it. Classification is scored by the recipe's
 `scoring` (`auto` probes the server once: prompt log-probabilities where they pass the position
 probe, else the chat answer's top log-probabilities, else generation); QA and extraction
@@ -39,7 +40,7 @@ from finetune.evaluate.endpoint import (
 )
 from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System, baseline_config
 from finetune.evaluate.timing import Measurement
-from finetune.prompts import PromptFormat, render_prompt
+from finetune.prompts import PromptFormat, render_prompt, untrained_instruction
 from finetune.pypi import cache_dir
 from finetune.recipe import Recipe
 
@@ -159,7 +160,7 @@ def _chat(model: str, messages: list[dict[str, str]], max_tokens: int, top: int 
 
 def _messages(recipe: Recipe, text: str, shots: list[tuple[str, str]]) -> list[dict[str, str]]:
     def user(t: str) -> dict[str, str]:
-        instruction = recipe.task.instruction
+        instruction = untrained_instruction(recipe.task)  # an endpoint is never the specialist
         return _turn(f"{instruction}\n\n{t}" if instruction else t)
 
     turns = []
@@ -172,7 +173,8 @@ def _requests(recipe, e, method, text, shots) -> list[Request]:
     """The requests one item needs (`e`: its endpoint config): one per label for
     `prompt_logprobs`, else one."""
     if method == "prompt_logprobs":
-        fmt = PromptFormat("plain", recipe.task.instruction, recipe.task.template, None, " ", "")
+        instruction = untrained_instruction(recipe.task)
+        fmt = PromptFormat("plain", instruction, recipe.task.template, None, " ", "")
         prompt = render_prompt(fmt, None, text, shots)
         return [
             Request(

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from finetune.hardware import free_memory
+from finetune.prompts import lists_labels
 from finetune.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,9 @@ SPECIALIST = "specialist"
 # Instances stay loaded for the timing rounds while their weights fit in this share of the
 # memory still free: the rest is left for activations and for the instances that load per use.
 RESIDENT_SHARE = 0.5
+# Kinds whose systems, unless they are a trained run's, are general models prompted zero- or
+# few-shot with the recipe's instruction (the others read no prompt: TF-IDF, classifier heads).
+PROMPTED_KINDS = ("causal-lm", "engine", "endpoint")
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,13 @@ def _baseline(b: Any) -> System:
     if b.engine:
         return System(b.name, "baseline", b.engine.model, b.shots, b.prompt_style, kind="engine")
     return System(b.name, "baseline", b.model, b.shots, b.prompt_style)
+
+
+def sees_label_list(recipe: Recipe, system: System) -> bool:
+    """Whether the system's prompts carry the label list (`task.list_labels`): an untrained
+    prompted system's may; a trained one keeps the prompt it was trained on."""
+    untrained = system.model != "run" and system.kind in PROMPTED_KINDS
+    return untrained and lists_labels(recipe.task)
 
 
 def baseline_config(recipe: Recipe, key: str) -> tuple[int, Any]:

@@ -2,12 +2,14 @@
 
 Every problem is collected and raised together as one `RecipeError`, each naming the
 file (or command-line override) it came from and the dotted key, what was expected,
-what was found, and for unknown keys the nearest valid one.
+what was found, and for unknown keys the nearest valid one. What is valid but probably not
+meant (an instruction that names no labels) is logged as a warning in the same form.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,9 +18,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finetune.errors import FinetuneError
-from finetune.recipe.schema import Recipe, consistency_problems, section_type
+from finetune.recipe.schema import Recipe, consistency_problems, recipe_warnings, section_type
 
+log = logging.getLogger(__name__)
 COMMAND_LINE = "command line"
+# Warnings already given in this process: an experiment loads its recipe once per cell.
+_warned: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,8 @@ def load_recipe(
     origin: str = COMMAND_LINE,
 ) -> Recipe:
     """Read, extend, override and validate one recipe file. `values` set dotted keys to values
-    directly (an experiment's cell), blamed on `origin` when they are wrong."""
+    directly (an experiment's cell), blamed on `origin` when they are wrong. What is valid but
+    probably unintended (`recipe_warnings`) is logged as a warning, once per process."""
     path = Path(path)
     layers = _read_with_bases(path, chain=[])
     problems = _apply_overrides(layers, overrides)
@@ -80,7 +86,16 @@ def load_recipe(
     cross = [Problem(layers.source_of(k, str(path)), k, m) for k, m in consistency_problems(recipe)]
     if cross:
         raise RecipeError(cross)
+    _warn([Problem(layers.source_of(k, str(path)), k, m) for k, m in recipe_warnings(recipe)])
     return recipe
+
+
+def _warn(problems: list[Problem]) -> None:
+    """Each warning once per process, as `warning: FILE: KEY: MESSAGE`."""
+    for problem in problems:
+        if str(problem) not in _warned:
+            _warned.add(str(problem))
+            log.warning("warning: %s", problem)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -42,13 +42,18 @@ class TaskConfig(Section):
     )
     instruction: str = _field(
         "",
-        help="The instruction shown to the model before each input, e.g. 'Classify the sentiment of this review.'",
+        help="The instruction shown to the model before each input, e.g. 'Is this review positive or negative?'. For classification, name every label in it: a model that was not trained on the task learns the answers it may give from here alone (see `list_labels`; loading warns otherwise).",
         synonyms=("system_prompt", "prompt"),
     )
     template: str = _field(
         "{instruction}\n\n{input}\n\nAnswer:",
         help="Prompt template used when the tokenizer has no chat template. Placeholders: `{instruction}`, `{input}`.",
         synonyms=("prompt_template",),
+    )
+    list_labels: Literal["auto", "always", "never"] = _field(
+        "auto",
+        help="Classification: whether the untrained systems (zero- and few-shot baselines: local models, engines, endpoints) see the label list appended to the instruction, one label a line after 'Answer with one of these labels:'. `auto`: when the instruction does not name every label; `always`; `never`. The specialist, and any other trained run, keeps the prompt it was trained on, without the list.",
+        synonyms=("show_labels", "label_list"),
     )
 
 
@@ -827,3 +832,42 @@ def _template_problems(template: str) -> list[tuple[str, str]]:
     if "input" not in fields:
         return [("task.template", "must contain {input}, where each example's text goes")]
     return []
+
+
+def unnamed_labels(task: TaskConfig) -> list[str]:
+    """The labels a classification task's instruction does not name, as whole words in any case:
+    a model prompted with it alone is never told it may answer them."""
+    import re
+
+    if task.type != "classification":
+        return []
+    return [
+        label
+        for label in task.labels
+        if not re.search(rf"(?<!\w){re.escape(label)}(?!\w)", task.instruction, re.IGNORECASE)
+    ]
+
+
+def recipe_warnings(recipe: Recipe) -> list[tuple[str, str]]:
+    """What is allowed but probably unintended, as (dotted key, message) pairs."""
+    task = recipe.task
+    missing = unnamed_labels(task)
+    if not missing or task.list_labels == "always":
+        return []
+    if task.list_labels == "auto":
+        shown = (
+            "the untrained baselines get the label list appended (task.list_labels: auto); "
+            "the specialist is trained without it"
+        )
+        fix = "task.list_labels: always to keep the appended list without this warning"
+    else:
+        shown = "with task.list_labels: never, the untrained baselines are not shown them either"
+        fix = "task.list_labels: auto to append the label list to their prompts"
+    return [
+        (
+            "task.instruction",
+            f"does not name the label(s) {', '.join(map(repr, missing))}, so a model shown only "
+            f"the instruction is never told it may answer them; {shown}. Name every label in the "
+            f'instruction (e.g. end it with "Answer with one of: " and the labels), or set {fix}',
+        )
+    ]

@@ -106,6 +106,30 @@ def _reused_text(timing: dict[str, Any]) -> str:
     )
 
 
+def label_list_text(results: dict[str, Any]) -> str | None:
+    """Which systems' prompts listed the labels after the instruction (`label_list`, from
+    `task.list_labels`); None for results that do not say (other tasks, older evaluations)."""
+    flags = {s["name"]: s["label_list"] for s in results["systems"] if "label_list" in s}
+    if results["task"] != "classification" or not flags:
+        return None
+    shown = [name for name, listed in flags.items() if listed]
+    if not shown:
+        return (
+            "Label list (`task.list_labels`): appended for no system; every prompt has the "
+            "recipe's instruction as written."
+        )
+    others = [name for name, listed in flags.items() if not listed]
+    return (
+        f"Label list (`task.list_labels`): appended to the instruction for {', '.join(shown)}; "
+        f"not for {', '.join(others)} (a trained system keeps the prompt it was trained on; "
+        "TF-IDF and classifier heads read no prompt)."
+    )
+
+
+def _paragraphs(*texts: str | None) -> list[Paragraph]:
+    return [Paragraph(t) for t in texts if t]
+
+
 def _run_line(results: dict[str, Any], run_dir: Path) -> str:
     created = results.get("created_at")
     return f"Run: `{run_dir}`" + (f", evaluated {created}." if created else ".")
@@ -161,6 +185,7 @@ def report_document(
         tables.metrics(results),
         Heading("Systems"),
         tables.systems(results),
+        *_paragraphs(label_list_text(results)),
         Heading("Timing: medians over rounds"),
         Paragraph(timing_text(results)),
         tables.timing(results),

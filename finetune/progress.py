@@ -28,10 +28,13 @@ class _Task:
 
 class LineProgress:
     """rich.progress.Progress's `add_task` / `advance` / `update` / `remove_task`, as log lines:
-    `NAME: 40/200 (20%), 3.1 items/s, about 52 s left`."""
+    `NAME: 40/200 (20%), 3.1 items/s, about 52 s left`. A tenth is said only `gap` seconds after
+    the last line: work done in a few seconds says nothing (its caller reports the result)."""
 
-    def __init__(self, console: Console, every: float = 30.0, unit: str = "items"):
-        self.console, self.every, self.unit = console, every, unit
+    def __init__(
+        self, console: Console, every: float = 30.0, unit: str = "items", gap: float = 5.0
+    ):
+        self.console, self.every, self.unit, self.gap = console, every, unit, gap
         self.tasks: dict[int, _Task] = {}
         self._ids = 0
 
@@ -57,7 +60,11 @@ class LineProgress:
         task.completed = task.completed + advance if completed is None else completed
         now = time.monotonic()
         tenth = int(10 * task.completed / task.total) if task.total else 0
-        if tenth > task.said_tenth or now - task.said_at >= self.every:
+        quiet_for = now - task.said_at
+        finished = tenth == 10 and task.said_at > task.started  # close what was begun
+        if (tenth > task.said_tenth and (quiet_for >= self.gap or finished)) or (
+            quiet_for >= self.every
+        ):
             task.said_tenth, task.said_at = max(tenth, task.said_tenth), now
             self.console.print(describe(task, now), markup=False, highlight=False)
 
@@ -88,6 +95,8 @@ def _amount(value: float, unit: str) -> str:
             if value >= scale:
                 return f"{value / scale:.1f} {name}"
         return f"{value:.0f} B"
+    if value >= 100:
+        return f"{value:,.0f} {unit}"
     return f"{value:.3g} {unit}"
 
 

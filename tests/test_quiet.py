@@ -21,7 +21,13 @@ def _log_console() -> tuple[Console, io.StringIO]:
     return Console(file=buffer, width=200), buffer
 
 
-def test_in_a_log_progress_is_a_line_per_tenth_without_carriage_returns():
+def _clock(monkeypatch, times):
+    ticks = iter(times)
+    monkeypatch.setattr("finetune.progress.time.monotonic", lambda: next(ticks))
+
+
+def test_in_a_log_progress_is_a_line_per_tenth_without_carriage_returns(monkeypatch):
+    _clock(monkeypatch, range(201))  # a second an item
     console, buffer = _log_console()
     with progress(console) as bar:
         assert isinstance(bar, LineProgress)
@@ -33,12 +39,22 @@ def test_in_a_log_progress_is_a_line_per_tenth_without_carriage_returns():
     assert [line.split(",")[0] for line in lines] == [
         f"scoring qwen: {n}/200 items ({n // 2}%)" for n in range(20, 201, 20)
     ]
-    assert lines[0].endswith(" left") and not lines[-1].endswith(" left")
+    assert lines[0] == "scoring qwen: 20/200 items (10%), 1 items/s, about 3 min 00 s left"
+    assert lines[-1] == "scoring qwen: 200/200 items (100%), 1 items/s"
+
+
+def test_work_done_in_a_few_seconds_says_nothing(monkeypatch):
+    _clock(monkeypatch, [0.0] + [0.01 * n for n in range(1, 201)])
+    console, buffer = _log_console()
+    bar = LineProgress(console)
+    task = bar.add_task("tf-idf", total=200)
+    for _ in range(200):
+        bar.advance(task)
+    assert buffer.getvalue() == ""
 
 
 def test_a_slow_task_still_says_something_every_interval(monkeypatch):
-    clock = iter([0.0, 1.0, 31.0, 32.0, 62.5])
-    monkeypatch.setattr("finetune.progress.time.monotonic", lambda: next(clock))
+    _clock(monkeypatch, [0.0, 1.0, 31.0, 32.0, 62.5])
     console, buffer = _log_console()
     bar = LineProgress(console, every=30)
     task = bar.add_task("engine", total=1000)
@@ -50,7 +66,8 @@ def test_a_slow_task_still_says_something_every_interval(monkeypatch):
     ]
 
 
-def test_bytes_read_as_sizes():
+def test_bytes_read_as_sizes(monkeypatch):
+    _clock(monkeypatch, [0.0, 6.0])
     console, buffer = _log_console()
     bar = LineProgress(console, unit="B")
     task = bar.add_task("assembling GGUF", total=3.2e9)

@@ -150,6 +150,7 @@ def make_results() -> dict:
             "per_million_input_tokens": {},
             "per_million_output_tokens": {},
         },
+        "constraints": {"max_p50_ms": 1000.0, "max_usd_per_1k": None, "max_memory_gb": 8.0},
         "created_at": "2026-11-23T12:00:00+00:00",
         "timing": {
             "rounds": 6, "rounds_requested": 6, "stopped_early": False, "max_minutes": 10.0,
@@ -407,44 +408,102 @@ def _bottom_line(results: dict) -> str:
     return line
 
 
-def test_bottom_line_deploys_a_specialist_that_wins_everywhere_and_costs_no_more():
+def test_bottom_line_deploys_a_specialist_better_than_every_baseline():
     results = make_results()
     results["comparisons"][2] |= {"significant": True, "low": 0.005}
-    set_rounds(results["systems"][0], "cost", [0.0019, 0.0021, 0.0020, 0.0020, 0.0022, 0.0019])
-    retime(results)  # no clear difference from base zero-shot: no baseline is clearly cheaper
+    results["comparisons"][2]["mcnemar"]["p_value"] = 0.03
     assert _bottom_line(results) == (
-        "Bottom line: deploy the specialist; it is significantly better than every baseline on "
-        "accuracy and no baseline is clearly cheaper per 1k requests (the specialist: $0.0020)."
-    )
-    set_rounds(results["systems"][0], "cost", [0.0023 * f for f in SPECIALIST_NOISE])
-    retime(results)  # wins on quality, clearly dearer than base zero-shot
-    assert _bottom_line(results) == (
-        "Bottom line: the trade-off is quality against cost; the specialist is significantly "
-        "better than every baseline on accuracy, while base zero-shot is clearly cheaper at "
-        "$0.0020 per 1k requests against the specialist's $0.0023 (1.15x)."
+        "Bottom line: deploy the specialist: it is significantly better on accuracy than every "
+        "baseline that meets the constraints, the runner-up included (0.910 vs 0.900, p = 0.03); "
+        "runner-up: qwen2.5-0.5b zero-shot (accuracy 0.900; 3.91x the cost per 1k requests, "
+        "$0.0090; 5.05x the p50 latency, 480 ms)."
     )
 
 
-def test_bottom_line_names_best_quality_and_cheapest_when_the_specialist_does_not_win_all():
+def test_a_tie_on_quality_goes_to_the_clearly_cheaper_then_the_clearly_faster():
+    # No significant difference from qwen (p = 0.45), and the specialist is clearly cheaper:
+    # per round 0.0023 / 0.0090 x SPECIALIST_NOISE / BASELINE_NOISE, 0.245 to 0.274.
     assert _bottom_line(make_results()) == (
-        "Bottom line: the specialist is significantly better than 2 of 3 baselines on accuracy "
-        "(no significant difference from qwen2.5-0.5b zero-shot); the highest accuracy is the "
-        "specialist's 0.910 and the cheapest system is base zero-shot at $0.0020 per 1k requests."
+        "Bottom line: deploy the specialist: it ties qwen2.5-0.5b zero-shot on accuracy (0.910 "
+        "vs 0.900, p = 0.45) and is clearly cheaper per 1k requests (ratio 0.26 [0.25, 0.27]); "
+        "ties on accuracy are broken by cost, then p50 latency; runner-up: qwen2.5-0.5b "
+        "zero-shot (accuracy 0.900; 3.91x the cost per 1k requests, $0.0090; 5.05x the p50 "
+        "latency, 480 ms)."
     )
+    # qwen at $0.0010 is clearly cheaper (the specialist's ratio to it 2.21 to 2.47): qwen.
     results = make_results()
-    set_rounds(results["systems"][0], "cost", [0.0019, 0.0021, 0.0020, 0.0020, 0.0022, 0.0019])
+    set_rounds(results["systems"][3], "cost", [0.0010 * f for f in BASELINE_NOISE])
     retime(results)
-    assert _bottom_line(results).endswith(
-        "the specialist has both the highest accuracy (0.910) and the lowest cost ($0.0020 per 1k "
-        "requests); no baseline is clearly cheaper."
+    assert _bottom_line(results) == (
+        "Bottom line: deploy qwen2.5-0.5b zero-shot: it ties the specialist on accuracy (0.900 "
+        "vs 0.910, p = 0.45) and is clearly cheaper per 1k requests (ratio 0.43 [0.41, 0.45]); "
+        "ties on accuracy are broken by cost, then p50 latency; runner-up: the specialist "
+        "(accuracy 0.910; 2.30x the cost per 1k requests, $0.0023; 0.20x the p50 latency, 95 ms)."
     )
-    # Dearer at the median but not clearly (the rounds' ratios straddle 1): never "lowest cost".
-    set_rounds(results["systems"][0], "cost", [0.0019, 0.0023, 0.0021, 0.0022, 0.0024, 0.0018])
+    # The same cost give or take the noise (ratios on both sides of 1): latency decides.
+    set_rounds(results["systems"][3], "cost", [0.0023 * f for f in reversed(BASELINE_NOISE)])
+    set_rounds(results["systems"][3], "latency", [50.0 * f for f in BASELINE_NOISE])
     retime(results)
-    assert _bottom_line(results).endswith(
-        "the specialist has the highest accuracy (0.910); no baseline is clearly cheaper, though "
-        "base zero-shot's median $0.0020 per 1k requests is below the specialist's $0.0022 (not "
-        "clearly, over these rounds)."
+    assert _bottom_line(results) == (
+        "Bottom line: deploy qwen2.5-0.5b zero-shot: it ties the specialist on accuracy (0.900 "
+        "vs 0.910, p = 0.45) and costs no clearly different amount but is clearly faster at p50 "
+        "(ratio 0.53 [0.49, 0.55]); ties on accuracy are broken by cost, then p50 latency; "
+        "runner-up: the specialist (accuracy 0.910; 1.00x the cost per 1k requests, $0.0023; "
+        "1.90x the p50 latency, 95 ms)."
+    )
+    # Neither differs clearly: the higher point accuracy, the specialist's, decides.
+    set_rounds(results["systems"][3], "latency", [95.0 * f for f in reversed(BASELINE_NOISE)])
+    retime(results)
+    assert _bottom_line(results).startswith(
+        "Bottom line: deploy the specialist: it ties qwen2.5-0.5b zero-shot on accuracy (0.910 "
+        "vs 0.900, p = 0.45) and neither cost nor p50 latency clearly differs, so the higher "
+        "point accuracy decides; ties on accuracy are broken by cost, then p50 latency; "
+    )
+
+
+def test_a_constraint_rules_out_the_most_accurate_system_and_says_which():
+    results = make_results()
+    results["systems"][3]["metrics"]["accuracy"]["value"] = 0.95
+    results["comparisons"][2] |= {
+        "baseline_value": 0.95, "difference": -0.04, "low": -0.07, "high": -0.01,
+        "significant": True,
+        "mcnemar": {"specialist_only": 5, "baseline_only": 21, "p_value": 0.0025},
+    }  # fmt: skip
+    assert _bottom_line(results) == (
+        "Bottom line: deploy qwen2.5-0.5b zero-shot: it is significantly better than the "
+        "specialist on accuracy (0.950 vs 0.910, p = 0.0025); runner-up: the specialist "
+        "(accuracy 0.910; 0.26x the cost per 1k requests, $0.0023; 0.20x the p50 latency, 95 ms)."
+    )
+    results["constraints"]["max_p50_ms"] = 300.0
+    assert _bottom_line(results) == (
+        "Bottom line: deploy the specialist: it is significantly better on accuracy than every "
+        "baseline that meets the constraints, the runner-up included (0.910 vs 0.850, p = "
+        "4.0e-04); runner-up: base 4-shot (accuracy 0.850; 2.43x the cost per 1k requests, "
+        "$0.0056; 2.21x the p50 latency, 210 ms); ruled out by eval.constraints: qwen2.5-0.5b "
+        "zero-shot (accuracy 0.950, p50 latency 480 ms > 300 ms)."
+    )
+    # The specialist itself over a limit: the rest by accuracy alone, which the sentence says.
+    results["constraints"]["max_p50_ms"] = 1000.0
+    results["systems"][0]["peak_memory_bytes"] = 9_000_000_000
+    assert _bottom_line(results) == (
+        "Bottom line: deploy qwen2.5-0.5b zero-shot: it has the highest accuracy of the systems "
+        "that meet the constraints (0.950; baselines are not tested against one another); "
+        "runner-up: base 4-shot (accuracy 0.850; 0.62x the cost per 1k requests, $0.0056; 0.44x "
+        "the p50 latency, 210 ms); ruled out by eval.constraints: the specialist (accuracy "
+        "0.910, peak memory 9 GB > 8 GB)."
+    )
+    results["constraints"] |= {"max_p50_ms": 100.0, "max_memory_gb": 3.0}
+    assert _bottom_line(results) == (
+        "Bottom line: deploy base zero-shot: it is the only system that meets the constraints; "
+        "ruled out by eval.constraints: the specialist (accuracy 0.910, peak memory 9 GB > 3 "
+        "GB), base 4-shot (accuracy 0.850, p50 latency 210 ms > 100 ms) and qwen2.5-0.5b "
+        "zero-shot (accuracy 0.950, p50 latency 480 ms > 100 ms, peak memory 3.44 GB > 3 GB)."
+    )
+    results["constraints"]["max_usd_per_1k"] = 0.001
+    assert _bottom_line(results).startswith(
+        "Bottom line: no system meets eval.constraints: the specialist (accuracy 0.910, cost per "
+        "1k requests $0.0023 > $0.0010, peak memory 9 GB > 3 GB), base zero-shot (accuracy "
+        "0.620, cost per 1k requests $0.0020 > $0.0010)"
     )
 
 
@@ -530,16 +589,106 @@ def test_incomplete_results_name_every_missing_field(run_dir):
         write_report(run_dir)
 
 
-def test_bottom_line_when_a_cheaper_baseline_wins():
+def test_bottom_line_deploys_a_baseline_better_than_the_specialist():
     results = make_results()
     results["systems"][1]["metrics"]["accuracy"]["value"] = 0.95
     results["comparisons"][0] |= {"baseline_value": 0.95, "difference": -0.04, "low": -0.07}
     results["comparisons"][0] |= {"high": -0.01}
     assert _bottom_line(results) == (
-        "Bottom line: the specialist is significantly better than 1 of 3 baselines on accuracy "
-        "(worse than base zero-shot; no significant difference from qwen2.5-0.5b zero-shot); "
-        "base zero-shot has both the highest accuracy (0.950) and the lowest cost ($0.0020 per 1k "
-        "requests)."
+        "Bottom line: deploy base zero-shot: it is significantly better than the specialist on "
+        "accuracy (0.950 vs 0.910, p = 1.2e-24); runner-up: the specialist (accuracy 0.910; "
+        "1.15x the cost per 1k requests, $0.0023; 2.38x the p50 latency, 95 ms)."
+    )
+    # Without McNemar (QA, extraction) the evidence is the difference's interval, its sign
+    # that of the deployed system over the other.
+    for c in results["comparisons"]:
+        c["mcnemar"] = None
+    assert "(0.950 vs 0.910, +0.040 [0.010, 0.070]); runner-up" in _bottom_line(results)
+
+
+def _retime_busy(results: dict, busy: dict[str, list[bool]], rounds: int) -> dict:
+    """The comparisons' ratios as the evaluator takes them over the first `rounds` rounds,
+    `busy` naming the rounds in which a system was timed on a busy machine."""
+    from finetune.evaluate.timing import round_ratio
+
+    figures = {
+        s["name"]: {
+            "latency": s["latency_ms"]["rounds"][:rounds],
+            "throughput": s["throughput"]["rounds"][:rounds],
+            "cost": s["cost_per_1k"]["rounds"][:rounds],
+        }
+        for s in results["systems"]
+    }
+    quiet = [False] * rounds
+    mine = figures["specialist"]
+    for c in results["comparisons"]:
+        flags = (busy.get("specialist", quiet), busy.get(c["baseline"], quiet))
+        c["timing"] = {
+            k: round_ratio(mine[k], figures[c["baseline"]][k], 0.95, flags, [*range(1, rounds + 1)])
+            for k in mine
+        }
+    results["timing"]["rounds"] = rounds
+    return results
+
+
+def test_a_gap_too_few_rounds_quiet_for_both_can_test_is_called_unpaired():
+    from finetune.report.document import timing_text
+    from finetune.report.tables import timing_ratios
+
+    results = make_results()
+    # base zero-shot 500x cheaper; busy rounds (the specialist's 1 and 2, its 3) leave 3 rounds
+    # quiet for both: no paired interval. Over each one's own quiet rounds (4 and 5) the
+    # Hodges-Lehmann ratio is 510 with Moses' interval [485, 531] (test_timing checks both
+    # against a brute-force count of the rank orderings).
+    set_rounds(results["systems"][1], "cost", [0.0023 / 500 * f for f in BASELINE_NOISE])
+    busy = {"specialist": [True, True, False, False, False, False]}
+    busy["base zero-shot"] = [False, False, True, False, False, False]
+    _retime_busy(results, busy, 6)
+    assert timing_call(results["comparisons"][0], "cost") == "higher"
+    assert verdict(results)[6].endswith(
+        "dearer than base zero-shot ($0.0000046, ratio 510 [485, 531], unpaired); 95% intervals "
+        "over rounds."
+    )
+    assert timing_ratios(results).rows[0][3] == "510x [485, 531] (unpaired)"
+    assert "(marked 'unpaired')" in timing_text(results)
+    # 3 rounds in all, none busy: 3 against 3 cannot reach 95% unpaired either (2/20 = 0.1 at
+    # the most extreme ordering), so the gap stays untested, paired.
+    results = make_results()
+    set_rounds(results["systems"][1], "cost", [0.0023 / 500 * f for f in BASELINE_NOISE])
+    _retime_busy(results, {}, 3)
+    assert timing_call(results["comparisons"][0], "cost") == "untested"
+    assert verdict(results)[6] == (
+        "Cost per 1k requests, median of 3 rounds: the specialist $0.0023; too few rounds to "
+        "test against base zero-shot ($0.0000046, ratio 500), base 4-shot ($0.0056, ratio 0.41) "
+        "and qwen2.5-0.5b zero-shot ($0.0090, ratio 0.26); 95% intervals over rounds."
+    )
+    assert "unpaired" not in timing_text(results)
+    # Every round of the specialist's busy: nothing to test, which is not "no clear difference".
+    results = _retime_busy(make_results(), {"specialist": [True] * 6}, 6)
+    assert timing_call(results["comparisons"][0], "cost") == "untested"
+    cost = verdict(results)[6]
+    assert "too few rounds to test against base zero-shot ($0.0020, every round busy), " in cost
+
+
+def test_the_report_shows_the_constraints_the_bottom_line_applied(tmp_path):
+    from finetune.report.document import constraints_paragraph
+
+    paths = write_report(write_run(tmp_path / "run", make_results()))
+    text = (
+        "Deployment constraints (`eval.constraints`): p50 latency at most 1,000 ms; peak memory "
+        "at most 8 GB. The bottom line recommends only systems within them; between systems "
+        "with no significant difference in quality, the clearly cheaper one, else the clearly "
+        "faster one."
+    )
+    assert text in paths.markdown.read_text()
+    html = text.replace("`eval.constraints`", "<code>eval.constraints</code>")
+    assert html in paths.html.read_text()
+    # Results written before evaluations recorded their constraints: the defaults, said so.
+    old = make_results()
+    del old["constraints"]
+    assert constraints_paragraph(old).startswith(
+        "Deployment constraints (`eval.constraints`) (the defaults; this evaluation predates "
+        "them): p50 latency at most 1,000 ms; peak memory at most 8 GB."
     )
 
 

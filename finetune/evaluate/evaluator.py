@@ -286,7 +286,7 @@ def _measure_memory(
     known = {n: k.memory_on(machine, how) for n, k in kept.items()}
     known = {n: peak for n, peak in known.items() if peak is not None}
     local = [p for p in plans if not p.infer.remote and p.system.name not in known]
-    task = progress.add_task("peak memory, each system alone", total=len(local))
+    task = progress.add_task("peak memory, each system alone", total=len(local), unit="systems")
     peaks = memory.measured_alone(recipe, run_dir, local, on_done=lambda: progress.advance(task))
     progress.remove_task(task)
     for name, peak in peaks.items():
@@ -322,7 +322,7 @@ def _time(
     )
     # A remote system brings its own measurement (`_ready`): nothing to load for it.
     keys = list(dict.fromkeys(p.key for p in fresh if p.infer.measured is None))
-    task = progress.add_task("timing rounds", total=settings.rounds * len(fresh))
+    task = progress.add_task("timing rounds", total=settings.rounds * len(fresh), unit="runs")
     with ModelPool(recipe, run_dir, keys) as pool:
         warmed: set[str] = set()
         targets = [
@@ -446,6 +446,7 @@ def summarize(
         "batch_size": recipe.eval.batch_size,
         "memory": memory.method(recipe),
         "prices": recipe.eval.prices.model_dump(),
+        "constraints": recipe.eval.constraints.model_dump(),
         "timing": _timing_header(recipe, rounds, figures),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "systems": systems,
@@ -657,16 +658,16 @@ def _floor(recipe: Recipe, train_rows: list[dict], golds: list, specialist: Outc
 
 def _timing_ratios(mine: dict, theirs: dict, confidence: float) -> dict[str, Any]:
     """Each timing figure as a ratio paired by round, rounds where either was disturbed by a
-    busy machine left out; over the two sets of rounds where they were timed in different
-    evaluations (one of them kept from an earlier one)."""
+    busy machine left out (over each one's own quiet rounds where too few are left for both);
+    over the two sets of rounds where they were timed in different evaluations (one of them
+    kept from an earlier one)."""
+    busy = (mine["busy"], theirs["busy"])
     if mine["evaluation"] != theirs["evaluation"]:
         return {
-            k: timing.unpaired_ratio(mine[k], theirs[k], confidence, (mine["busy"], theirs["busy"]))
-            for k in timing.FIGURES
+            k: timing.unpaired_ratio(mine[k], theirs[k], confidence, busy) for k in timing.FIGURES
         }
-    busy = [a or b for a, b in zip(mine["busy"], theirs["busy"], strict=True)]
     return {
-        k: timing.paired_ratio(mine[k], theirs[k], confidence, busy, mine["round"])
+        k: timing.round_ratio(mine[k], theirs[k], confidence, busy, mine["round"])
         for k in timing.FIGURES
     }
 

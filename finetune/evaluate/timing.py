@@ -9,7 +9,9 @@ doing is sampled around every measurement (`machine_load`).
 From the rounds: each system's figure is the median over rounds with its spread; the
 specialist's ratio to each baseline is taken round by round (paired: both were timed within
 the same round) and gets the sign-test interval for its median (`stats.median_interval`).
-A difference is called only when that interval excludes 1. Rounds that the machine's load or
+A difference is called only when that interval excludes 1. Where busy rounds leave too few
+rounds quiet for both, the ratio is taken over each system's own quiet rounds instead, as for
+systems timed in different evaluations (`unpaired_ratio`). Rounds that the machine's load or
 a figure far from its median marks as disturbed are listed, never dropped.
 """
 
@@ -250,6 +252,29 @@ def unpaired_ratio(
         "left_out": sum(mine_busy) + sum(theirs_busy),
         "paired": False,
     }
+
+
+def round_ratio(
+    mine: list[float | None],
+    theirs: list[float | None],
+    confidence: float,
+    busy: tuple[list[bool], list[bool]],
+    numbers: list[int],
+) -> dict[str, Any]:
+    """mine / theirs for two systems timed in the same rounds: paired by round, rounds in which
+    either was busy left out (`paired_ratio`). Where that leaves too few rounds for an interval,
+    each system's own quiet rounds are compared as if timed apart (`unpaired_ratio`), marked by
+    `paired_rounds` (the rounds quiet for both, perhaps none): a 500x gap is decided over 5
+    quiet rounds each though only 3 were quiet for both. The paired ratio, without an interval,
+    stays when even that has too few rounds."""
+    either = [a or b for a, b in zip(*busy, strict=True)]
+    paired = paired_ratio(mine, theirs, confidence, either, numbers)
+    if paired["low"] is not None:
+        return paired
+    apart = unpaired_ratio(mine, theirs, confidence, busy)
+    if apart["low"] is None:
+        return paired
+    return {**apart, "left_out": paired["left_out"], "paired_rounds": paired["rounds"]}
 
 
 def normal_spread(figures: list[dict[str, list]]) -> float:

@@ -1,13 +1,15 @@
 """What an experiment decides: the crossover of a learning curve with a general system (paired
-tests on the same items), and the system to deploy under the experiment's constraints."""
+tests on the same items) and the Pareto fronts of quality against latency, cost and memory. The
+system to deploy under the constraints is `finetune.report.decision.recommend`, shared with one
+run's bottom line."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from finetune.evaluate.stats import McNemar, mcnemar_exact
+from finetune.report.decision import Candidate
 
 
 @dataclass(frozen=True)
@@ -123,73 +125,6 @@ def crossover_runs(
     better = [p.size for p in points if p.verdict == "better"]
     worse = [p.size for p in points if p.verdict == "worse"]
     return Crossover(min(better, default=None), max(worse, default=None), points)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A system as the decision sees it; None for a figure not measured (a remote system's
-    memory), which no constraint rules out."""
-
-    name: str
-    value: float  # the primary metric
-    p50_ms: float | None = None
-    usd_per_1k: float | None = None
-    memory_gb: float | None = None
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    best: Candidate | None
-    runner_up: Candidate | None
-    excluded: dict[str, list[str]] = field(default_factory=dict)  # name -> broken constraints
-
-    def describe(self, metric: str) -> str:
-        if self.best is None:
-            return "No system meets the constraints."
-        text = f"Deploy {self.best.name} ({metric} {self.best.value:.3f})."
-        if self.runner_up is not None:
-            text += f" The runner-up, {self.runner_up.name}, {_trade(self.best, self.runner_up, metric)}."
-        return text
-
-
-def recommend(candidates: list[Candidate], constraints: Any) -> Recommendation:
-    """The best primary metric among the systems that meet every constraint (ties: the faster),
-    and the next best with what it gives up or costs."""
-    limits = {
-        "p50 latency": ("p50_ms", constraints.max_p50_ms),
-        "cost per 1k requests": ("usd_per_1k", constraints.max_usd_per_1k),
-        "peak memory": ("memory_gb", constraints.max_memory_gb),
-    }
-    excluded, eligible = {}, []
-    for c in candidates:
-        broken = [
-            name
-            for name, (attr, limit) in limits.items()
-            if limit is not None and getattr(c, attr) is not None and getattr(c, attr) > limit
-        ]
-        if broken:
-            excluded[c.name] = broken
-        else:
-            eligible.append(c)
-    ranked = sorted(eligible, key=lambda c: (-c.value, c.p50_ms or 0.0))
-    return Recommendation(
-        ranked[0] if ranked else None, ranked[1] if len(ranked) > 1 else None, excluded
-    )
-
-
-def _trade(best: Candidate, other: Candidate, metric: str) -> str:
-    """What choosing `other` instead of `best` gives up, and what it costs relative to it."""
-    from finetune.report import format as F
-
-    parts = [f"scores {best.value - other.value:.3f} less {metric}"]
-    for label, attr, show in (
-        ("p50 latency", "p50_ms", F.ms),
-        ("cost per 1k", "usd_per_1k", F.usd),
-    ):
-        a, b = getattr(best, attr), getattr(other, attr)
-        if a is not None and b is not None and a > 0:
-            parts.append(f"{label} {show(b)} ({b / a:.2g}x)")
-    return "; ".join(parts)
 
 
 def pareto(candidates: list[Candidate], attr: str) -> list[Candidate]:

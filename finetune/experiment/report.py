@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from finetune.experiment.cells import Cell
-from finetune.experiment.decision import Candidate, Crossover, crossover_runs, pareto, recommend
+from finetune.experiment.decision import Crossover, crossover_runs, pareto
 from finetune.experiment.schema import Experiment
 from finetune.files import write_atomic
 from finetune.report import format as F
+from finetune.report.decision import Candidate, constraints_text, recommend
 from finetune.report.document import Block, Bullets, Heading, Paragraph, Verdict
 from finetune.report.html import render_html
 from finetune.report.markdown import render_markdown
@@ -404,17 +405,7 @@ def _show(attr: str, c: Candidate) -> str:
 
 
 def _constraint_lines(experiment: Experiment, excluded: dict[str, list[str]]) -> list[str]:
-    limits = experiment.constraints
-    shown = [
-        f"{label} at most {show(value)}"
-        for label, value, show in (
-            ("p50 latency", limits.max_p50_ms, F.ms),
-            ("cost per 1k requests", limits.max_usd_per_1k, F.usd),
-            ("peak memory", limits.max_memory_gb, lambda v: f"{v:g} GB"),
-        )
-        if value is not None
-    ]
-    lines = [f"Constraints (`constraints`): {'; '.join(shown) if shown else 'none'}."]
+    lines = [f"Constraints (`constraints`): {constraints_text(experiment.constraints)}."]
     lines += [f"Ruled out: {name} ({', '.join(broken)})." for name, broken in excluded.items()]
     return lines
 

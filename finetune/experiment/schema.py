@@ -11,27 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from finetune.recipe.schema import BaselineConfig, PositiveInt, Section, _field
+from finetune.recipe.schema import BaselineConfig, ConstraintsConfig, PositiveInt, Section, _field
 
 AxisValues = Annotated[list[Any], Field(min_length=1)]
-
-
-class ConstraintsConfig(Section):
-    max_p50_ms: Annotated[float, Field(gt=0)] | None = _field(
-        None,
-        help="Largest p50 latency per item, in milliseconds, a deployable system may have (null: any).",
-        synonyms=("latency_ms", "max_latency_ms", "p50_ms"),
-    )
-    max_usd_per_1k: Annotated[float, Field(ge=0)] | None = _field(
-        None,
-        help="Largest cost per 1,000 requests, in USD, at the recipe's prices (null: any).",
-        synonyms=("cost_per_1k", "max_cost", "usd_per_1k"),
-    )
-    max_memory_gb: Annotated[float, Field(gt=0)] | None = _field(
-        None,
-        help="Largest peak memory in GB (10^9 bytes) a deployable system may need; a remote system's memory is not this machine's and always passes (null: any).",
-        synonyms=("memory_gb", "max_memory"),
-    )
 
 
 class ExecutorConfig(Section):

@@ -489,6 +489,42 @@ class TimingConfig(Section):
     )
 
 
+class ConstraintsConfig(Section):
+    """What a system must meet to be recommended for deployment; each limit null allows any.
+    An experiment's `constraints` (no limits by default); `EvalConstraintsConfig` for one run."""
+
+    max_p50_ms: Annotated[float, Field(gt=0)] | None = _field(
+        None,
+        help="Largest p50 latency per item, in milliseconds, a deployable system may have (null: any).",
+        synonyms=("latency_ms", "max_latency_ms", "p50_ms"),
+    )
+    max_usd_per_1k: Annotated[float, Field(ge=0)] | None = _field(
+        None,
+        help="Largest cost per 1,000 requests, in USD, at the recipe's prices (null: any).",
+        synonyms=("cost_per_1k", "max_cost", "usd_per_1k"),
+    )
+    max_memory_gb: Annotated[float, Field(gt=0)] | None = _field(
+        None,
+        help="Largest peak memory in GB (10^9 bytes) a deployable system may need; a remote system's memory is not this machine's and always passes (null: any).",
+        synonyms=("memory_gb", "max_memory"),
+    )
+
+
+class EvalConstraintsConfig(ConstraintsConfig):
+    """The same limits for one run's bottom line, with defaults for a service on a CPU."""
+
+    max_p50_ms: Annotated[float, Field(gt=0)] | None = _field(
+        1000.0,
+        help="Largest p50 latency at batch size 1, in milliseconds, a system the bottom line recommends may have (null: any). 1,000 ms: a request served one at a time on the evaluating machine answers within about a second, the most an interactive caller waits without a progress indicator.",
+        synonyms=("latency_ms", "max_latency_ms", "p50_ms"),
+    )
+    max_memory_gb: Annotated[float, Field(gt=0)] | None = _field(
+        8.0,
+        help="Largest peak memory in GB (10^9 bytes) a system the bottom line recommends may need (null: any). 8 GB: half of a common 16 GB CPU instance, leaving the rest to the operating system and the service around the model; a remote system's memory is not this machine's and always passes.",
+        synonyms=("memory_gb", "max_memory"),
+    )
+
+
 class EvalConfig(Section):
     metrics: list[str] = _field(
         [],
@@ -552,6 +588,11 @@ class EvalConfig(Section):
         PriceConfig(),
         help="Price table for the cost-per-1,000-requests estimate.",
         synonyms=("price", "cost"),
+    )
+    constraints: EvalConstraintsConfig = _field(
+        EvalConstraintsConfig(),
+        help="What a system must meet for the report's bottom line to recommend it: systems over a limit are ruled out, and the report names the limit. No cost limit by default: between systems of no significantly different quality the clearly cheaper is recommended anyway, and what a service can pay is its owner's call.",
+        synonyms=("limits", "requirements", "deployment"),
     )
 
 

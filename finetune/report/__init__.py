@@ -4,8 +4,9 @@
 under `report/`, and logs them to W&B; `headline_table(results)` is the terminal's summary and
 `verdict(results)` the plain-sentence answer to "deploy the specialist or a general model?".
 
-Modules: `results` (reading the run), `tables`, `verdict`, `plots`, `document` (what the
-report says), `markdown` and `html` (how it is written), `build` (the stage itself).
+Modules: `results` (reading the run), `tables`, `verdict`, `decision` (what to deploy under
+the constraints, shared with experiments), `plots`, `document` (what the report says),
+`markdown` and `html` (how it is written), `build` (the stage itself).
 """
 
 from finetune.report.build import ReportPaths, write_report

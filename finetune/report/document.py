@@ -12,8 +12,9 @@ from typing import Any
 
 from finetune.report import format as fmt
 from finetune.report import tables
+from finetune.report.decision import constraints_text
 from finetune.report.plots import Figure
-from finetune.report.results import PREDICTIONS_FILE
+from finetune.report.results import PREDICTIONS_FILE, constraints
 from finetune.report.verdict import cautions, verdict
 
 
@@ -68,6 +69,17 @@ def setup_text(results: dict[str, Any]) -> str:
     )
 
 
+def constraints_paragraph(results: dict[str, Any]) -> str:
+    """The limits the bottom line applied and how it breaks ties on quality."""
+    recorded = "" if "constraints" in results else " (the defaults; this evaluation predates them)"
+    return (
+        f"Deployment constraints (`eval.constraints`){recorded}: "
+        f"{constraints_text(constraints(results))}. The bottom line recommends only systems "
+        "within them; between systems with no significant difference in quality, the clearly "
+        "cheaper one, else the clearly faster one."
+    )
+
+
 def timing_text(results: dict[str, Any]) -> str:
     """How the timing rounds ran: how many, how long, in which orders, what stayed loaded."""
     t = results["timing"]
@@ -89,6 +101,23 @@ def timing_text(results: dict[str, Any]) -> str:
         f"items one at a time and {fmt.count(t['throughput_items'])} at batch size "
         f"{results['batch_size']} per system. Orders: {orders}{more}. Kept loaded between "
         f"rounds: {loaded} (the others load again for each round).{early}{_reused_text(t)}"
+        f"{_unpaired_text(results)}"
+    )
+
+
+def _unpaired_text(results: dict[str, Any]) -> str:
+    """Which baselines' ratios fell back to each system's own quiet rounds."""
+    names = [
+        c["baseline"]
+        for c in results["comparisons"]
+        if any("paired_rounds" in r for r in c["timing"].values())
+    ]
+    if not names:
+        return ""
+    return (
+        f" Busy rounds left too few rounds quiet for both the specialist and "
+        f"{', '.join(names)} for a paired interval, so some of their ratios are taken over each "
+        "system's own quiet rounds, as for systems timed apart (marked 'unpaired')."
     )
 
 
@@ -177,6 +206,7 @@ def report_document(
         Paragraph(_run_line(results, run_dir)),
         Heading("Setup"),
         Paragraph(setup_text(results)),
+        Paragraph(constraints_paragraph(results)),
         Heading("Verdict"),
         Verdict(sentences[:-1], sentences[-1], tuple(cautions(results))),
         Heading("Headline"),

@@ -75,5 +75,10 @@ def ratio(value: float, reference: float) -> str:
     return f"{value / reference:.2f}x" if value / reference < 10 else f"{value / reference:.0f}x"
 
 
+def factor(value: float) -> str:
+    """`0.26`, `2.38`, `2,666`: a ratio's value; whole above 100, where decimals say nothing."""
+    return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+
+
 def count(n: int) -> str:
     return f"{n:,}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from finetune.errors import FinetuneError
 from finetune.files import read_jsonl
+from finetune.recipe.schema import EvalConstraintsConfig
 
 RESULTS_FILE = Path("eval") / "results.json"
 PREDICTIONS_FILE = Path("eval") / "predictions.jsonl"
@@ -89,6 +90,13 @@ def disk_total(system: dict[str, Any]) -> int | None:
         return None
     disk = system["disk_bytes"]
     return (disk.get("adapter") or 0) + (disk.get("model") or 0)
+
+
+def constraints(results: dict[str, Any]) -> EvalConstraintsConfig:
+    """The limits the bottom line applies: the evaluation's `eval.constraints`, or their
+    defaults for results written before evaluations recorded them."""
+    recorded = results.get("constraints")
+    return EvalConstraintsConfig() if recorded is None else EvalConstraintsConfig(**recorded)
 
 
 def cost(system: dict[str, Any]) -> float:

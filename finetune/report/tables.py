@@ -206,10 +206,16 @@ def timing_ratios(results: dict[str, Any]) -> Table:
 def _ratio_cell(r: dict[str, Any]) -> str:
     if r["ratio"] is None:
         return "-"
-    interval = f"[{r['low']:.2f}, {r['high']:.2f}]" if r["low"] is not None else "[too few rounds]"
+    interval = (
+        f"[{fmt.factor(r['low'])}, {fmt.factor(r['high'])}]"
+        if r["low"] is not None
+        else "[too few rounds]"
+    )
     verdict = "" if r["clear"] or r["low"] is None else " no clear difference"
     apart = "" if r.get("paired", True) else " (timed apart)"
-    return f"{r['ratio']:.2f}x {interval}{verdict}{apart}"
+    if "paired_rounds" in r:  # same rounds, too few quiet for both: each one's own quiet rounds
+        apart = " (unpaired)"
+    return f"{fmt.factor(r['ratio'])}x {interval}{verdict}{apart}"
 
 
 def _median_range(value: float | None, spread: dict[str, Any], form: str | None) -> str:

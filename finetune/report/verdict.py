@@ -1,12 +1,20 @@
-"""The deployment question answered in plain sentences, one per trade-off, then a bottom line.
+"""The deployment question answered in plain sentences, one per trade-off, then a bottom line
+that names the system to deploy, why, and the runner-up with what it costs or loses.
 
 Every sentence restates measured numbers; nothing is weighed beyond them. Quality uses the
 evaluator's `significant` flag (McNemar for classification, a paired-bootstrap interval that
 excludes 0 otherwise). Latency and cost use the evaluator's round-by-round ratios: a baseline
 is called faster, slower, cheaper or dearer only when the interval of its ratio to the
 specialist excludes 1, "no clear difference" when it does not, and "too few rounds to test"
-when the quiet rounds left are too few for an interval. Memory and size name the lowest
-system and its ratio to the specialist. `cautions` says what may have disturbed the timings.
+when the quiet rounds left are too few for an interval, paired or not. Memory and size name the
+lowest system and its ratio to the specialist. `cautions` says what may have disturbed the
+timings.
+
+The bottom line deploys the first of the systems that meet `eval.constraints`: baselines
+significantly better than the specialist, then the specialist and the baselines it ties on
+quality, a tie going to the one clearly cheaper, else clearly faster (the sentence says so), then
+the baselines it beats. Without the specialist (ruled out) the highest primary metric goes first.
+A specialist not above the majority-class floor is never deployed.
 """
 
 from __future__ import annotations
@@ -14,8 +22,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from finetune.recipe.schema import ConstraintsConfig
 from finetune.report import format as fmt
-from finetune.report.results import cost, disk_total, latency, primary_metric, specialist
+from finetune.report.decision import (
+    Candidate,
+    Recommendation,
+    broken,
+    by_cost,
+    by_quality,
+    over_text,
+    recommend,
+)
+from finetune.report.results import (
+    constraints,
+    cost,
+    disk_total,
+    latency,
+    primary_metric,
+    specialist,
+)
 
 System = dict[str, Any]
 
@@ -121,10 +146,10 @@ def _lowest_sentence(
 def timing_call(comparison: dict[str, Any], figure: str) -> str:
     """`lower`, `higher`, `unclear` or `untested`: the specialist's figure against the baseline's,
     called only when the interval of their round-by-round ratio excludes 1. `untested` when too
-    few (quiet) rounds were left for an interval: a 100x ratio then is not "no clear
-    difference", only one the rounds cannot test."""
+    few (quiet) rounds were left for an interval, paired or unpaired, or none at all: a 100x
+    ratio then is not "no clear difference", only one the rounds cannot test."""
     ratio = comparison["timing"][figure]
-    if ratio["ratio"] is not None and ratio["low"] is None:
+    if ratio["low"] is None and (ratio["ratio"] is not None or ratio.get("left_out")):
         return "untested"
     if not ratio["clear"]:
         return "unclear"
@@ -134,11 +159,19 @@ def timing_call(comparison: dict[str, Any], figure: str) -> str:
 def _ratio_text(comparison: dict[str, Any], figure: str) -> str:
     r = comparison["timing"][figure]
     if r["ratio"] is None:
-        return "not measured"
-    apart = "" if r.get("paired", True) else ", timed apart"
+        return "every round busy" if r.get("left_out") else "not measured"
     if r["low"] is None:
-        return f"ratio {r['ratio']:.2f}{apart}"
-    return f"ratio {r['ratio']:.2f} [{r['low']:.2f}, {r['high']:.2f}]{apart}"
+        return f"ratio {fmt.factor(r['ratio'])}{_apart(r)}"
+    low, high = fmt.factor(r["low"]), fmt.factor(r["high"])
+    return f"ratio {fmt.factor(r['ratio'])} [{low}, {high}]{_apart(r)}"
+
+
+def _apart(ratio: dict[str, Any]) -> str:
+    """How a ratio was taken when not round by round: `timed apart` (in two evaluations) or
+    `unpaired` (too few rounds quiet for both; over each one's own quiet rounds)."""
+    if ratio.get("paired", True):
+        return ""
+    return ", unpaired" if "paired_rounds" in ratio else ", timed apart"
 
 
 def _timed_sentence(
@@ -218,78 +251,188 @@ def _cost_sentence(results: dict[str, Any]) -> str:
     )
 
 
-def _clearly_cheaper(results: dict[str, Any]) -> System | None:
-    """The cheapest of the baselines whose cost is clearly below the specialist's, if any."""
-    by_name = {s["name"]: s for s in results["systems"]}
-    cheaper = [
-        by_name[c["baseline"]]
-        for c in results["comparisons"]
-        if timing_call(c, "cost") == "higher"  # the specialist costs more
-    ]
-    return min(cheaper, key=cost) if cheaper else None
-
-
-def _lower_point_cost(results: dict[str, Any], special: System) -> System | None:
-    """The cheapest baseline whose median cost is below the specialist's, clearly or not."""
-    lower = [s for s in results["systems"] if s is not special and cost(s) < cost(special)]
-    return min(lower, key=cost) if lower else None
-
-
 def bottom_line(results: dict[str, Any]) -> str:
-    """Deploy the specialist when it significantly beats every baseline and none is clearly
-    cheaper; otherwise name the trade-off: the best-quality system and the cheapest one."""
-    comparisons, metric = results["comparisons"], primary_metric(results)
-    label = fmt.metric_label(metric)
+    """The system to deploy, why, and the runner-up with what it costs or loses, among the
+    systems that meet `eval.constraints` (those that do not are named with the limit they
+    break). Never the specialist when it is not above the majority-class floor."""
+    comparisons, label = results["comparisons"], fmt.metric_label(primary_metric(results))
     if not comparisons:
         return "Bottom line: no baselines were evaluated, so there is nothing to compare against."
-    special = specialist(results)
     floor = results.get("floor")
     if floor and _outcome(floor["specialist_vs"]) != "win":
         return (
             f"Bottom line: do not deploy the specialist as it is; it is not significantly better "
             f"on {label} than always answering '{floor['label']}'; {_record(comparisons, label)}."
         )
-    cheapest = _clearly_cheaper(results) or special
-    wins_all = all(_outcome(c) == "win" for c in comparisons)
-    if wins_all and cheapest is special:
+    limits = constraints(results)
+    candidates = [_candidate(s, primary_metric(results)) for s in results["systems"]]
+    choice = _choose(results, candidates, limits)
+    ruled_out = _ruled_out(results, candidates, choice, limits, label)
+    if choice.best is None:
+        return f"Bottom line: no system meets eval.constraints: {_and(ruled_out)}."
+    why = _why(results, choice, label)
+    runner_up = _runner_up_text(results, choice, label)
+    tail = f"; ruled out by eval.constraints: {_and(ruled_out)}" if ruled_out else ""
+    return f"Bottom line: deploy {_called(results, choice.best)}: {why}{runner_up}{tail}."
+
+
+def _candidate(system: System, metric: str) -> Candidate:
+    peak = system["peak_memory_bytes"]
+    return Candidate(
+        system["name"],
+        system["metrics"][metric]["value"],
+        p50_ms=latency(system),
+        usd_per_1k=cost(system),
+        memory_gb=None if peak is None else peak / 1e9,
+    )
+
+
+def _choose(
+    results: dict[str, Any], candidates: list[Candidate], limits: ConstraintsConfig
+) -> Recommendation:
+    """By the paired tests against the specialist while it meets the constraints; without
+    it, by the primary metric alone (baselines are not tested against one another)."""
+    name = specialist(results)["name"]
+    mine = next(c for c in candidates if c.name == name)
+    return recommend(candidates, limits, by_quality if broken(mine, limits) else _rank(results))
+
+
+def _rank(results: dict[str, Any]) -> Callable[[Candidate], tuple]:
+    """Baselines significantly better than the specialist (best first), the quality ties
+    that win the tie-break (cheapest first), the specialist, the ties it wins, the baselines
+    it beats."""
+    by_name = {c["baseline"]: c for c in results["comparisons"]}
+
+    def key(c: Candidate) -> tuple:
+        comparison = by_name.get(c.name)
+        if comparison is None:
+            return (2,)
+        outcome = _outcome(comparison)
+        if outcome == "tie" and _tie_break(comparison)[0] == "baseline":
+            return (1, *by_cost(c))
+        return ({"loss": 0, "tie": 3, "win": 4}[outcome], *by_quality(c))
+
+    return key
+
+
+def _tie_break(comparison: dict[str, Any]) -> tuple[str, str]:
+    """Who wins a tie on quality, `specialist` or `baseline`, and by what: the figure whose
+    interval first excludes 1 (cost, then p50 latency), else the higher point metric."""
+    for figure in ("cost", "latency"):
+        call = timing_call(comparison, figure)
+        if call in ("lower", "higher"):
+            return ("specialist" if call == "lower" else "baseline"), figure
+    return ("baseline" if comparison["difference"] < 0 else "specialist"), "metric"
+
+
+def _why(results: dict[str, Any], choice: Recommendation, label: str) -> str:
+    """Why the deployed system comes first: its paired test against the specialist or, for
+    the specialist, against the runner-up."""
+    best, other = choice.best, choice.runner_up
+    special = specialist(results)["name"]
+    by_name = {c["baseline"]: c for c in results["comparisons"]}
+    if other is None:
+        return "it is the only system that meets the constraints"
+    if special in choice.excluded:
         return (
-            f"Bottom line: deploy the specialist; it is significantly better than every baseline "
-            f"on {label} and no baseline is clearly cheaper per 1k requests "
-            f"(the specialist: {fmt.usd(cost(special))})."
+            f"it has the highest {label} of the systems that meet the constraints "
+            f"({fmt.score(best.value)}; baselines are not tested against one another)"
         )
-    if wins_all:
+    if best.name == special and _outcome(by_name[other.name]) == "win":
         return (
-            f"Bottom line: the trade-off is quality against cost; the specialist is significantly "
-            f"better than every baseline on {label}, while {cheapest['name']} is clearly cheaper "
-            f"at {fmt.usd(cost(cheapest))} per 1k requests against the specialist's "
-            f"{fmt.usd(cost(special))} ({fmt.ratio(cost(special), cost(cheapest))})."
+            f"it is significantly better on {label} than every baseline that meets the "
+            f"constraints, the runner-up included ({_versus(by_name[other.name], True)})"
         )
-    best = max(results["systems"], key=lambda s: (s["metrics"][metric]["value"], s is special))
-    best_text = f"{fmt.score(best['metrics'][metric]['value'])}"
-    lower = _lower_point_cost(results, special) if best is cheapest is special else None
-    if lower is not None:
-        tail = (
-            f"the specialist has the highest {label} ({best_text}); no baseline is clearly "
-            f"cheaper, though {lower['name']}'s median {fmt.usd(cost(lower))} per 1k requests is "
-            f"below the specialist's {fmt.usd(cost(special))} (not clearly, over these rounds)"
+    if best.name == special:
+        return _tie_text(results, by_name[other.name], label)
+    comparison = by_name[best.name]
+    if _outcome(comparison) == "loss":
+        return (
+            f"it is significantly better than the specialist on {label} "
+            f"({_versus(comparison, specialist_first=False)})"
         )
-    elif best is cheapest:
-        tail = (
-            f"{_name(best, special)} has both the highest {label} ({best_text}) and the lowest "
-            f"cost ({fmt.usd(cost(best))} per 1k requests)"
-            + ("; no baseline is clearly cheaper" if best is special else "")
-        )
-    elif cheapest is special:
-        tail = (
-            f"the highest {label} is {_name(best, special)}'s {best_text}, and no baseline is "
-            f"clearly cheaper than the specialist ({fmt.usd(cost(special))} per 1k requests)"
+    return _tie_text(results, comparison, label)
+
+
+def _versus(c: dict[str, Any], specialist_first: bool) -> str:
+    """`0.950 vs 0.910, p = 0.0025` (McNemar), or the difference and its interval."""
+    values = [fmt.score(c["specialist"]), fmt.score(c["baseline_value"])]
+    sign = 1 if specialist_first else -1
+    d, low, high = (sign * c[k] for k in ("difference", "low", "high"))
+    mc = c.get("mcnemar")
+    interval = fmt.interval(*sorted((low, high)))
+    evidence = f"p = {fmt.p_value(mc['p_value'])}" if mc else f"{d:+.3f} {interval}"
+    return f"{' vs '.join(values if specialist_first else values[::-1])}, {evidence}"
+
+
+def _tie_text(results: dict[str, Any], c: dict[str, Any], label: str) -> str:
+    """`it ties X on accuracy (...) and is clearly cheaper (ratio ...); ties on accuracy are
+    broken by cost, then p50 latency`."""
+    winner, figure = _tie_break(c)
+    mine = winner == "specialist"
+    other = c["baseline"] if mine else "the specialist"
+    if figure == "cost":
+        how = f"is clearly cheaper per 1k requests ({_oriented(c, 'cost', mine)})"
+    elif figure == "latency":
+        how = (
+            f"costs no clearly different amount but is clearly faster at p50 "
+            f"({_oriented(c, 'latency', mine)})"
         )
     else:
-        tail = (
-            f"the highest {label} is {_name(best, special)}'s {best_text} and the cheapest system "
-            f"is {cheapest['name']} at {fmt.usd(cost(cheapest))} per 1k requests"
+        calls = {timing_call(c, "cost"), timing_call(c, "latency")}
+        apart = "clearly differs" if "unclear" in calls else "can be tested over these rounds"
+        how = f"neither cost nor p50 latency {apart}, so " + (
+            f"the higher point {label} decides" if c["difference"] else "the specialist is kept"
         )
-    return f"Bottom line: {_record(comparisons, label)}; {tail}."
+    return (
+        f"it ties {other} on {label} ({_versus(c, specialist_first=mine)}) and {how}; ties on "
+        f"{label} are broken by cost, then p50 latency"
+    )
+
+
+def _oriented(c: dict[str, Any], figure: str, specialist_first: bool) -> str:
+    """`ratio 0.26 [0.25, 0.27]`: the winner's figure over the loser's, with its interval."""
+    r = c["timing"][figure]
+    flip = (lambda v: v) if specialist_first else (lambda v: 1 / v)
+    low, high = sorted((flip(r["low"]), flip(r["high"])))
+    interval = f"[{fmt.factor(low)}, {fmt.factor(high)}]"
+    return f"ratio {fmt.factor(flip(r['ratio']))} {interval}{_apart(r)}"
+
+
+def _runner_up_text(results: dict[str, Any], choice: Recommendation, label: str) -> str:
+    """`; runner-up: X (accuracy 0.900; 3.91x the cost per 1k requests, $0.0090; ...)`, its
+    figures against the deployed system's."""
+    best, other = choice.best, choice.runner_up
+    if other is None:
+        return ""
+    parts = [f"{label} {fmt.score(other.value)}"]
+    for what, attr, show in (
+        ("the cost per 1k requests", "usd_per_1k", fmt.usd),
+        ("the p50 latency", "p50_ms", fmt.ms),
+    ):
+        mine, theirs = getattr(best, attr), getattr(other, attr)
+        if mine and theirs is not None:
+            parts.append(f"{fmt.ratio(theirs, mine)} {what}, {show(theirs)}")
+    return f"; runner-up: {_called(results, other)} ({'; '.join(parts)})"
+
+
+def _ruled_out(
+    results: dict[str, Any],
+    candidates: list[Candidate],
+    choice: Recommendation,
+    limits: ConstraintsConfig,
+    label: str,
+) -> list[str]:
+    """`X (accuracy 0.950, p50 latency 1,480 ms > 1,000 ms)` for each system ruled out."""
+    return [
+        f"{_called(results, c)} ({label} {fmt.score(c.value)}, {', '.join(over_text(c, limits))})"
+        for c in candidates
+        if c.name in choice.excluded
+    ]
+
+
+def _called(results: dict[str, Any], c: Candidate) -> str:
+    return "the specialist" if c.name == specialist(results)["name"] else c.name
 
 
 def cautions(results: dict[str, Any]) -> list[str]:
@@ -327,10 +470,6 @@ _FIGURE_ORDER = ["latency", "throughput", "cost"]
 
 def _and(words: list[str]) -> str:
     return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
-
-
-def _name(system: System, special: System) -> str:
-    return "the specialist" if system is special else system["name"]
 
 
 def _record(comparisons: list[dict[str, Any]], label: str) -> str:

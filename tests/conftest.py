@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny random causal LM and tokenizer built offline, and recipe helpers."""
+"""Shared fixtures and helpers: a tiny random causal LM and tokenizer built offline, the tiny
+recipe, one tiny run trained once for the session, training and evaluation helpers, and the CLI."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import pytest
 import yaml
@@ -12,8 +15,16 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One compute thread, here and in every child process: the tiny models gain nothing from a
+# second, and on a shared 2-core machine OpenMP threads waiting on each other made a tiny
+# evaluation three times slower. Real models and timing comparisons get every core back
+# (`all_cores`).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from finetune import quiet
+
+if TYPE_CHECKING:
+    from finetune.recipe import Recipe
 
 # The workbench's one list of library noise, for the tests' processes and their children.
 quiet.apply()
@@ -85,6 +96,26 @@ def build_tiny_model(
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def all_cores(monkeypatch):
+    """Compute threads on every core, as a user's run has them, in this process and its
+    children; for tests on real models (marked slow) and for timing comparisons."""
+    import torch
+
+    cores = os.cpu_count() or 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _real_models_get_all_cores(request):
+    if request.node.get_closest_marker("slow"):
+        request.getfixturevalue("all_cores")
 
 
 @pytest.fixture(scope="session")
@@ -174,7 +205,13 @@ def tiny_recipe_factory(tmp_path: Path, tiny_model_dir: Path):
             },
             "tracking": {"runs_dir": str(tmp_path / "runs"), "wandb": {"mode": "disabled"}},
             # Memory measured alone costs a fresh process per system; its own tests ask for it.
-            "eval": {"memory": "shared"},
+            # Timing: the fewest rounds that give a 0.95 interval, on a few items; the tests
+            # that compare speeds set their own.
+            "eval": {
+                "memory": "shared",
+                "latency_items": 2,
+                "timing": {"rounds": 6, "throughput_items": 8},
+            },
         }
         for section, values in sections.items():
             recipe[section] = (
@@ -185,6 +222,140 @@ def tiny_recipe_factory(tmp_path: Path, tiny_model_dir: Path):
         return path
 
     return make
+
+
+def train_from(path: Path, **kwargs):
+    """Train the recipe at `path` as `finetune train` does: the TrainResult (`.run_dir`, ...)."""
+    from finetune.recipe import load_recipe
+    from finetune.train import train
+
+    return train(load_recipe(path), recipe_path=path, **kwargs)
+
+
+def logged(run_dir: Path, key: str = "train/loss") -> list[float]:
+    """Every value of `key` in a run's training log, in step order."""
+    from finetune.train.callbacks import read_log
+
+    return [r[key] for r in read_log(run_dir) if key in r]
+
+
+class Evaluated(NamedTuple):
+    """A trained and evaluated run: its recipe, the recipe's file, the run, results.json as a
+    mapping and the rows of eval/predictions.jsonl."""
+
+    recipe: Recipe
+    path: Path
+    run_dir: Path
+    results: dict
+    predictions: list[dict]
+
+
+def evaluated_run(path: Path, run_dir: Path) -> Evaluated:
+    """Evaluate the finished run `run_dir` with the recipe at `path`."""
+    from finetune.evaluate import evaluate
+    from finetune.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    results = json.loads(evaluate(recipe, run_dir).read_text())
+    predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
+    return Evaluated(recipe, path, run_dir, results, predictions)
+
+
+def train_and_evaluate(path: Path, **kwargs) -> Evaluated:
+    """Train the recipe at `path` (keyword args go to `train`), then evaluate the run."""
+    return evaluated_run(path, train_from(path, **kwargs).run_dir)
+
+
+def copy_run(run_dir: Path, root: Path, *, keep_eval: bool = True) -> Path:
+    """A copy of a finished run at root/runs/<its recipe's name>/<its name>, where a recipe whose
+    `tracking.runs_dir` is root/runs keeps its runs; without its evaluation if not `keep_eval`."""
+    copy = root / "runs" / run_dir.parent.name / run_dir.name
+    shutil.copytree(run_dir, copy)
+    if not keep_eval:
+        shutil.rmtree(copy / "eval", ignore_errors=True)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
+    """The run `tiny_recipe()` trains (6 LoRA steps on the tiny model), trained once for the
+    session: its `eval` and `tracking` sections change nothing trained. Read it in place; to
+    evaluate, export or otherwise change it, take `tiny_run_copy`."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    return train_from(tiny_recipe_factory(root, tiny_model_dir)()).run_dir
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """This test's own copy of `tiny_run`, in tmp_path/runs/ where `tiny_recipe`'s runs go."""
+    return copy_run(tiny_run, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF as shipped (Q4_1, from its PyPI wheel)."""
+    from finetune.models import gguf_as_shipped
+
+    return gguf_as_shipped("smollm2-135m-instruct", key="engine.model")
+
+
+def recipe_problems(path: Path) -> list:
+    """The problems `load_recipe` finds in the recipe at `path` (it must refuse it): each has
+    `.source`, `.key` and `.message`, and reads "source: key: message"."""
+    from finetune.recipe import RecipeError, load_recipe
+
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    return info.value.problems
+
+
+@pytest.fixture
+def problems_with(write_recipe):
+    """The problems `load_recipe` finds in MINIMAL_RECIPE with dotted keys changed (as
+    `bad_recipes.with_changes` takes them), each as "key: message"."""
+    from bad_recipes import with_changes
+
+    def problems(*changes: tuple[str, object]) -> list[str]:
+        return [
+            f"{p.key}: {p.message}" for p in recipe_problems(write_recipe(with_changes(*changes)))
+        ]
+
+    return problems
+
+
+# What a training process imports; the server the warm children fork from imports it once.
+TRAINING_STACK = ["torch", "transformers", "peft", "trl", "datasets", "accelerate"]
+TRAINING_STACK += [f"finetune.train.{name}" for name in ("trainer", "loss", "callbacks")]
+
+
+def start_warm_process(target, *args, log: Path):
+    """Start `target(*args)` in a child process forked from a server that has imported the
+    training stack once for the session (a fresh interpreter spends 5-20 s importing it): the
+    started `multiprocessing.Process`. Its output goes to `log`. `target` must be a module-level
+    function; the child sees the environment the session had when the server started, and
+    inherits nothing else from the test's process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(TRAINING_STACK)
+    process = context.Process(target=_logged_to, args=(log, target, *args))
+    process.start()
+    return process
+
+
+def in_warm_process(target, *args, log: Path) -> int:
+    """Run `target(*args)` as `start_warm_process` does, to its end: the child's exit code,
+    negative for the signal that ended it."""
+    process = start_warm_process(target, *args, log=log)
+    process.join()
+    return process.exitcode
+
+
+def _logged_to(log: Path, target, *args) -> None:
+    with open(log, "w") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+    target(*args)
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 from bad_recipes import with_changes
-from conftest import tiny_recipe_factory
+from callbacks import FailAt, Snapshot
+from conftest import logged, tiny_recipe_factory, train_and_evaluate, train_from
 from safetensors.torch import load_file
-from test_train import Snapshot
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finetune.data import load_split
 from finetune.evaluate import evaluate
@@ -80,14 +80,6 @@ def bert_recipe(tmp_path, tiny_bert_dir):
     return recipe
 
 
-def _train(path: Path, **kwargs):
-    return train(load_recipe(path), recipe_path=path, **kwargs)
-
-
-def _losses(run_dir: Path, key: str = "train/loss") -> list[float]:
-    return [r[key] for r in read_log(run_dir) if key in r]
-
-
 def _base_classifier(tiny_bert_dir: Path):
     return AutoModelForSequenceClassification.from_pretrained(
         tiny_bert_dir,
@@ -117,7 +109,7 @@ def test_the_head_learns_and_only_what_the_method_trains_moves(bert_recipe, meth
     steps = {"max_steps": 64, "eval_every": 16, "save_every": 64, "logging_steps": 4}
     path = bert_recipe(**{**LEARNS[method], "train": {**LEARNS[method]["train"], **steps}})
     snap = Snapshot()
-    run = _train(path, callbacks=[snap]).run_dir
+    run = train_from(path, callbacks=[snap]).run_dir
     moved = {n for n in snap.before if not torch.equal(snap.before[n], snap.after[n])}
     if method.startswith("lora"):
         # Adapters on the encoder's linear layers; the head (new to this checkpoint, as is the
@@ -132,7 +124,7 @@ def test_the_head_learns_and_only_what_the_method_trains_moves(bert_recipe, meth
         assert {snap.after[n].dtype for n in snap.trainable} == {torch.float32}
     else:
         assert snap.trainable == moved == set(snap.before)
-    losses, evals = _losses(run), _losses(run, "eval/loss")
+    losses, evals = logged(run), logged(run, "eval/loss")
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3])
     summary = json.loads((run / "train_summary.json").read_text())
@@ -142,26 +134,20 @@ def test_the_head_learns_and_only_what_the_method_trains_moves(bert_recipe, meth
     assert summary["best_eval_loss"] == min(evals) < 0.1
 
 
-class FailAt(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 7:
-            raise RuntimeError("injected failure")
-
-
 def test_resume_after_a_failure_ends_like_an_uninterrupted_run(bert_recipe, tmp_path):
     path = bert_recipe(train={"max_steps": 10, "eval_every": 2, "save_every": 4})
     with pytest.raises(RuntimeError, match="injected failure"):
-        _train(path, callbacks=[FailAt()])
+        train_from(path, callbacks=[FailAt(7)])
     (partial,) = (tmp_path / "runs" / "tiny").glob("*.partial")
     assert last_checkpoint(partial).name == "checkpoint-4"
     assert json.loads((partial / "head.json").read_text())["head"] == "sequence-classification"
     stored = partial / "recipe.yaml"
     resumed = train(load_recipe(stored), recipe_path=stored, resume=partial).run_dir
-    uninterrupted = _train(path).run_dir
+    uninterrupted = train_from(path).run_dir
 
     assert [r["step"] for r in read_log(resumed)] == [r["step"] for r in read_log(uninterrupted)]
     for key in ("train/loss", "eval/loss"):
-        assert _losses(resumed, key) == pytest.approx(_losses(uninterrupted, key), abs=1e-6)
+        assert logged(resumed, key) == pytest.approx(logged(uninterrupted, key), abs=1e-6)
     a, b = (
         load_file(d / "adapter" / "adapter_model.safetensors") for d in (resumed, uninterrupted)
     )
@@ -175,7 +161,7 @@ def test_resume_after_a_failure_ends_like_an_uninterrupted_run(bert_recipe, tmp_
 def test_lora_output_loads_with_peft_and_exports_a_plain_classifier(bert_recipe, tiny_bert_dir):
     from peft import PeftModel
 
-    run = _train(bert_recipe()).run_dir
+    run = train_from(bert_recipe()).run_dir
     adapter = run / "adapter"
     assert json.loads((run / "head.json").read_text()) == {
         "head": "sequence-classification",
@@ -200,7 +186,7 @@ def test_lora_output_loads_with_peft_and_exports_a_plain_classifier(bert_recipe,
 
 
 def test_full_output_loads_with_plain_transformers(bert_recipe):
-    run = _train(bert_recipe(train={"method": "full", "learning_rate": 0.003})).run_dir
+    run = train_from(bert_recipe(train={"method": "full", "learning_rate": 0.003})).run_dir
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
     assert type(model).__name__ == "BertForSequenceClassification"
     assert model.config.id2label == {0: "fresh", 1: "rotten"}
@@ -238,18 +224,14 @@ def evaluated(tmp_path_factory, tiny_bert_dir, tiny_model_dir):
             "split_files": {"train": str(root / "train.jsonl"), "test": str(root / "test.jsonl")},
         },
     )
-    recipe = load_recipe(path)
-    run_dir = train(recipe, recipe_path=path).run_dir
-    results = json.loads(evaluate(recipe, run_dir).read_text())
-    predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
-    return recipe, run_dir, results, predictions
+    return train_and_evaluate(path)
 
 
 def test_specialist_scores_equal_a_direct_forward_pass(evaluated, tiny_bert_dir):
     import torch.nn.functional as F
     from peft import PeftModel
 
-    recipe, run_dir, _, predictions = evaluated
+    recipe, _, run_dir, _, predictions = evaluated
     items = load_split(recipe, "test")
     texts = [item["text"] for item in items]
     assert [p["id"] for p in predictions] == [item["id"] for item in items]
@@ -267,7 +249,7 @@ def test_specialist_scores_equal_a_direct_forward_pass(evaluated, tiny_bert_dir)
 
 
 def test_reported_metrics_equal_a_recount_from_the_predictions(evaluated):
-    _, _, results, predictions = evaluated
+    _, _, _, results, predictions = evaluated
     golds = [p["gold"] for p in predictions]
     for system in results["systems"]:
         preds = [p["predictions"][system["name"]]["prediction"] for p in predictions]
@@ -281,7 +263,7 @@ def test_reported_metrics_equal_a_recount_from_the_predictions(evaluated):
 
 
 def test_the_encoder_specialist_runs_beside_a_causal_baseline_and_tfidf(evaluated, tiny_bert_dir):
-    _, run_dir, results, predictions = evaluated
+    _, _, run_dir, results, predictions = evaluated
     systems = {s["name"]: s for s in results["systems"]}
     assert list(systems) == ["specialist", "tiny llm", "tf-idf + logreg"]
     specialist, llm = systems["specialist"], systems["tiny llm"]
@@ -305,7 +287,7 @@ def test_a_decoder_run_beside_the_encoder_is_timed_and_measured_on_its_own_weigh
     """A LoRA decoder run as a `run:` baseline of the encoder run: the timing rounds and the
     memory processes load each system by its own instance key (the decoder's prompts on BERT
     weights fail: ids past BERT's vocabulary)."""
-    recipe, run_dir, _, _ = evaluated
+    recipe, _, run_dir, _, _ = evaluated
     causal = load_recipe(
         run_dir / "recipe.yaml",
         [
@@ -343,7 +325,7 @@ def test_a_decoder_trains_a_classification_head_when_asked(tmp_path, tiny_model_
         train={"max_steps": 4},
         eval={"latency_items": 2, "bootstrap_samples": 200, "timing": {"rounds": 6}},
     )
-    run = _train(path).run_dir
+    run = train_from(path).run_dir
     adapter = load_file(run / "adapter" / "adapter_model.safetensors")
     assert "base_model.model.score.weight" in adapter  # the new head, trained whole
     results = json.loads(evaluate(load_recipe(path), run).read_text())
@@ -457,10 +439,10 @@ def test_real_minilm_learns_a_classifier_and_is_evaluated(tmp_path):
             "timing": {"rounds": 1},
         },
     )
-    run = _train(path).run_dir
+    run = train_from(path).run_dir
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["head"] == "sequence-classification" and summary["steps"] == 12
-    evals = _losses(run, "eval/loss")
+    evals = logged(run, "eval/loss")
     assert all(map(math.isfinite, evals)) and evals[-1] < evals[0] - 0.05
     # LoRA r=4 on the 6 layers' 6 linear layers (27,648 each layer) and the pooler (3,072), and
     # the new 384 x 2 head with its bias (770): the checkpoint has a pooler, so only the head is new.

@@ -416,13 +416,12 @@ def fake_api(body: dict, n: int) -> tuple[int, dict, bytes]:
 
 @pytest.mark.parametrize("scoring", ["auto", "top_logprobs", "generate"])
 def test_an_endpoint_baseline_is_scored_beside_the_specialist(
-    tiny_recipe, keyed, monkeypatch, tmp_path, scoring
+    tiny_recipe, tiny_run_copy, keyed, monkeypatch, tmp_path, scoring
 ):
     from finetune.data import load_split
     from finetune.evaluate import evaluate
     from finetune.recipe import load_recipe
     from finetune.report import write_report
-    from finetune.train import train
 
     monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
     with FakeServer(fake_api) as server:
@@ -449,7 +448,7 @@ def test_an_endpoint_baseline_is_scored_beside_the_specialist(
             },
         )
         recipe = load_recipe(path)
-        run = train(recipe, recipe_path=path).run_dir
+        run = tiny_run_copy
         monkeypatch.setitem(FAILING, "text", load_split(recipe, "test")[0]["text"])
         results = json.loads(evaluate(recipe, run).read_text())
         sent = server.count
@@ -494,18 +493,17 @@ def test_an_endpoint_baseline_is_scored_beside_the_specialist(
 
 
 def test_an_endpoint_that_refuses_the_key_stops_the_evaluation_before_any_system(
-    tiny_recipe, keyed, monkeypatch, tmp_path
+    tiny_recipe, tiny_run_copy, keyed, monkeypatch, tmp_path
 ):
     from finetune.evaluate import evaluate
     from finetune.recipe import load_recipe
-    from finetune.train import train
 
     monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
     with FakeServer(always(b'{"error": {"message": "bad key"}}', 401)) as server:
         endpoint = {"base_url": server.url, "model": "m", "api_key_env": "TEST_ENDPOINT_KEY"}
         path = tiny_recipe(eval={"baselines": [{"name": "api", "endpoint": endpoint}]})
         recipe = load_recipe(path)
-        run = train(recipe, recipe_path=path).run_dir
+        run = tiny_run_copy
         with pytest.raises(FinetuneError) as info:
             evaluate(recipe, run)
         assert server.count == 1
@@ -530,22 +528,12 @@ def test_the_shipped_api_recipe_stops_before_anything_when_its_key_is_unset(monk
     )
 
 
-def _problems(write_recipe, baselines: list[dict]) -> list[str]:
-    from bad_recipes import with_changes
-
-    from finetune.recipe import RecipeError, load_recipe
-
-    with pytest.raises(RecipeError) as info:
-        load_recipe(write_recipe(with_changes(("eval.baselines", baselines))))
-    return [f"{p.key}: {p.message}" for p in info.value.problems]
-
-
-def test_an_endpoint_baseline_names_no_local_model_and_its_keys_are_checked(write_recipe):
+def test_an_endpoint_baseline_names_no_local_model_and_its_keys_are_checked(problems_with):
     endpoint = {"base_url": "http://h/v1", "model": "m"}
     local = {"name": "api", "model": "qwen2.5-coder-0.5b-instruct", "endpoint": endpoint}
-    assert _problems(write_recipe, [local]) == [
+    assert problems_with(("eval.baselines", [local])) == [
         "eval.baselines.0: an endpoint baseline is the model behind its API; remove model"
     ]
     typo = {"name": "typo", "endpoint": {**endpoint, "scorng": "generate"}}
-    (message,) = _problems(write_recipe, [typo])
+    (message,) = problems_with(("eval.baselines", [typo]))
     assert message.startswith("eval.baselines.0.endpoint.scorng: unknown key 'scorng'"), message

@@ -6,23 +6,16 @@ memory, size and serving form."""
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import evaluated_run
 
 from finetune.errors import FinetuneError
 
 pytestmark = pytest.mark.slow
 REGISTRY_NAME = "smollm2-135m-instruct"
-
-
-@pytest.fixture(scope="module")
-def gguf():
-    from finetune.models import gguf_as_shipped
-
-    return gguf_as_shipped(REGISTRY_NAME, key="engine.model")
 
 
 @pytest.fixture(scope="module")
@@ -149,12 +142,9 @@ def test_a_prompt_longer_than_the_context_names_the_key(served):
 
 
 def test_an_engine_baseline_is_evaluated_beside_the_specialist_and_its_transformers_twin(
-    tiny_recipe, gguf
+    tiny_recipe, tiny_run_copy, gguf
 ):
-    from finetune.evaluate import evaluate
-    from finetune.recipe import load_recipe
     from finetune.report import write_report
-    from finetune.train import train
 
     path = tiny_recipe(
         eval={
@@ -168,9 +158,7 @@ def test_an_engine_baseline_is_evaluated_beside_the_specialist_and_its_transform
             "timing": {"rounds": 6},
         }
     )
-    recipe = load_recipe(path)
-    run = train(recipe, recipe_path=path).run_dir
-    results = json.loads(evaluate(recipe, run).read_text())
+    _, _, run, results, predictions = evaluated_run(path, tiny_run_copy)
     engine, twin = results["systems"][1], results["systems"][2]
     assert engine["serving"].startswith("llama.cpp (llama-cpp-python 0.3.36), GGUF as shipped")
     assert "Q4_1" in engine["serving"]
@@ -178,7 +166,6 @@ def test_an_engine_baseline_is_evaluated_beside_the_specialist_and_its_transform
     assert engine["disk_bytes"]["model"] == gguf.stat().st_size
     assert engine["peak_memory_bytes"] > engine["weights_bytes"] > 0
     assert engine["latency_ms"]["p50"] > 0 and engine["throughput_items_per_s"] > 0
-    predictions = [json.loads(x) for x in (run / "eval/predictions.jsonl").open()]
     gaps = [
         abs(p["predictions"]["engine"]["label_logprobs"][k] - v)
         for p in predictions
@@ -192,33 +179,13 @@ def test_an_engine_baseline_is_evaluated_beside_the_specialist_and_its_transform
     assert "| engine " in markdown
 
 
-def _problems(write_recipe, baselines: list[dict]) -> list[str]:
-    from finetune.recipe import RecipeError, load_recipe
-
-    path = write_recipe(
-        {
-            "name": "x",
-            "task": {"type": "classification", "labels": ["a", "b"]},
-            "data": {"source": "rotten-tomatoes"},
-            "model": {"base": REGISTRY_NAME},
-            "eval": {"baselines": baselines},
-        }
-    )
-    with pytest.raises(RecipeError) as err:
-        load_recipe(path)
-    return str(err.value).splitlines()
-
-
-def test_an_engine_baseline_names_its_gguf_in_engine_and_the_name_is_checked(write_recipe):
-    lines = _problems(
-        write_recipe,
-        [
-            {"name": "a", "model": REGISTRY_NAME, "engine": {"model": REGISTRY_NAME}},
-            {"name": "b", "engine": {"model": "qwen2.5-coder-1.5b-instruc"}},
-            {"name": "c", "engine": {"model": "all-minilm-l6-v2"}},
-        ],
-    )
-    text = "\n".join(lines)
+def test_an_engine_baseline_names_its_gguf_in_engine_and_the_name_is_checked(problems_with):
+    baselines = [
+        {"name": "a", "model": REGISTRY_NAME, "engine": {"model": REGISTRY_NAME}},
+        {"name": "b", "engine": {"model": "qwen2.5-coder-1.5b-instruc"}},
+        {"name": "c", "engine": {"model": "all-minilm-l6-v2"}},
+    ]
+    text = "\n".join(problems_with(("eval.baselines", baselines)))
     assert (
         "eval.baselines.0: an engine baseline runs the model named in its `engine.model`; "
         "remove model" in text

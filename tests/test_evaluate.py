@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, tiny_recipe_factory
+from conftest import REPO, copy_run, tiny_recipe_factory, train_and_evaluate
 from test_scoring import direct_logprob
 
 from finetune.data import load_split
@@ -56,11 +56,7 @@ def evaluated(tmp_path_factory, tiny_model_dir, tiny_plain_model_dir):
         # Room for the label list the baselines read after "Sentiment?" (task.list_labels).
         model={"max_length": 128},
     )
-    recipe = load_recipe(path)
-    run_dir = train(recipe, recipe_path=path).run_dir
-    results = json.loads(evaluate(recipe, run_dir).read_text())
-    predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
-    return recipe, path, run_dir, results, predictions
+    return train_and_evaluate(path)
 
 
 def test_every_system_scores_the_same_items_in_the_same_order(evaluated):
@@ -262,16 +258,9 @@ def test_the_plain_baseline_uses_its_own_prompt_style(evaluated):
     assert two_shot["tokens"]["input_per_item"] > results["systems"][1]["tokens"]["input_per_item"]
 
 
-def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "runs" / run_dir.parent.name / run_dir.name
-    shutil.copytree(run_dir, copy)
-    shutil.rmtree(copy / "eval", ignore_errors=True)
-    return copy
-
-
 def test_an_adapter_trained_on_another_base_is_refused(evaluated, tmp_path):
     recipe, _, run_dir, _, _ = evaluated
-    copy = _copy_run(run_dir, tmp_path)
+    copy = copy_run(run_dir, tmp_path, keep_eval=False)
     provenance = json.loads((copy / "provenance.json").read_text())
     provenance["base_model"]["config_sha256"] = "0" * 64
     (copy / "provenance.json").write_text(json.dumps(provenance))
@@ -294,7 +283,7 @@ def test_a_recipe_whose_prompt_differs_from_the_run_is_refused(evaluated, tmp_pa
         "task.instruction: the recipe says 'Is it good?' but the run was trained with 'Sentiment?'; "
         f"evaluate with the run's own recipe: `finetune eval {run_dir / 'recipe.yaml'} --run {run_dir}`"
     )
-    copy = _copy_run(run_dir, tmp_path)
+    copy = copy_run(run_dir, tmp_path, keep_eval=False)
     stored = json.loads((copy / "prompt.json").read_text())
     (copy / "prompt.json").write_text(json.dumps({**stored, "template": "{input} =>"}))
     with pytest.raises(FinetuneError, match=r"prompt\.json does not match the recipe"):
@@ -546,7 +535,8 @@ def test_another_finished_run_is_a_baseline_served_as_its_own_recipe_serves_it(e
     """A second specialist (another LoRA rank) beside the first: its predictions in the first
     run's report equal those of its own evaluation, on the same items."""
     _, path, run_dir, _, _ = evaluated
-    run_dir = _copy_run(run_dir, tmp_path)  # evaluated again: keep the fixture's results
+    # Evaluated again: the fixture's results are kept.
+    run_dir = copy_run(run_dir, tmp_path, keep_eval=False)
     # Memory is measured alone elsewhere: here a process per system would only cost time.
     other_recipe = load_recipe(path, ["lora.r=4", "name=other-rank", "eval.memory=shared"])
     other_dir = train(
@@ -574,7 +564,7 @@ def test_another_finished_run_is_a_baseline_served_as_its_own_recipe_serves_it(e
 
 def test_a_run_baseline_trained_on_other_data_is_refused_naming_both_runs(evaluated, tmp_path):
     _, path, run_dir, _, _ = evaluated
-    other_dir = _copy_run(run_dir, tmp_path)
+    other_dir = copy_run(run_dir, tmp_path, keep_eval=False)
     provenance = json.loads((other_dir / "provenance.json").read_text())
     provenance["data"]["fingerprint"] = "f" * 64
     (other_dir / "provenance.json").write_text(json.dumps(provenance))

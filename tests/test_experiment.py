@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -232,35 +233,50 @@ def test_the_ray_executor_says_how_to_install_ray(write_experiment, monkeypatch)
     )
 
 
+def experiment_command(path: Path, cwd: Path) -> None:
+    """`finetune experiment PATH` run from `cwd`, in a process group of its own."""
+    import os
+    import sys
+
+    from finetune.cli import main
+
+    os.setsid()
+    os.chdir(cwd)
+    sys.argv = ["finetune", "experiment", str(path)]
+    main()
+
+
 def test_a_cell_killed_mid_training_is_resumed_by_the_next_run(write_experiment, tmp_path):
+    import contextlib
     import os
     import signal
-    import subprocess
-    import sys
     import time
 
-    from conftest import finetune_process
+    from conftest import finetune_process, start_warm_process
 
     from finetune.experiment import load_experiment, state
     from finetune.train.callbacks import SEAL_FILE
 
     fast = {"tfidf": {"enabled": False}, "latency_items": 2, "bootstrap_samples": 50}
     path = write_experiment(
-        sections={"train": {"max_steps": 100, "save_every": 2, "eval_every": 2}, "eval": fast},
+        sections={"train": {"max_steps": 40, "save_every": 2, "eval_every": 2}, "eval": fast},
         axes={"lora.r": [2]},
     )
     (cell,) = load_experiment(path)[1]
     partial = cell.run_dir().with_name(cell.run_dir().name + ".partial")
-    command = [sys.executable, "-m", "finetune", "experiment", str(path)]
-    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True)
+    log = tmp_path / "killed.log"
+    process = start_warm_process(experiment_command, path, tmp_path, log=log)
     try:  # killed once a checkpoint is sealed (older ones rotate away): bounded by the deadline
         deadline = time.monotonic() + 300
         while not list(partial.glob(f"checkpoints/checkpoint-*/{SEAL_FILE}")):
-            assert process.poll() is None and time.monotonic() < deadline
+            assert process.is_alive() and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        with contextlib.suppress(ProcessLookupError):  # its group, once it has one
+            os.killpg(process.pid, signal.SIGKILL)
+        process.kill()
+        process.join()
+    assert process.exitcode == -signal.SIGKILL
     assert state(cell) == {"train": "resume", "evaluate": "evaluate"}
 
     done = finetune_process("experiment", str(path), cwd=tmp_path)
@@ -326,7 +342,8 @@ def test_with_several_seeds_a_size_is_called_only_when_every_seed_agrees():
 
 
 def test_the_pareto_front_keeps_the_systems_nothing_beats_on_both():
-    from finetune.experiment.decision import Candidate, pareto
+    from finetune.experiment.decision import pareto
+    from finetune.report.decision import Candidate
 
     candidates = [
         Candidate("big", 0.90, p50_ms=900.0, memory_gb=9.0),
@@ -343,8 +360,8 @@ def test_the_pareto_front_keeps_the_systems_nothing_beats_on_both():
 
 
 def test_the_recommendation_is_the_best_system_that_meets_the_constraints():
-    from finetune.experiment.decision import Candidate, recommend
-    from finetune.experiment.schema import ConstraintsConfig
+    from finetune.recipe.schema import ConstraintsConfig
+    from finetune.report.decision import Candidate, recommend
 
     candidates = [
         Candidate("big local", 0.90, p50_ms=900.0, usd_per_1k=0.02, memory_gb=9.0),

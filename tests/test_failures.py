@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, finetune_process, run_cli
+from conftest import REPO, finetune_process, in_warm_process, run_cli
 from safetensors.torch import load_file
 
 from finetune.errors import FinetuneError, explain_resource_error
@@ -28,43 +28,38 @@ from finetune.runs import is_complete
 from finetune.train import last_checkpoint, train
 from finetune.train.callbacks import SEAL_FILE, read_log
 
-# A training process that SIGKILLs itself: at the end of a step ("step"), or half-way through
-# writing a checkpoint's trainer_state.json ("checkpoint"), optionally resuming a run first.
-FAULTY_RUN = """
-import os, signal, sys
-from transformers import TrainerCallback
-from transformers.trainer_callback import TrainerState
-from finetune.recipe import load_recipe
-from finetune.train import train
 
-recipe_path, kill_step, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-resume = sys.argv[4] if len(sys.argv) > 4 else None
+def faulty_run(recipe_path: Path, kill_step: int, where: str, resume: Path | None) -> None:
+    """A training process that SIGKILLs itself: at the end of a step ("step"), or half-way
+    through writing a checkpoint's trainer_state.json ("checkpoint"), optionally resuming a run
+    first. Run in a process of its own (`in_warm_process`)."""
+    from transformers import TrainerCallback
+    from transformers.trainer_callback import TrainerState
 
-class KillAtStepEnd(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if where == "step" and state.global_step == kill_step:
+    class KillAtStepEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if where == "step" and state.global_step == kill_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    save_state = TrainerState.save_to_json
+
+    def torn_save(self, path):
+        if where == "checkpoint" and self.global_step == kill_step:
+            with open(path, "w") as handle:
+                handle.write('{"global_step": ')
+                handle.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+        save_state(self, path)
 
-save_state = TrainerState.save_to_json
-def torn_save(self, path):
-    if where == "checkpoint" and self.global_step == kill_step:
-        with open(path, "w") as handle:
-            handle.write('{"global_step": ')
-            handle.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-    save_state(self, path)
-TrainerState.save_to_json = torn_save
-
-train(load_recipe(recipe_path), recipe_path=recipe_path, resume=resume, callbacks=[KillAtStepEnd()])
-"""
+    TrainerState.save_to_json = torn_save
+    recipe = load_recipe(recipe_path)
+    train(recipe, recipe_path=recipe_path, resume=resume, callbacks=[KillAtStepEnd()])
 
 
 def _killed(tmp_path: Path, recipe: Path, step: int, where: str, resume: Path | None = None):
-    args = [sys.executable, "-c", FAULTY_RUN, str(recipe), str(step), where]
-    done = subprocess.run(
-        [*args, *([str(resume)] if resume else [])], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    log = tmp_path / f"killed-{where}-{step}.log"
+    code = in_warm_process(faulty_run, recipe, step, where, resume, log=log)
+    assert code == -signal.SIGKILL, log.read_text()[-3000:]
     (partial,) = (tmp_path / "runs" / "tiny").glob("*.partial")
     assert not is_complete(partial)
     assert json.loads((partial / "provenance.json").read_text())["status"] == "running"
@@ -86,12 +81,19 @@ def test_three_kills_in_a_row_then_resume_ends_like_an_uninterrupted_run(tiny_re
     assert (partial / "checkpoints" / "checkpoint-6").is_dir()
     assert not (partial / "checkpoints" / "checkpoint-6" / SEAL_FILE).exists()
     assert last_checkpoint(partial).name == "checkpoint-4"
+    # Steps 5 and 6 were logged past that checkpoint: the resume drops them and logs them again.
+    assert max(r["step"] for r in read_log(partial)) == 6
 
     _killed(tmp_path, recipe, 9, "step", resume=partial)
     assert last_checkpoint(partial).name == "checkpoint-8"
 
     resumed = finetune_process("train", "--resume", str(partial), cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Without a terminal the progress is one line per log, then the one-screen summary.
+    progress = ("step 10/12  loss ", " tok/s  elapsed ", "ETA", "training summary")
+    summary = ("parameters", "tokens seen", "throughput", "peak memory", "eval loss", "written to")
+    for text in (*progress, *summary):
+        assert text in resumed.stderr, text
     finished = partial.with_name(partial.name.removesuffix(".partial"))
     assert is_complete(finished) and not partial.exists()
     provenance = json.loads((finished / "provenance.json").read_text())
@@ -391,7 +393,12 @@ def test_keys_in_the_environment_are_written_nowhere_and_stderr_has_no_library_n
 ):
     recipe = tiny_recipe(
         train={"max_steps": 2},
-        eval={"baselines": [{"name": "base zero-shot"}], "bootstrap_samples": 50},
+        eval={
+            "baselines": [{"name": "base zero-shot"}],
+            "bootstrap_samples": 50,
+            "latency_items": 2,
+            "timing": {"rounds": 6, "throughput_items": 4},
+        },
         tracking={"runs_dir": str(tmp_path / "runs"), "wandb": {"mode": "offline", "project": "p"}},
     )
     env = {**os.environ, **SECRETS}

@@ -5,22 +5,14 @@ log-probabilities, which are one position late (llama-cpp-python issue #1983).""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from conftest import evaluated_run
 
 from finetune.errors import FinetuneError
 
 pytestmark = pytest.mark.slow
 KEY_ENV = "LLAMA_SERVER_TEST_KEY"  # the server checks no key; the endpoint path needs one set
-
-
-@pytest.fixture(scope="module")
-def gguf():
-    from finetune.models import gguf_as_shipped
-
-    return gguf_as_shipped("smollm2-135m-instruct", key="engine.model")
 
 
 @pytest.fixture(scope="module")
@@ -41,11 +33,8 @@ def local(gguf):
     return Served(Llama(str(gguf), n_ctx=1024, n_threads=2, verbose=False), "x"), _tokenizer(gguf)
 
 
-def _evaluated(tiny_recipe, monkeypatch, tmp_path, server, scoring: str):
-    from finetune.evaluate import evaluate
-    from finetune.recipe import load_recipe
-    from finetune.train import train
-
+def _evaluated(tiny_recipe, run, monkeypatch, tmp_path, server, scoring: str):
+    """The tiny run `run` evaluated beside the server's model, scored by `scoring`."""
     monkeypatch.setenv(KEY_ENV, "unused")
     monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
     endpoint = {"base_url": server, "model": "smollm2", "api_key_env": KEY_ENV}
@@ -59,10 +48,7 @@ def _evaluated(tiny_recipe, monkeypatch, tmp_path, server, scoring: str):
             "max_new_tokens": 8,
         },
     )
-    recipe = load_recipe(path)
-    run = train(recipe, recipe_path=path).run_dir
-    results = json.loads(evaluate(recipe, run).read_text())
-    predictions = [json.loads(x) for x in (run / "eval/predictions.jsonl").open()]
+    recipe, _, _, results, predictions = evaluated_run(path, run)
     return recipe, results["systems"][1], predictions
 
 
@@ -82,11 +68,13 @@ def _chat_ids(tokenizer, recipe, text: str) -> list[int]:
 
 
 def test_auto_scores_by_top_logprobs_equal_to_llama_cpps_own_next_token_distribution(
-    tiny_recipe, monkeypatch, tmp_path, server, local
+    tiny_recipe, tiny_run_copy, monkeypatch, tmp_path, server, local
 ):
     from finetune.evaluate.endpoint import top_logprob_scores
 
-    recipe, system, predictions = _evaluated(tiny_recipe, monkeypatch, tmp_path, server, "auto")
+    recipe, system, predictions = _evaluated(
+        tiny_recipe, tiny_run_copy, monkeypatch, tmp_path, server, "auto"
+    )
     # The probe refused prompt_logprobs (see below), so auto fell to the next most exact method.
     assert system["serving"] == "remote API; scoring: top_logprobs"
     served, tokenizer = local
@@ -103,11 +91,13 @@ def test_auto_scores_by_top_logprobs_equal_to_llama_cpps_own_next_token_distribu
 
 
 def test_generate_answers_equal_llama_cpps_own_greedy_chat_completion(
-    tiny_recipe, monkeypatch, tmp_path, server, gguf
+    tiny_recipe, tiny_run_copy, monkeypatch, tmp_path, server, gguf
 ):
     from llama_cpp import Llama
 
-    recipe, system, predictions = _evaluated(tiny_recipe, monkeypatch, tmp_path, server, "generate")
+    recipe, system, predictions = _evaluated(
+        tiny_recipe, tiny_run_copy, monkeypatch, tmp_path, server, "generate"
+    )
     assert system["serving"] == "remote API; scoring: generate"
     own = Llama(str(gguf), n_ctx=1024, n_threads=2, verbose=False)
     for p in predictions:

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import CORPUS, tiny_recipe_factory, train_bpe
+from callbacks import Snapshot
+from conftest import CORPUS, logged, tiny_recipe_factory, train_and_evaluate, train_bpe, train_from
 from safetensors.torch import load_file
-from test_train import Snapshot
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from finetune.data import load_split
-from finetune.evaluate import evaluate
 from finetune.evaluate.metrics import compute
 from finetune.evaluate.seq2seq import generate, label_loglikelihoods
 from finetune.heads import head_problems, resolved_head
@@ -29,8 +28,6 @@ from finetune.prompts import (
 )
 from finetune.recipe import RecipeError, load_recipe
 from finetune.report import write_report
-from finetune.train import train
-from finetune.train.callbacks import read_log
 from finetune.train.export import export_merged
 
 LABELS = ["fresh", "rotten"]
@@ -117,10 +114,9 @@ def tiny_bart_dir(tmp_path_factory) -> Path:
     return build_tiny_bart(tmp_path_factory.mktemp("tiny-bart"))
 
 
-@pytest.fixture
-def t5_recipe(tmp_path, tiny_t5_dir):
+def t5_recipe_factory(root: Path, tiny_t5_dir: Path):
     """conftest's tiny recipe on the tiny T5, with the base zero-shot as a baseline."""
-    make = tiny_recipe_factory(tmp_path, tiny_t5_dir)
+    make = tiny_recipe_factory(root, tiny_t5_dir)
 
     def recipe(name: str = "tiny", **sections) -> Path:
         train_section = {"batch_size": 8, "lr_scheduler": "constant", **sections.pop("train", {})}
@@ -129,8 +125,9 @@ def t5_recipe(tmp_path, tiny_t5_dir):
     return recipe
 
 
-def _train(path: Path, **kwargs):
-    return train(load_recipe(path), recipe_path=path, **kwargs)
+@pytest.fixture
+def t5_recipe(tmp_path, tiny_t5_dir):
+    return t5_recipe_factory(tmp_path, tiny_t5_dir)
 
 
 def test_an_encoder_decoder_is_told_apart_and_gets_the_seq2seq_head(tiny_t5_dir, t5_recipe):
@@ -220,14 +217,14 @@ def test_the_decoder_learns_the_labels_and_only_what_the_method_trains_moves(t5_
     steps = {"max_steps": 40, "eval_every": 10, "save_every": 40, "logging_steps": 4}
     path = t5_recipe(train={"method": method, "learning_rate": rate, **steps})
     snap = Snapshot()
-    run = _train(path, callbacks=[snap]).run_dir
+    run = train_from(path, callbacks=[snap]).run_dir
     moved = {n for n in snap.before if not torch.equal(snap.before[n], snap.after[n])}
     if method == "lora":
         assert snap.trainable == moved and all("lora_" in n for n in moved)
         assert any("decoder" in n for n in moved) and any("encoder" in n for n in moved)
     else:
         assert snap.trainable == moved == set(snap.before)
-    losses = [r["train/loss"] for r in read_log(run) if "train/loss" in r]
+    losses = logged(run)
     assert all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-3:]) < sum(losses[:3]) / 2
     summary = json.loads((run / "train_summary.json").read_text())
@@ -238,7 +235,7 @@ def test_the_decoder_learns_the_labels_and_only_what_the_method_trains_moves(t5_
 def test_lora_output_loads_with_peft_and_exports_a_plain_seq2seq_model(t5_recipe, tiny_t5_dir):
     from peft import PeftModel
 
-    run = _train(t5_recipe()).run_dir
+    run = train_from(t5_recipe()).run_dir
     adapter = run / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["task_type"] == "SEQ_2_SEQ_LM"
@@ -271,10 +268,10 @@ def _direct_scores(model, tokenizer, fmt, text: str, labels: list[str]) -> dict[
     return scores
 
 
-@pytest.fixture
-def evaluated(t5_recipe, tiny_model_dir):
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, tiny_t5_dir, tiny_model_dir):
     """A T5 LoRA specialist evaluated beside the untuned T5 zero-shot, a decoder and TF-IDF."""
-    path = t5_recipe(
+    path = t5_recipe_factory(tmp_path_factory.mktemp("t5-eval"), tiny_t5_dir)(
         train={"max_steps": 40, "learning_rate": 0.01, "eval_every": 20, "save_every": 40},
         eval={
             "baselines": [
@@ -286,11 +283,7 @@ def evaluated(t5_recipe, tiny_model_dir):
             "timing": {"rounds": 6},
         },
     )
-    recipe = load_recipe(path)
-    run_dir = train(recipe, recipe_path=path).run_dir
-    results = json.loads(evaluate(recipe, run_dir).read_text())
-    predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
-    return recipe, run_dir, results, predictions
+    return train_and_evaluate(path)
 
 
 def test_the_specialist_and_its_base_score_labels_as_a_direct_forward_pass_and_are_reported(
@@ -298,7 +291,7 @@ def test_the_specialist_and_its_base_score_labels_as_a_direct_forward_pass_and_a
 ):
     from peft import PeftModel
 
-    recipe, run_dir, results, predictions = evaluated
+    recipe, _, run_dir, results, predictions = evaluated
     fmt = PromptFormat.load(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "adapter")
     base = AutoModelForSeq2SeqLM.from_pretrained(tiny_t5_dir).eval()
@@ -343,10 +336,7 @@ def test_qa_answers_are_generated_as_the_model_generates_them(tmp_path, tiny_t5_
         train={"method": "full", "max_steps": 6, "learning_rate": 0.003},
         eval={"latency_items": 2, "max_new_tokens": 5, "bootstrap_samples": 100},
     )
-    recipe = load_recipe(path)
-    run_dir = train(recipe, recipe_path=path).run_dir
-    results = json.loads(evaluate(recipe, run_dir).read_text())
-    predictions = [json.loads(line) for line in (run_dir / "eval/predictions.jsonl").open()]
+    _, _, run_dir, results, predictions = train_and_evaluate(path)
     model, tokenizer = _model_and_tokenizer(run_dir / "model")
     fmt = PromptFormat.load(run_dir)
     for record in predictions:
@@ -369,7 +359,7 @@ def test_the_untuned_base_is_loaded_as_an_encoder_decoder_to_measure_its_memory_
     from finetune.evaluate.memory import measured_alone
     from finetune.evaluate.systems import System
 
-    recipe, run_dir, _, _ = evaluated
+    recipe, _, run_dir, _, _ = evaluated
     base = SimpleNamespace(system=System("t5 zero-shot", "baseline", "base"), key="base")
     # A causal-LM loader would fail on T5 weights, and the peak would be missing.
     peaks = measured_alone(recipe, run_dir, [base])

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from callbacks import Snapshot
 from conftest import tiny_recipe_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_encoder import build_tiny_bert
-from test_train import Snapshot
 from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from finetune.data import load_split

@@ -34,6 +34,9 @@ from finetune.report import verdict
 from finetune.report.verdict import cautions, timing_call
 from finetune.train import train
 
+# Systems are timed as a user's run times them, with compute threads on every core.
+pytestmark = pytest.mark.usefixtures("all_cores")
+
 # Burns one core until killed, and at most 60 s whatever happens to the test that started it.
 BURNER = "import sys, time\nend = time.time() + 60\nprint('burning', flush=True)\nwhile time.time() < end: pass\n"
 
@@ -141,6 +144,61 @@ def test_busy_rounds_are_left_out_of_the_paired_ratio():
     assert five["rounds"] == 5 and five["low"] is None and not five["clear"]
 
 
+def _moses(a: list[float], b: list[float], confidence: float) -> tuple[float, float, float] | None:
+    """exp of the Hodges-Lehmann shift of log a - log b and of Moses' interval, the depth k
+    found by listing every way the two samples' ranks can fall (the exact null of U); None
+    when no k reaches `confidence`."""
+    import itertools
+
+    m, n = len(a), len(b)
+    # U = the rank sum of a's values (0-based ranks) less its least possible value.
+    us = [sum(c) - m * (m - 1) // 2 for c in itertools.combinations(range(m + n), m)]
+    k = max(k for k in range(m * n + 1) if 2 * sum(u < k for u in us) <= (1 - confidence) * len(us))
+    d = sorted(math.log(x) - math.log(y) for x in a for y in b)
+    if k == 0:
+        return None
+    return math.exp(statistics.median(d)), math.exp(d[k - 1]), math.exp(d[-k])
+
+
+def test_too_few_rounds_quiet_for_both_fall_back_to_each_ones_own_quiet_rounds():
+    from finetune.evaluate.timing import round_ratio
+
+    # A 500x gap over 7 rounds: the specialist was timed on a busy machine in rounds 1 and 2,
+    # the baseline in rounds 3 and 4, so only 3 rounds were quiet for both: no paired interval.
+    mine = [0.0150 * f for f in (0.97, 0.99, 1.0, 1.02, 1.04, 0.98, 1.01)]
+    theirs = [0.00003 * f for f in (1.01, 0.98, 1.0, 1.03, 0.97, 1.02, 0.99)]
+    busy = ([True, True] + [False] * 5, [False, False, True, True] + [False] * 3)
+    numbers = [1, 2, 3, 4, 5, 6, 7]
+    either = [a or b for a, b in zip(*busy, strict=True)]
+    assert paired_ratio(mine, theirs, 0.95, either, numbers)["low"] is None
+    out = round_ratio(mine, theirs, 0.95, busy, numbers)
+    # Over each one's own 5 quiet rounds, as for systems timed apart, it is decided.
+    ratio, low, high = _moses(mine[2:], theirs[:2] + theirs[4:], 0.95)
+    assert (out["ratio"], out["low"], out["high"]) == (
+        pytest.approx(ratio),
+        pytest.approx(low),
+        pytest.approx(high),
+    )
+    assert 450 < low < high < 550 and out["clear"]
+    assert not out["paired"] and out["paired_rounds"] == 3 and out["left_out"] == [1, 2, 3, 4]
+    # 3 rounds in all: 3 against 3 cannot reach 95% (the most extreme of the 20 orderings of
+    # the ranks is 2/20 = 0.1 two-sided) whatever the gap, so it stays untested, paired.
+    assert _moses(mine[:3], theirs[:3], 0.95) is None
+    three = round_ratio(mine[:3], theirs[:3], 0.95, ([False] * 3, [False] * 3), numbers[:3])
+    assert three["paired"] and three["low"] is None and three["rounds"] == 3
+    assert three["ratio"] == pytest.approx(
+        statistics.median(a / b for a, b in zip(mine[:3], theirs[:3], strict=True))
+    )
+    # No round quiet for both (each busy while the other was quiet): still 5 against 5.
+    alternate = ([True, False] * 5, [False, True] * 5)
+    ten = [*mine, *mine[:3]], [*theirs, *theirs[:3]]
+    apart = round_ratio(*ten, 0.95, alternate, [*range(1, 11)])
+    assert apart["paired_rounds"] == 0 and apart["rounds"] == 5 and apart["clear"]
+    # Enough rounds quiet for both: paired, as before.
+    quiet = round_ratio(mine, theirs, 0.95, ([False] * 7, [False] * 7), numbers)
+    assert quiet["paired"] and quiet["clear"] and "paired_rounds" not in quiet
+
+
 def test_rounds_stop_starting_once_the_budget_would_be_overrun():
     events = []
 
@@ -211,29 +269,35 @@ def test_a_hog_during_one_systems_timing_is_flagged_and_decides_nothing(timed_ru
         hog.close()
     special = results["systems"][0]
     assert special["model"].endswith("(merged)")  # the same shapes as the base: same compute
+    # The bottom line's limits, recorded with the results: the recipe's defaults.
+    assert results["constraints"] == recipe.eval.constraints.model_dump()
+    assert results["constraints"]["max_p50_ms"] == 1000.0
     rounds = special["latency_ms"]["rounds"]
     assert rounds[0] > 1.3 * statistics.median(rounds)  # the hog did slow the first round
     assert special["load"][0]["busy"] and special["load"][0]["others_cores"] > 0.5
     (comparison,) = results["comparisons"]
     # Left out of the paired ratios by the load sample, not by how slow it was. A shared machine
-    # may disturb another round on its own; that one is left out too, and with fewer than 8
-    # quiet rounds there is no 99% interval, so the call is "untested" rather than "unclear".
+    # may disturb another round on its own; that one is left out too. With fewer than 8 rounds
+    # quiet for both there is no 99% paired interval: each system's own quiet rounds are
+    # compared instead (unpaired), and the call is "untested" only if even those are too few.
     left_out = comparison["timing"]["latency"]["left_out"]
     assert left_out[0] == 1, comparison["timing"]
     quiet = 10 - len(left_out)
-    call, words = ("unclear", "no clear difference from") if quiet >= 8 else (
-        "untested", "too few rounds to test against")  # fmt: skip
+    words = {"unclear": "no clear difference from", "untested": "too few rounds to test against"}
     for figure in ("latency", "throughput", "cost"):
-        assert timing_call(comparison, figure) == call, (figure, comparison["timing"])
-        assert comparison["timing"][figure]["left_out"] == left_out
-        assert comparison["timing"][figure]["rounds"] == quiet
+        ratio, call = comparison["timing"][figure], timing_call(comparison, figure)
+        assert call in words, (figure, comparison["timing"])
+        assert (call == "untested") == (ratio["low"] is None), (figure, comparison["timing"])
+        assert ratio["left_out"] == left_out
+        assert ratio.get("paired_rounds", ratio["rounds"]) == quiet
+        assert ratio["paired"] == (quiet >= 8 or call == "untested")
     sentences = verdict(results)
     latency, cost, bottom = sentences[-5], sentences[-2], sentences[-1]
-    assert f"{words} base zero-shot" in latency
-    assert f"{words} base zero-shot" in cost
+    assert f"{words[timing_call(comparison, 'latency')]} base zero-shot" in latency
+    assert f"{words[timing_call(comparison, 'cost')]} base zero-shot" in cost
     assert "faster than" not in latency and "slower than" not in latency
     assert "cheaper than" not in cost and "dearer than" not in cost
-    assert "clearly cheaper at" not in bottom
+    assert "clearly cheaper" not in bottom and "clearly faster" not in bottom
     flagged = [d for d in results["timing"]["disturbed"] if d["system"] == "specialist"]
     assert flagged[0]["round"] == 1 and flagged[0]["figures"] == ["latency", "throughput", "cost"]
     assert flagged[0]["reasons"][0].startswith("machine busy: other processes used")

@@ -6,7 +6,6 @@ import itertools
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,37 +13,18 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, finetune_process
+from callbacks import FailAt, Snapshot
+from conftest import REPO, logged, tiny_recipe_factory, train_from
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 from wandb_files import read_run
 
 from finetune.errors import FinetuneError
 from finetune.recipe import RecipeError, load_recipe
-from finetune.train import last_checkpoint, train
+from finetune.train import train
 from finetune.train.callbacks import read_log
 
 PLANTED_KEY = "planted-wandb-key-0123456789abcdef0123456789abcdef"
-
-
-def _train(path: Path, **kwargs):
-    return train(load_recipe(path), recipe_path=path, **kwargs)
-
-
-def _losses(run_dir: Path, key: str = "train/loss") -> list[float]:
-    return [r[key] for r in read_log(run_dir) if key in r]
-
-
-class Snapshot(TrainerCallback):
-    """Parameters at the start and end of training, and the first training batch."""
-
-    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        self.before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        self.trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-        self.batch = next(iter(train_dataloader))
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.after = {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 MODES = {
@@ -56,7 +36,6 @@ MODES = {
     "lora-8bit": {"model": {"quantization": "8bit"}},
     "lora-bf16": {"model": {"dtype": "bfloat16"}},
     "lora-gradient-checkpointing": {"train": {"gradient_checkpointing": True}},
-    "lora-compiled": {"train": {"compile": True}},
     "lora-bf16-eager-attention": {"model": {"dtype": "bfloat16"}, "train": {"attention": "eager"}},
     "qlora-4bit": {"model": {"quantization": "4bit", "qlora": {"compute_dtype": "float32"}}},
 }
@@ -80,7 +59,11 @@ def test_every_trainable_parameter_moves_and_no_frozen_one_does(tiny_recipe, mod
     # Two steps: LoRA's B starts at zero, so A gets no gradient until B has moved once.
     path = tiny_recipe(**{**MODES[mode], "train": {**MODES[mode].get("train", {}), "max_steps": 2}})
     snap = Snapshot()
-    result = _train(path, callbacks=[snap])
+    result = train_from(path, callbacks=[snap])
+    _check_only_trainable_moved(snap, result.run_dir, lora=mode.startswith("lora"))
+
+
+def _check_only_trainable_moved(snap: Snapshot, run_dir: Path, lora: bool) -> None:
     assert snap.trainable, "nothing was trainable"
     unchanged = [n for n in snap.trainable if torch.equal(snap.before[n], snap.after[n])]
     assert not unchanged, f"trainable parameters that did not change: {unchanged}"
@@ -90,13 +73,13 @@ def test_every_trainable_parameter_moves_and_no_frozen_one_does(tiny_recipe, mod
         if n not in snap.trainable and not torch.equal(snap.before[n], snap.after[n])
     ]
     assert not moved, f"frozen parameters that changed: {moved}"
-    if mode.startswith("lora"):
+    if lora:
         assert all("lora_" in n for n in snap.trainable)
-        assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
+        assert (run_dir / "adapter" / "adapter_config.json").is_file()
     else:
         assert len(snap.trainable) == len(snap.before)
-        assert (result.run_dir / "model" / "model.safetensors").is_file()
-    assert all(torch.isfinite(torch.tensor(_losses(result.run_dir))))
+        assert (run_dir / "model" / "model.safetensors").is_file()
+    assert all(torch.isfinite(torch.tensor(logged(run_dir))))
 
 
 def test_qlora_settings_reach_bitsandbytes(tiny_recipe):
@@ -117,22 +100,37 @@ def test_qlora_settings_reach_bitsandbytes(tiny_recipe):
 def test_4bit_training_on_cpu_is_refused_before_anything_starts(tiny_recipe, tmp_path):
     path = tiny_recipe(model={"quantization": "4bit"})
     with pytest.raises(RecipeError) as err:
-        _train(path)
+        train_from(path)
     assert str(err.value).startswith(
         f"1 recipe problem:\n  {path}: model.quantization: 4-bit (QLoRA) training needs a CUDA GPU"
     )
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.fixture(scope="module")
+def first_batch(tmp_path_factory, tiny_model_dir):
+    """The first training batch of a 1-step run in a layout ("padded", "packing" or
+    "padding_free") and the run: (batch, run_dir), each layout trained once for the module."""
+    make = tiny_recipe_factory(tmp_path_factory.mktemp("layouts"), tiny_model_dir)
+    runs = {}
+
+    def get(layout: str):
+        if layout not in runs:
+            snap = Snapshot()
+            flags = {"packing": layout == "packing", "padding_free": layout == "padding_free"}
+            run = train_from(make(layout, train={"max_steps": 1, **flags}), callbacks=[snap])
+            runs[layout] = snap.batch, run.run_dir
+        return runs[layout]
+
+    return get
+
+
 @pytest.mark.parametrize("layout", ["padded", "packing", "padding_free"])
-def test_prompt_tokens_are_masked_and_answer_tokens_are_not(tiny_recipe, layout):
+def test_prompt_tokens_are_masked_and_answer_tokens_are_not(first_batch, layout):
     from transformers import AutoTokenizer
 
-    snap = Snapshot()
-    flags = {"packing": layout == "packing", "padding_free": layout == "padding_free"}
-    result = _train(tiny_recipe(train={"max_steps": 1, **flags}), callbacks=[snap])
-    tok = AutoTokenizer.from_pretrained(result.run_dir / "adapter")
-    batch = snap.batch
+    batch, run_dir = first_batch(layout)
+    tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
     rows = (
         _segments(batch)
         if layout != "padded"
@@ -303,7 +301,7 @@ def test_gradient_accumulation_gives_the_gradient_of_the_whole_batch(tiny_recipe
                 "max_grad_norm": 1e9,
             }
         )
-        _train(path, callbacks=[snap])
+        train_from(path, callbacks=[snap])
         grads.append(snap.grads)
     assert any(g.abs().sum() > 0 for g in grads[0].values())
     for other in grads[1:]:
@@ -324,7 +322,7 @@ def test_logged_learning_rates_follow_the_schedule_with_warmup(tiny_recipe, sche
             "save_every": 10,
         }
     )
-    run = _train(path).run_dir
+    run = train_from(path).run_dir
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.01)
     expected_schedule = get_scheduler(
         scheduler, optimizer, num_warmup_steps=3, num_training_steps=10
@@ -334,14 +332,14 @@ def test_logged_learning_rates_follow_the_schedule_with_warmup(tiny_recipe, sche
         expected.append(expected_schedule.get_last_lr()[0])
         optimizer.step()
         expected_schedule.step()
-    logged = [r["train/learning_rate"] for r in read_log(run) if "train/learning_rate" in r]
-    assert logged == pytest.approx(expected, rel=1e-6)
-    assert logged[0] < logged[2]  # warming up
+    rates = logged(run, "train/learning_rate")
+    assert rates == pytest.approx(expected, rel=1e-6)
+    assert rates[0] < rates[2]  # warming up
 
 
 def test_without_completion_only_the_prompt_is_trained_too(tiny_recipe):
     snap = Snapshot()
-    _train(tiny_recipe(train={"max_steps": 1, "completion_only": False}), callbacks=[snap])
+    train_from(tiny_recipe(train={"max_steps": 1, "completion_only": False}), callbacks=[snap])
     labels, mask = snap.batch["labels"], snap.batch["attention_mask"]
     assert torch.equal(labels[mask.bool()], snap.batch["input_ids"][mask.bool()])
 
@@ -349,11 +347,9 @@ def test_without_completion_only_the_prompt_is_trained_too(tiny_recipe):
 @pytest.mark.parametrize(
     "attention", ["sdpa", "eager"]
 )  # eager: `train.attention: auto` in CPU bf16
-def test_packed_examples_attend_only_within_themselves(tiny_recipe, tiny_model_dir, attention):
+def test_packed_examples_attend_only_within_themselves(first_batch, tiny_model_dir, attention):
     """The packed batch the trainer builds gives each example the logits it has on its own."""
-    snap = Snapshot()
-    _train(tiny_recipe(train={"max_steps": 1, "packing": True}), callbacks=[snap])
-    batch = snap.batch
+    batch, _ = first_batch("packing")
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attention)
     model.eval()
@@ -370,10 +366,10 @@ def test_packed_examples_attend_only_within_themselves(tiny_recipe, tiny_model_d
 
 def test_same_recipe_and_seed_give_identical_losses(tiny_recipe):
     path = tiny_recipe(lora={"dropout": 0.1})
-    first, second = _train(path).run_dir, _train(path).run_dir
+    first, second = train_from(path).run_dir, train_from(path).run_dir
     assert first != second
-    assert _losses(first) == _losses(second)
-    assert _losses(first, "eval/loss") == _losses(second, "eval/loss")
+    assert logged(first) == logged(second)
+    assert logged(first, "eval/loss") == logged(second, "eval/loss")
     a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (first, second))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -383,16 +379,19 @@ def test_compiled_decoder_layers_train_to_the_same_losses(tiny_recipe, monkeypat
     compiled_path = tiny_recipe(
         "compiled", train={"max_steps": 3, "eval_every": 3, "save_every": 3, "compile": True}
     )
-    plain = _train(path).run_dir
+    plain = train_from(path).run_dir
     # One graph for every layer and every step, validation passes included (which run eagerly):
     # a second graph would be another cold compile on a user's first run.
     torch._dynamo.reset()
     monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    compiled = _train(compiled_path).run_dir
-    assert len(_losses(plain)) == 3
+    snap = Snapshot()
+    compiled = train_from(compiled_path, callbacks=[snap]).run_dir
+    # Compiled, the adapters train and nothing else moves (the LoRA mode of the test above).
+    _check_only_trainable_moved(snap, compiled, lora=True)
+    assert len(logged(plain)) == 3
     # Inductor fuses float32 ops in another order: equal up to rounding.
-    assert _losses(compiled) == pytest.approx(_losses(plain), rel=1e-4)
-    assert _losses(compiled, "eval/loss") == pytest.approx(_losses(plain, "eval/loss"), rel=1e-4)
+    assert logged(compiled) == pytest.approx(logged(plain), rel=1e-4)
+    assert logged(compiled, "eval/loss") == pytest.approx(logged(plain, "eval/loss"), rel=1e-4)
 
 
 def test_compile_finds_every_decoder_layer(tiny_model_dir):
@@ -442,9 +441,9 @@ def test_the_attention_setting_reaches_the_loaded_model(tiny_recipe):
 
 
 def test_losses_fall_and_the_run_is_complete_with_all_outputs(tiny_recipe):
-    result = _train(tiny_recipe(train={"max_steps": 12}))
+    result = train_from(tiny_recipe(train={"max_steps": 12}))
     run = result.run_dir
-    losses, evals = _losses(run), _losses(run, "eval/loss")
+    losses, evals = logged(run), logged(run, "eval/loss")
     assert losses[-1] < losses[0] and evals[-1] < evals[0]
     assert not run.name.endswith(".partial")
     assert json.loads((run / "provenance.json").read_text())["status"] == "complete"
@@ -467,13 +466,13 @@ def test_losses_fall_and_the_run_is_complete_with_all_outputs(tiny_recipe):
 
 
 def test_adapter_loads_with_peft_and_the_merged_export_gives_the_same_logits(
-    tiny_recipe, tiny_model_dir
+    tiny_run_copy, tiny_model_dir
 ):
     from peft import PeftModel
 
     from finetune.train import export_merged
 
-    run = _train(tiny_recipe()).run_dir
+    run = tiny_run_copy  # the exports are written into the run
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tuned = PeftModel.from_pretrained(base, run / "adapter").eval()
     merged_dir = export_merged(run)
@@ -507,13 +506,13 @@ def test_best_checkpoint_is_kept_when_early_stopping(tiny_recipe):
             "max_grad_norm": 100.0,
         }
     )
-    run = _train(path).run_dir
+    run = train_from(path).run_dir
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["stopped_by"].startswith("early stopping") and summary["steps"] < 40
     best = run / "checkpoints" / f"checkpoint-{summary['best_step']}"
     kept, final = (load_file(d / "adapter_model.safetensors") for d in (best, run / "adapter"))
     assert all(torch.equal(kept[k], final[k]) for k in kept)
-    assert summary["best_eval_loss"] == min(_losses(run, "eval/loss"))
+    assert summary["best_eval_loss"] == min(logged(run, "eval/loss"))
 
 
 def test_a_terminal_gets_a_progress_bar_with_speed_and_eta(tiny_recipe):
@@ -522,95 +521,23 @@ def test_a_terminal_gets_a_progress_bar_with_speed_and_eta(tiny_recipe):
     from rich.console import Console
 
     screen = io.StringIO()
-    _train(tiny_recipe(), console=Console(file=screen, force_terminal=True, width=160))
+    train_from(tiny_recipe(), console=Console(file=screen, force_terminal=True, width=160))
     text = screen.getvalue()
     assert "train" in text and "6/6" in text and "tok/s" in text and "ETA" in text
     assert "training summary" in text
 
 
 def test_time_budget_stops_cleanly_and_saves(tiny_recipe):
-    run = _train(tiny_recipe(train={"max_steps": 500, "budget_minutes": 0.0001})).run_dir
+    run = train_from(tiny_recipe(train={"max_steps": 500, "budget_minutes": 0.0001})).run_dir
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["stopped_by"] == "time budget (train.budget_minutes) at step 1"
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
 
 
-KILLED_RUN = """
-import os, signal, sys
-from transformers import TrainerCallback
-from finetune.recipe import load_recipe
-from finetune.train import train
-
-class KillAt(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == int(sys.argv[2]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-train(load_recipe(sys.argv[1]), recipe_path=sys.argv[1], callbacks=[KillAt()])
-"""
-
-
-def test_resume_after_kill_9_ends_like_an_uninterrupted_run(tiny_recipe, tmp_path):
-    path = tiny_recipe(
-        train={"max_steps": 10, "eval_every": 2, "save_every": 4}, lora={"dropout": 0.1}
-    )
-    killed = subprocess.run(
-        [sys.executable, "-c", KILLED_RUN, str(path), "7"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    (partial,) = (tmp_path / "runs" / "tiny").glob("*.partial")
-    assert last_checkpoint(partial).name == "checkpoint-4"
-    # Step 7 was killed in on_step_end, before its log; steps 5 and 6 were logged past the checkpoint.
-    assert max(r["step"] for r in read_log(partial)) == 6
-
-    resumed = finetune_process("train", "--resume", str(partial), cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    # Without a terminal the progress is one line per log, then the one-screen summary.
-    assert (
-        "step 8/10  loss " in resumed.stderr
-        and " tok/s  elapsed " in resumed.stderr
-        and "ETA" in resumed.stderr
-    )
-    for row in (
-        "training summary",
-        "parameters",
-        "tokens seen",
-        "throughput",
-        "peak memory",
-        "eval loss",
-        "written to",
-    ):
-        assert row in resumed.stderr, row
-    resumed_dir = partial.with_name(partial.name.removesuffix(".partial"))
-    uninterrupted = _train(path).run_dir
-
-    assert [r["step"] for r in read_log(resumed_dir)] == [
-        r["step"] for r in read_log(uninterrupted)
-    ]
-    for key in ("train/loss", "eval/loss"):
-        assert _losses(resumed_dir, key) == pytest.approx(_losses(uninterrupted, key), abs=1e-6)
-    a, b = (
-        load_file(d / "adapter" / "adapter_model.safetensors") for d in (resumed_dir, uninterrupted)
-    )
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-6)
-    provenance = json.loads((resumed_dir / "provenance.json").read_text())
-    assert provenance["status"] == "complete" and len(provenance["resumed"]) == 1
-
-
-class FailAt(TrainerCallback):
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 3:
-            raise RuntimeError("injected failure")
-
-
 def test_a_failed_run_stays_partial_and_resume_checks_the_prompt_format(tiny_recipe, tmp_path):
     path = tiny_recipe()
     with pytest.raises(RuntimeError, match="injected failure"):
-        _train(path, callbacks=[FailAt()])
+        train_from(path, callbacks=[FailAt(3)])
     (partial,) = (tmp_path / "runs" / "tiny").glob("*.partial")
     provenance = json.loads((partial / "provenance.json").read_text())
     assert provenance["status"] == "failed" and "injected failure" in provenance["error"]
@@ -633,14 +560,14 @@ def test_a_failed_run_stays_partial_and_resume_checks_the_prompt_format(tiny_rec
 
 def test_wandb_offline_files_hold_the_same_losses_as_the_jsonl_log(tiny_recipe, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", PLANTED_KEY)
-    run = _train(
+    run = train_from(
         tiny_recipe(tracking={"wandb": {"mode": "offline", "project": "tiny-test"}})
     ).run_dir
     logged_run = read_run(run)
     history, config = logged_run["history"], logged_run["config"]
-    logged = [(r["_step"], r["train/loss"]) for r in history if "train/loss" in r]
-    assert logged == [(r["step"], r["train/loss"]) for r in read_log(run) if "train/loss" in r]
-    assert [r["eval/loss"] for r in history if "eval/loss" in r] == _losses(run, "eval/loss")
+    in_wandb = [(r["_step"], r["train/loss"]) for r in history if "train/loss" in r]
+    assert in_wandb == [(r["step"], r["train/loss"]) for r in read_log(run) if "train/loss" in r]
+    assert [r["eval/loss"] for r in history if "eval/loss" in r] == logged(run, "eval/loss")
     assert any("train/learning_rate" in r and "train/tokens_per_second" in r for r in history)
     assert config == yaml.safe_load((run / "recipe.yaml").read_text())  # the resolved recipe
     assert any("train/loss_curve/_type" in r for r in history)
@@ -656,18 +583,19 @@ def test_wandb_offline_files_hold_the_same_losses_as_the_jsonl_log(tiny_recipe, 
 def test_online_without_a_key_falls_back_to_offline(tiny_recipe, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    run = _train(
+    run = train_from(
         tiny_recipe(train={"max_steps": 1}, tracking={"wandb": {"mode": "online"}})
     ).run_dir
     assert list((run / "wandb").glob("offline-run-*/run-*.wandb"))
 
 
-def test_cli_resume_refuses_a_complete_run_and_extra_recipe(tiny_recipe, tmp_path):
+def test_cli_resume_refuses_a_complete_run_and_extra_recipe(tiny_recipe, tiny_run_copy, tmp_path):
     from typer.testing import CliRunner
 
     from finetune.cli import app
 
-    run = _train(tiny_recipe(train={"max_steps": 1})).run_dir
+    tiny_recipe()  # tmp_path/tiny.yaml, the extra recipe
+    run = tiny_run_copy
     result = CliRunner().invoke(app, ["train", "--resume", str(run)])
     assert (
         result.exit_code != 0

@@ -732,3 +732,13 @@ def test_a_specialist_no_better_than_the_floor_is_not_deployed():
         "accuracy than always answering 'fresh'; the specialist is significantly better than 2 "
         "of 3 baselines on accuracy (no significant difference from qwen2.5-0.5b zero-shot)."
     )
+
+
+def test_a_runner_up_far_below_the_deployed_system_reads_as_a_fraction():
+    from finetune.report.verdict import _share
+
+    assert [_share(0.0000025, 0.0055), _share(3.91, 1.0), _share(0.26, 1.0)] == [
+        "1/2,200",
+        "3.91x",
+        "0.26x",
+    ]

@@ -412,8 +412,16 @@ def _runner_up_text(results: dict[str, Any], choice: Recommendation, label: str)
     ):
         mine, theirs = getattr(best, attr), getattr(other, attr)
         if mine and theirs is not None:
-            parts.append(f"{fmt.ratio(theirs, mine)} {what}, {show(theirs)}")
+            parts.append(f"{_share(theirs, mine)} {what}, {show(theirs)}")
     return f"; runner-up: {_called(results, other)} ({'; '.join(parts)})"
+
+
+def _share(value: float, reference: float) -> str:
+    """`3.91x`, or `1/2,200` where the value is under a tenth of the reference (`0.00x` says
+    nothing)."""
+    if value and value / reference < 0.1:
+        return f"1/{fmt.factor(reference / value)}"
+    return fmt.ratio(value, reference)
 
 
 def _ruled_out(

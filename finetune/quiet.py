@@ -3,8 +3,8 @@
 Each entry is a message a user can do nothing about. `apply()` installs the warning filters
 and the library log levels in this process and writes the filters into `PYTHONWARNINGS`, so
 every child the workbench starts (memory-alone processes, Ray workers, the llama.cpp server)
-starts with them too. The CLI calls it first; the test suite calls it from conftest.py and
-fails on any other library line on a command's stderr.
+starts with them too. The CLI calls it first; the test suite hands `warning_options()` to
+pytest's own filters (conftest.py) and fails on any other library line on a command's stderr.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ LOGGERS = {
 }
 
 
+def warning_options() -> list[str]:
+    """Every entry in `-W` form, for PYTHONWARNINGS and pytest's `filterwarnings`."""
+    return [_option(quiet) for quiet in WARNINGS]
+
+
 def _option(quiet: Quiet) -> str:
     """The `-W` / PYTHONWARNINGS form: `ignore:MESSAGE:CATEGORY`."""
     if any(c in quiet.message for c in ":,"):
@@ -58,7 +63,7 @@ def apply() -> None:
     for quiet in WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(quiet.message), category=quiet.category)
     options = [o for o in os.environ.get("PYTHONWARNINGS", "").split(",") if o]
-    options += [o for o in map(_option, WARNINGS) if o not in options]
+    options += [o for o in warning_options() if o not in options]
     os.environ["PYTHONWARNINGS"] = ",".join(options)
     for name, level in LOGGERS.items():
         logging.getLogger(name).setLevel(level)

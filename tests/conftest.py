@@ -29,6 +29,14 @@ if TYPE_CHECKING:
 # The workbench's one list of library noise, for the tests' processes and their children.
 quiet.apply()
 
+
+def pytest_configure(config):
+    # pytest runs each test (and collection) under filters of its own, which drop those set at
+    # import: the same list goes into its `filterwarnings` too.
+    for option in quiet.warning_options():
+        config.addinivalue_line("filterwarnings", option)
+
+
 REPO = Path(__file__).resolve().parent.parent
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"

@@ -14,6 +14,7 @@ from conftest import MINIMAL_RECIPE, REPO, finetune_process
 from finetune.evaluate import remote
 from finetune.evaluate.causal import system_format
 from finetune.evaluate.systems import SPECIALIST, System, sees_label_list
+from finetune.labels import unnamed_labels
 from finetune.prompts import (
     lists_labels,
     prompt_format,
@@ -22,7 +23,7 @@ from finetune.prompts import (
     untrained_instruction,
 )
 from finetune.recipe import load_recipe
-from finetune.recipe.schema import TaskConfig, unnamed_labels
+from finetune.recipe.schema import TaskConfig
 from finetune.report.document import label_list_text
 
 TOPICS = ["business", "entertainment", "politics", "sport", "tech"]

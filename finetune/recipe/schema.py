@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from finetune.labels import unnamed_labels
+
 TaskType = Literal["classification", "extraction", "qa"]
 
 
@@ -873,20 +875,6 @@ def _template_problems(template: str) -> list[tuple[str, str]]:
     if "input" not in fields:
         return [("task.template", "must contain {input}, where each example's text goes")]
     return []
-
-
-def unnamed_labels(task: TaskConfig) -> list[str]:
-    """The labels a classification task's instruction does not name, as whole words in any case:
-    a model prompted with it alone is never told it may answer them."""
-    import re
-
-    if task.type != "classification":
-        return []
-    return [
-        label
-        for label in task.labels
-        if not re.search(rf"(?<!\w){re.escape(label)}(?!\w)", task.instruction, re.IGNORECASE)
-    ]
 
 
 def recipe_warnings(recipe: Recipe) -> list[tuple[str, str]]:

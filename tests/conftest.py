@@ -430,3 +430,19 @@ def screenshot(report_dir: Path, out: Path) -> tuple[int, int]:
     header = out.read_bytes()[:24]
     assert header.startswith(b"\x89PNG\r\n\x1a\n")
     return struct.unpack(">II", header[16:24])  # the IHDR chunk
+
+
+@pytest.fixture(scope="module")
+def chat_tok(tiny_model_dir):
+    """The tiny model's tokenizer, which has a chat template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def plain_tok(tiny_plain_model_dir):
+    """A tiny tokenizer without a chat template."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_plain_model_dir)

@@ -148,20 +148,6 @@ def test_the_instruction_an_untrained_system_reads(instruction, list_labels, exp
     assert untrained_instruction(task) == (expected or instruction)
 
 
-@pytest.fixture(scope="module")
-def chat_tok(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def plain_tok(tiny_plain_model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_plain_model_dir)
-
-
 TASK = TaskConfig(type="classification", labels=["fresh", "rotten"], instruction="Sentiment?")
 FRESH_OR_ROTTEN = "Answer with one of these labels:\n- fresh\n- rotten"
 

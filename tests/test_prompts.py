@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 from finetune.errors import FinetuneError
 from finetune.prompts import (
@@ -17,16 +16,6 @@ from finetune.prompts import (
 from finetune.recipe.schema import TaskConfig
 
 TASK = TaskConfig(type="classification", labels=["fresh", "rotten"], instruction="Sentiment?")
-
-
-@pytest.fixture(scope="module")
-def chat_tok(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def plain_tok(tiny_plain_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_plain_model_dir)
 
 
 def test_chat_format_puts_instruction_and_input_in_the_user_turn(chat_tok):

@@ -29,10 +29,12 @@ from finetune.train import last_checkpoint, train
 from finetune.train.callbacks import SEAL_FILE, read_log
 
 
-def faulty_run(recipe_path: Path, kill_step: int, where: str, resume: Path | None) -> None:
-    """A training process that SIGKILLs itself: at the end of a step ("step"), or half-way
-    through writing a checkpoint's trainer_state.json ("checkpoint"), optionally resuming a run
-    first. Run in a process of its own (`in_warm_process`)."""
+def faulty_run(
+    recipe_path: Path, kill_step: int, where: str, resume: Path | None, cwd: Path
+) -> None:
+    """A training process in `cwd` that SIGKILLs itself: at the end of a step ("step"), or
+    half-way through writing a checkpoint's trainer_state.json ("checkpoint"), optionally
+    resuming a run first. Run in a process of its own (`in_warm_process`)."""
     from transformers import TrainerCallback
     from transformers.trainer_callback import TrainerState
 
@@ -52,13 +54,14 @@ def faulty_run(recipe_path: Path, kill_step: int, where: str, resume: Path | Non
         save_state(self, path)
 
     TrainerState.save_to_json = torn_save
+    os.chdir(cwd)
     recipe = load_recipe(recipe_path)
     train(recipe, recipe_path=recipe_path, resume=resume, callbacks=[KillAtStepEnd()])
 
 
 def _killed(tmp_path: Path, recipe: Path, step: int, where: str, resume: Path | None = None):
     log = tmp_path / f"killed-{where}-{step}.log"
-    code = in_warm_process(faulty_run, recipe, step, where, resume, log=log)
+    code = in_warm_process(faulty_run, recipe, step, where, resume, tmp_path, log=log)
     assert code == -signal.SIGKILL, log.read_text()[-3000:]
     (partial,) = (tmp_path / "runs" / "tiny").glob("*.partial")
     assert not is_complete(partial)

@@ -287,7 +287,7 @@ def serve(
     quiet.progress_bars_off()
     import time
 
-    from finetune.evaluate.llama_server import llama_server
+    from finetune.deploy.llama_server import llama_server
     from finetune.models import gguf_as_shipped
 
     path = gguf_as_shipped(model, key="model")

@@ -17,9 +17,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from finetune.data import load_split
 from finetune.evaluate import evaluate
-from finetune.evaluate.metrics import compute
 from finetune.models import config_role, model_role
 from finetune.recipe import RecipeError, load_recipe
+from finetune.tasks.metrics import compute
 from finetune.train import export_merged, last_checkpoint, train
 from finetune.train.callbacks import read_log
 

@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from finetune.errors import FinetuneError
-from finetune.evaluate.endpoint import (
+from finetune.systems.endpoint_client import (
     PROBE_TEXT,
     EndpointClient,
     EndpointSettings,
@@ -514,8 +514,8 @@ def test_an_endpoint_that_refuses_the_key_stops_the_evaluation_before_any_system
 def test_the_shipped_api_recipe_stops_before_anything_when_its_key_is_unset(monkeypatch, tmp_path):
     from conftest import REPO
 
-    from finetune.evaluate.systems import check_all
     from finetune.recipe import load_recipe
+    from finetune.systems.registry import check_all
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     recipe = load_recipe(REPO / "recipes" / "rt-sentiment-gpt4o-mini.yaml")

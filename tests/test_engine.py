@@ -22,7 +22,7 @@ REGISTRY_NAME = "smollm2-135m-instruct"
 def served(gguf):
     from llama_cpp import Llama
 
-    from finetune.evaluate.engine import Served
+    from finetune.systems.engine import Served
 
     return Served(
         Llama(str(gguf), n_ctx=512, n_threads=2, verbose=False), "eval.baselines.0.engine"
@@ -31,7 +31,7 @@ def served(gguf):
 
 @pytest.fixture(scope="module")
 def tokenizer(gguf):
-    from finetune.evaluate.engine import _tokenizer
+    from finetune.systems.engine import _tokenizer
 
     return _tokenizer(gguf)
 
@@ -55,7 +55,7 @@ def _recipe(task_type: str = "classification", labels=("positive", "negative"), 
 
 
 def _prompts(tokenizer, texts):
-    from finetune.prompts import encode, prompt_format
+    from finetune.tasks.prompts import encode, prompt_format
 
     fmt = prompt_format(
         tokenizer, SimpleNamespace(instruction="Sentiment?", template="{text}"), "chat"
@@ -72,8 +72,8 @@ TEXTS = [
 
 
 def test_label_logprobs_equal_llama_cpps_own_logits_at_every_position(gguf, served, tokenizer):
-    from finetune.evaluate.engine import Engine
-    from finetune.evaluate.scoring import label_token_ids
+    from finetune.models.scoring import label_token_ids
+    from finetune.systems.engine import Engine
 
     # "very positive" is several tokens: scored one token at a time after the prompt.
     recipe = _recipe(labels=("positive", "negative", "very positive"))
@@ -97,9 +97,9 @@ def test_label_logprobs_are_close_to_the_dequantized_model_in_transformers(serve
     activations against Q4 weights) against float32 on de-quantized weights."""
     import torch
 
-    from finetune.evaluate.engine import Engine
-    from finetune.evaluate.scoring import LabelScorer, label_token_ids
     from finetune.models import load_language_model, resolve
+    from finetune.models.scoring import LabelScorer, label_token_ids
+    from finetune.systems.engine import Engine
 
     recipe = _recipe()
     fmt, prompts = _prompts(tokenizer, TEXTS)
@@ -119,7 +119,7 @@ def test_label_logprobs_are_close_to_the_dequantized_model_in_transformers(serve
 def test_greedy_answers_equal_llama_cpp_pythons_own_greedy_completion(gguf, served, tokenizer):
     from llama_cpp import Llama
 
-    from finetune.evaluate.engine import Engine
+    from finetune.systems.engine import Engine
 
     recipe = _recipe("qa", labels=())
     fmt, prompts = _prompts(tokenizer, ["What is the capital of France?", "Name a colour."])

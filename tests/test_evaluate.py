@@ -18,11 +18,11 @@ from test_scoring import direct_logprob
 from finetune.data import load_split
 from finetune.errors import FinetuneError
 from finetune.evaluate import evaluate
-from finetune.evaluate.causal import draw_shots
-from finetune.evaluate.metrics import compute
-from finetune.evaluate.scoring import label_token_ids
-from finetune.prompts import PromptFormat, encode, untrained_format
+from finetune.models.scoring import label_token_ids
 from finetune.recipe import load_recipe
+from finetune.systems.causal_lm import draw_shots
+from finetune.tasks.metrics import compute
+from finetune.tasks.prompts import PromptFormat, encode, untrained_format
 from finetune.train import train
 
 LONG_REVIEW = "an endless film " * 60
@@ -104,7 +104,7 @@ def test_a_system_that_cannot_be_measured_alone_is_named_and_the_rest_go_on(eval
     from types import SimpleNamespace
 
     from finetune.evaluate.memory import measured_alone
-    from finetune.evaluate.systems import System
+    from finetune.systems.base import System
 
     recipe, _, run_dir, _, _ = evaluated
     ghost = SimpleNamespace(system=System("ghost", "baseline", "run", kind="run"), key="run:ghost")
@@ -415,7 +415,7 @@ def test_a_bf16_specialist_is_merged_in_float32_and_rounded_once(evaluated):
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from finetune.evaluate.systems import loaded_model
+    from finetune.systems.pool import loaded_model
 
     recipe, path, run_dir, _, _ = evaluated
     bf16 = load_recipe(path, ["model.dtype=bfloat16"])

@@ -393,8 +393,8 @@ def test_the_combined_report_has_the_leaderboard_curve_crossover_and_recommendat
 ):
     from conftest import run_cli
 
-    from finetune.evaluate.stats import mcnemar_exact
     from finetune.experiment import load_experiment
+    from finetune.stats import mcnemar_exact
 
     fast = {
         "tfidf": {"enabled": False},

@@ -11,20 +11,21 @@ from types import SimpleNamespace
 import pytest
 from conftest import MINIMAL_RECIPE, REPO, finetune_process
 
-from finetune.evaluate import remote
-from finetune.evaluate.causal import system_format
-from finetune.evaluate.systems import SPECIALIST, System, sees_label_list
-from finetune.labels import unnamed_labels
-from finetune.prompts import (
+from finetune.recipe import load_recipe
+from finetune.recipe.schema import TaskConfig
+from finetune.report.document import label_list_text
+from finetune.systems import endpoint as remote
+from finetune.systems.base import SPECIALIST, System
+from finetune.systems.causal_lm import system_format
+from finetune.systems.registry import sees_label_list
+from finetune.tasks.labels import unnamed_labels
+from finetune.tasks.prompts import (
     lists_labels,
     prompt_format,
     render_prompt,
     untrained_format,
     untrained_instruction,
 )
-from finetune.recipe import load_recipe
-from finetune.recipe.schema import TaskConfig
-from finetune.report.document import label_list_text
 
 TOPICS = ["business", "entertainment", "politics", "sport", "tech"]
 LISTED = (

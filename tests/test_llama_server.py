@@ -17,7 +17,7 @@ KEY_ENV = "LLAMA_SERVER_TEST_KEY"  # the server checks no key; the endpoint path
 
 @pytest.fixture(scope="module")
 def server(gguf):
-    from finetune.evaluate.llama_server import llama_server
+    from finetune.deploy.llama_server import llama_server
 
     with llama_server(gguf, context=1024, threads=2, alias="smollm2") as url:
         yield url
@@ -28,7 +28,7 @@ def local(gguf):
     """The same GGUF in process, and its tokenizer."""
     from llama_cpp import Llama
 
-    from finetune.evaluate.engine import Served, _tokenizer
+    from finetune.systems.engine import Served, _tokenizer
 
     return Served(Llama(str(gguf), n_ctx=1024, n_threads=2, verbose=False), "x"), _tokenizer(gguf)
 
@@ -55,7 +55,7 @@ def _evaluated(tiny_recipe, run, monkeypatch, tmp_path, server, scoring: str):
 def _user_turn(recipe, text: str) -> dict[str, str]:
     """The endpoint's one user turn: the instruction an untrained system reads (with the label
     list: the tiny recipe's "Sentiment?" names no label), then the text."""
-    from finetune.prompts import untrained_instruction
+    from finetune.tasks.prompts import untrained_instruction
 
     return {"role": "user", "content": f"{untrained_instruction(recipe.task)}\n\n{text}"}
 
@@ -70,7 +70,7 @@ def _chat_ids(tokenizer, recipe, text: str) -> list[int]:
 def test_auto_scores_by_top_logprobs_equal_to_llama_cpps_own_next_token_distribution(
     tiny_recipe, tiny_run_copy, monkeypatch, tmp_path, server, local
 ):
-    from finetune.evaluate.endpoint import top_logprob_scores
+    from finetune.systems.endpoint_client import top_logprob_scores
 
     recipe, system, predictions = _evaluated(
         tiny_recipe, tiny_run_copy, monkeypatch, tmp_path, server, "auto"
@@ -113,7 +113,7 @@ def test_generate_answers_equal_llama_cpps_own_greedy_chat_completion(
 def test_the_probe_refuses_echoed_logprobs_that_are_one_position_late(
     server, local, tmp_path, monkeypatch
 ):
-    from finetune.evaluate.endpoint import (
+    from finetune.systems.endpoint_client import (
         PROBE_TEXT,
         EndpointClient,
         EndpointSettings,

@@ -8,16 +8,15 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from finetune.data.bio import decode_bio
-from finetune.evaluate.metrics import (
+from finetune.tasks.entities import locate, parse_entities
+from finetune.tasks.metrics import (
     DEFAULT_METRICS,
     METRICS,
     compute,
     confusion_matrix,
     indexed_metric,
     item_scores,
-    locate,
     metric_names,
-    parse_entities,
     per_class,
     unknown_metric_message,
 )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from finetune.errors import FinetuneError
-from finetune.prompts import (
+from finetune.recipe.schema import TaskConfig
+from finetune.tasks.prompts import (
     PromptFormat,
     completion_text,
     encode,
@@ -13,7 +14,6 @@ from finetune.prompts import (
     render_prompt,
     target_text,
 )
-from finetune.recipe.schema import TaskConfig
 
 TASK = TaskConfig(type="classification", labels=["fresh", "rotten"], instruction="Sentiment?")
 

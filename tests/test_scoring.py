@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from finetune.evaluate.scoring import (
+from finetune.models.scoring import (
     LabelScorer,
     generate_answers,
     label_token_ids,
     shared_prefix_length,
 )
-from finetune.prompts import PromptFormat, encode, prompt_format
+from finetune.tasks.prompts import PromptFormat, encode, prompt_format
 
 LABELS = ["fresh", "rotten", "so so"]
 TEXTS = [

@@ -15,19 +15,19 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
 from finetune.data import load_split
-from finetune.evaluate.metrics import compute
-from finetune.evaluate.seq2seq import generate, label_loglikelihoods
-from finetune.heads import head_problems, resolved_head
 from finetune.models import config_role, model_role
-from finetune.prompts import (
+from finetune.models.heads import head_problems, resolved_head
+from finetune.recipe import RecipeError, load_recipe
+from finetune.report import write_report
+from finetune.systems.seq2seq import generate, label_loglikelihoods
+from finetune.tasks.metrics import compute
+from finetune.tasks.prompts import (
     PromptFormat,
     encode,
     encode_target,
     prompt_format,
     untrained_format,
 )
-from finetune.recipe import RecipeError, load_recipe
-from finetune.report import write_report
 from finetune.train.export import export_merged
 
 LABELS = ["fresh", "rotten"]
@@ -357,7 +357,7 @@ def test_the_untuned_base_is_loaded_as_an_encoder_decoder_to_measure_its_memory_
     from types import SimpleNamespace
 
     from finetune.evaluate.memory import measured_alone
-    from finetune.evaluate.systems import System
+    from finetune.systems.base import System
 
     recipe, _, run_dir, _, _ = evaluated
     base = SimpleNamespace(system=System("t5 zero-shot", "baseline", "base"), key="base")

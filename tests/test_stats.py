@@ -9,8 +9,8 @@ import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
 
-from finetune.evaluate.metrics import indexed_metric
-from finetune.evaluate.stats import McNemar, bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
+from finetune.stats import McNemar, bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
+from finetune.tasks.metrics import indexed_metric
 
 
 def _correct(n: int, rate: float, seed: int) -> np.ndarray:
@@ -152,7 +152,7 @@ def test_rank_sum_counts_equal_a_count_over_every_ordering(m, n):
     from collections import Counter
     from itertools import combinations
 
-    from finetune.evaluate.stats import _rank_sum_counts
+    from finetune.stats import _rank_sum_counts
 
     positions = range(m + n)  # the first sample holds `first`, the second the rest
     brute = Counter(
@@ -163,7 +163,7 @@ def test_rank_sum_counts_equal_a_count_over_every_ordering(m, n):
 
 
 def test_the_shift_interval_holds_the_shifts_an_exact_mann_whitney_test_accepts():
-    from finetune.evaluate.stats import shift_interval
+    from finetune.stats import shift_interval
 
     rng = np.random.default_rng(4)
     a, b = rng.normal(1.0, 1.0, 7), rng.normal(0.0, 1.0, 6)

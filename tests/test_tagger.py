@@ -18,10 +18,10 @@ from transformers import AutoModelForTokenClassification, AutoTokenizer
 
 from finetune.data import load_split
 from finetune.evaluate import evaluate
-from finetune.evaluate.metrics import compute
-from finetune.heads import resolved_head
+from finetune.models.heads import resolved_head
 from finetune.recipe import RecipeError, load_recipe
-from finetune.tagging import (
+from finetune.tasks.metrics import compute
+from finetune.tasks.tagging import (
     IGNORED,
     bio_labels,
     decode_tags,

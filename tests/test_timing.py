@@ -18,9 +18,7 @@ from conftest import build_tiny_model, tiny_recipe_factory
 
 from finetune.evaluate import evaluate
 from finetune.evaluate.machine_load import BUSY_CORES, LoadSample, load_between, snapshot
-from finetune.evaluate.stats import median_interval, rounds_for_interval
 from finetune.evaluate.timing import (
-    Measurement,
     Record,
     Target,
     disturbed_rounds,
@@ -32,6 +30,8 @@ from finetune.evaluate.timing import (
 from finetune.recipe import load_recipe
 from finetune.report import verdict
 from finetune.report.verdict import cautions, timing_call
+from finetune.stats import median_interval, rounds_for_interval
+from finetune.systems.base import Measurement
 from finetune.train import train
 
 # Systems are timed as a user's run times them, with compute threads on every core.
@@ -342,7 +342,7 @@ def test_without_the_hog_a_model_of_twice_the_layers_is_called_slower(timed_run)
 
 
 def test_systems_that_do_not_fit_in_memory_load_again_for_every_round(timed_run, monkeypatch):
-    from finetune.evaluate import systems
+    from finetune.systems import pool as systems
 
     path, run_dir, _ = timed_run
     recipe = load_recipe(path, ["eval.timing.rounds=8"])
@@ -363,8 +363,8 @@ def test_systems_that_do_not_fit_in_memory_load_again_for_every_round(timed_run,
 
 
 def test_figures_timed_in_different_evaluations_compare_over_every_pair_of_rounds():
-    from finetune.evaluate.stats import shift_interval
     from finetune.evaluate.timing import unpaired_ratio
+    from finetune.stats import shift_interval
 
     mine = [100.0, 110.0, 105.0, 98.0, 102.0, 101.0, 300.0]
     theirs = [200.0, 190.0, 210.0, 205.0, 195.0, 220.0]

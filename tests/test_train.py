@@ -176,11 +176,11 @@ def _trainer_pair(recipe_path: Path, tiny_model_dir: Path, out: Path):
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from finetune.prompts import prompt_format
+    from finetune.tasks.prompts import prompt_format
+    from finetune.train.causal_lm import sft_config
     from finetune.train.dataset import encode_split
     from finetune.train.loss import SupervisedSFTTrainer
     from finetune.train.model import lora_config
-    from finetune.train.objective import sft_config
 
     recipe = load_recipe(recipe_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -20,7 +20,7 @@ def test_real_model_learns_and_its_adapter_reloads_and_generates(tmp_path):
 
     from finetune.data import load_split
     from finetune.models import resolve
-    from finetune.prompts import PromptFormat, render_prompt
+    from finetune.tasks.prompts import PromptFormat, render_prompt
 
     recipe_path = REPO / "recipes" / "rt-sentiment-smollm2-lora.yaml"
     overrides = [

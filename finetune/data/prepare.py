@@ -133,7 +133,9 @@ def _read_splits(recipe: Recipe) -> tuple[dict[str, list[dict]], list[Rejected],
         facts["notes"] += [f"{k.replace('_', ' ')}: {v}" for k, v in stats.items()] + ds.notes
     else:
         rows = (
-            read_file(source) if Path(source).suffix or Path(source).exists() else read_hub(source)
+            read_file(source)
+            if Path(source).suffix or Path(source).exists()
+            else read_hub(source, BUILTIN)
         )
         examples, rejected = to_examples(rows, recipe)
         facts |= {

@@ -139,15 +139,15 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
         yield RawRow(str(path), index, row)
 
 
-def read_hub(dataset_id: str) -> Iterator[RawRow]:
-    """Rows of every split of a Hub dataset (needs Hub access), concatenated in split order."""
+def read_hub(dataset_id: str, builtin: Iterable[str] = ()) -> Iterator[RawRow]:
+    """Rows of every split of a Hub dataset (needs Hub access), concatenated in split order;
+    `builtin` names the built-in datasets an error suggests instead."""
     import datasets
     from huggingface_hub import constants
 
-    from finetune.data.builtin import BUILTIN
     from finetune.hub import unreachable_reason
 
-    offline = f"Sources that work offline: the built-in datasets ({', '.join(BUILTIN)}; `finetune prepare --list`), a local JSONL, CSV or Parquet file, or (with HF_HUB_OFFLINE=1) a Hub dataset already in the Hugging Face cache"
+    offline = f"Sources that work offline: the built-in datasets ({', '.join(builtin)}; `finetune prepare --list`), a local JSONL, CSV or Parquet file, or (with HF_HUB_OFFLINE=1) a Hub dataset already in the Hugging Face cache"
     reason = (
         None if constants.HF_HUB_OFFLINE else unreachable_reason()
     )  # offline mode reads the cache

@@ -32,22 +32,6 @@ from finetune.data import load_split, prepare
 from finetune.data.read import TARGET_FIELD
 from finetune.errors import FinetuneError
 from finetune.evaluate import memory, reuse, timing
-from finetune.evaluate import metrics as M
-from finetune.evaluate.statistical import majority_label
-from finetune.evaluate.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
-from finetune.evaluate.systems import (
-    Context,
-    Inference,
-    Loaded,
-    ModelPool,
-    Plan,
-    System,
-    check_all,
-    load_groups,
-    loaded_model,
-    sees_label_list,
-    systems_of,
-)
 from finetune.files import write_atomic, write_json
 from finetune.hardware import (
     describe_device,
@@ -57,9 +41,16 @@ from finetune.hardware import (
     weight_dtype_name,
 )
 from finetune.progress import progress as progress_for
-from finetune.prompts import PromptFormat
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import data_fingerprint, is_complete
+from finetune.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
+from finetune.systems.base import Context, Inference, Loaded, Plan, System
+from finetune.systems.pool import ModelPool, loaded_model
+from finetune.systems.registry import check_all, load_groups, sees_label_list, systems_of
+from finetune.systems.tfidf import majority_label
+from finetune.tasks import metrics as M
+from finetune.tasks.entities import locate
+from finetune.tasks.prompts import PromptFormat
 
 log = logging.getLogger(__name__)
 EVAL_DIR = "eval"
@@ -102,7 +93,7 @@ def evaluate(
     check_run(recipe, run_dir)
     items = load_split(recipe, "test")
     texts = [item["text"] for item in items]
-    golds = M.locate(
+    golds = locate(
         recipe.task.type, texts, [item[TARGET_FIELD[recipe.task.type]] for item in items]
     )
     context = Context(run_dir, items, load_split(recipe, "train"))
@@ -145,7 +136,7 @@ def _quality(
                         entry.quality, entry.changed = _quality_entry(outcome), True
                 if entry:
                     kept[system.name] = entry
-                outcome.predictions = M.locate(recipe.task.type, texts, golds, outcome.predictions)
+                outcome.predictions = locate(recipe.task.type, texts, golds, outcome.predictions)
                 plans.append(plan)
                 outcomes.append(outcome)
                 _say(console, recipe, outcome, golds, reused=bool(entry and not entry.changed))

@@ -19,9 +19,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from finetune.evaluate.systems import Context, Plan, System, kind_of
 from finetune.hardware import has_cuda, process_peak_bytes
 from finetune.recipe import Recipe
+from finetune.systems.base import Context, Plan, System
+from finetune.systems.registry import kind_of
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from typing import Any
 
 from finetune.evaluate import timing
 from finetune.evaluate.machine_load import LoadSample
-from finetune.evaluate.systems import SPECIALIST, Context, Loaded, Plan
 from finetune.files import write_json
 from finetune.recipe import Recipe
+from finetune.systems.base import SPECIALIST, Context, Loaded, Plan
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when what an entry holds, or how answers are computed, changes meaning

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.evaluate.machine_load import LoadSample, load_between, snapshot
-from finetune.evaluate.stats import median_interval, shift_interval
+from finetune.stats import median_interval, shift_interval
 
 # A round whose figure is this far from the system's median, or 4 robust standard deviations
 # of all systems' rounds if that is wider, is called out. On an idle 2-core machine here single

@@ -118,7 +118,7 @@ def _evaluated_systems(run: Path) -> set[str] | None:
 
 
 def _systems(recipe: Recipe) -> set[str]:
-    from finetune.evaluate.systems import systems_of
+    from finetune.systems.registry import systems_of
 
     return {s.name for s in systems_of(recipe)}
 

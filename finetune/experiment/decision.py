@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from finetune.evaluate.stats import McNemar, mcnemar_exact
 from finetune.report.decision import Candidate
+from finetune.stats import McNemar, mcnemar_exact
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from finetune.labels import unnamed_labels
+from finetune.tasks.labels import unnamed_labels
 
 TaskType = Literal["classification", "extraction", "qa"]
 
@@ -719,7 +719,7 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
                 f"must be a multiple of train.eval_every so the best checkpoint is kept; found save_every {train.save_every}, eval_every {train.eval_every}",
             )
         )
-    from finetune.evaluate.metrics import unknown_metric_message
+    from finetune.tasks.metrics import unknown_metric_message
 
     for name in recipe.eval.metrics:
         message = unknown_metric_message(recipe.task.type, name)
@@ -738,7 +738,7 @@ def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
 
 def _eval_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """Timing rounds enough for the confidence level; a serving form the weights allow."""
-    from finetune.evaluate.stats import rounds_for_interval
+    from finetune.stats import rounds_for_interval
 
     problems = []
     need = rounds_for_interval(recipe.eval.confidence)
@@ -826,8 +826,8 @@ def _tfidf_problems(recipe: Recipe, names: list[str]) -> list[tuple[str, str]]:
 
 def _head_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """The head the recipe trains must suit its base model and task (`finetune/heads.py`)."""
-    from finetune.heads import head_problems
     from finetune.models import model_role, reference_problem
+    from finetune.models.heads import head_problems
 
     if reference_problem(recipe.model.base):
         return []  # already reported; nothing to tell the head from

@@ -17,10 +17,10 @@ from typing import Any
 
 from finetune.data import PreparedData, load_split
 from finetune.errors import FinetuneError
-from finetune.heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
-from finetune.prompts import text_format
+from finetune.models.heads import SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from finetune.recipe import Recipe
-from finetune.tagging import bio_labels, require_fast
+from finetune.tasks.prompts import text_format
+from finetune.tasks.tagging import bio_labels, require_fast
 from finetune.train.dataset import encode_tagged_split, encode_text_split
 from finetune.train.objective import Splits, checked_splits, explained, seeded_trainer
 

@@ -1,12 +1,12 @@
 """Training and validation examples as token ids, for the trainer of each head.
 
-For a causal LM, examples are encoded with the shared prompt format (`finetune.prompts.encode`)
+For a causal LM, examples are encoded with the shared prompt format (`finetune.tasks.prompts.encode`)
 with a completion mask, so the trainer sees exactly the tokens evaluation will score; TRL's
 SFTTrainer turns the mask into labels (-100 on prompt tokens) and packs when asked. For an
 encoder-decoder, an example is the same prompt as the encoder's input and the answer alone as
-the decoder's labels. For a sequence classifier, an example is its text alone (`finetune.prompts.encode_text`, as
+the decoder's labels. For a sequence classifier, an example is its text alone (`finetune.tasks.prompts.encode_text`, as
 evaluation reads it) and the index of its label in `task.labels`; for a token classifier, its
-words tagged in IOB2 with the first sub-word token of each labelled (`finetune.tagging`). The
+words tagged in IOB2 with the first sub-word token of each labelled (`finetune.tasks.tagging`). The
 validation split is
 ordered longest first, so its batches carry little padding (validation loss is a mean over
 fixed examples: their order only groups them).
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.data import load_split
-from finetune.prompts import PromptFormat, encode, encode_target, encode_text, target_text
 from finetune.recipe import Recipe
+from finetune.tasks.prompts import PromptFormat, encode, encode_target, encode_text, target_text
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def encode_tagged_split(
     recipe: Recipe, split: str, tokenizer: Any, labels: list[str]
 ) -> EncodedSplit | None:
     """The split's texts with a label per token (`tagging.encode_tagged`); None when empty."""
-    from finetune.tagging import encode_tagged, word_tags, words
+    from finetune.tasks.tagging import encode_tagged, word_tags, words
 
     rows = load_split(recipe, split)
     if not rows:

@@ -14,11 +14,11 @@ from functools import partial
 from pathlib import Path
 
 from finetune.errors import FinetuneError
-from finetune.heads import CLASSIFIER_HEADS, HEAD_FILE, run_head, run_labels
 from finetune.models import load_classifier, load_language_model, resolve
-from finetune.prompts import PROMPT_FILE
+from finetune.models.heads import CLASSIFIER_HEADS, HEAD_FILE, run_head, run_labels
 from finetune.recipe import load_recipe
 from finetune.runs import check_same_base
+from finetune.tasks.prompts import PROMPT_FILE
 
 
 def export_merged(

@@ -96,7 +96,7 @@ class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
 
     def _shared_validation_prefix(self, data: Any) -> list[int]:
         """The tokens every validation example starts with, short of the first supervised one."""
-        from finetune.evaluate.scoring import shared_prefix_length
+        from finetune.models.scoring import shared_prefix_length
 
         if data is None or isinstance(data, dict) or "input_ids" not in data.column_names:
             return []
@@ -131,7 +131,7 @@ class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
         """The batch past the shared prefix, with the prefix's key/value cache for every row."""
         import torch
 
-        from finetune.evaluate.scoring import expanded_cache
+        from finetune.models.scoring import expanded_cache
 
         ids = inputs["input_ids"]
         if self._eval_cache is None:

@@ -14,14 +14,14 @@ from typing import Any
 
 from finetune.deps import require
 from finetune.hardware import training_attention, use_bf16_autocast, weight_dtype
-from finetune.heads import (
+from finetune.models import ModelSource, load_classifier, load_language_model, source_role
+from finetune.models.heads import (
     CAUSAL_LM,
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
     head_problems,
     resolved_head,
 )
-from finetune.models import ModelSource, load_classifier, load_language_model, source_role
 from finetune.recipe import Problem, Recipe, RecipeError
 
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
-"""What each head learns from and which Trainer teaches it: one objective per head.
+"""What each head learns from and which Trainer teaches it: the interface every objective
+implements, and what they share; one module per objective, picked by head in `trainer.py`.
 
 `train()` (trainer.py) runs one flow for every head: data, run directory, checkpoints and
 resume, tracking, callbacks, outputs and summary. What differs sits behind `Objective`: how
 examples become tokens (`encode`) and which Trainer trains which model (`build_trainer`).
-`CausalLMObjective` is supervised fine-tuning on prompt + answer with TRL's SFTTrainer;
-`Seq2SeqObjective` (seq2seq.py) an encoder-decoder that reads the prompt and writes the answer;
+`CausalLMObjective` (causal_lm.py) is supervised fine-tuning on prompt + answer with TRL's
+SFTTrainer; `Seq2SeqObjective` (seq2seq.py) an encoder-decoder that reads the prompt and writes the answer;
 `SequenceClassificationObjective` and `TokenClassificationObjective` (classifier.py) a head
 that classifies the text, or tags its words; these three with transformers' Trainer. All take
 the same training arguments (`common_arguments`).
@@ -19,11 +20,10 @@ from typing import Any, Protocol
 from finetune.data import PreparedData
 from finetune.errors import FinetuneError
 from finetune.hardware import has_cuda, use_bf16_autocast
-from finetune.heads import CAUSAL_LM, SEQ2SEQ_LM, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
 from finetune.models import ModelSource
-from finetune.prompts import PromptFormat, prompt_format
 from finetune.recipe import Recipe
-from finetune.train.dataset import EncodedSplit, encode_split
+from finetune.tasks.prompts import PromptFormat
+from finetune.train.dataset import EncodedSplit
 
 
 @dataclass(frozen=True)
@@ -55,21 +55,6 @@ class Objective(Protocol):
         ...
 
 
-def objective_for(head: str) -> Objective:
-    from finetune.train.classifier import (
-        SequenceClassificationObjective,
-        TokenClassificationObjective,
-    )
-    from finetune.train.seq2seq import Seq2SeqObjective
-
-    return {
-        CAUSAL_LM: CausalLMObjective(),
-        SEQ2SEQ_LM: Seq2SeqObjective(),
-        SEQUENCE_CLASSIFICATION: SequenceClassificationObjective(),
-        TOKEN_CLASSIFICATION: TokenClassificationObjective(),
-    }[head]
-
-
 def checked_splits(
     recipe: Recipe,
     prepared: PreparedData,
@@ -86,61 +71,6 @@ def checked_splits(
             "train.early_stopping_patience needs a validation split; set data.split.validation above 0"
         )
     return Splits(fmt, train, validation, list(labels))
-
-
-class CausalLMObjective:
-    """Prompt + answer in the shared prompt format, the loss on the answer (TRL's SFTTrainer)."""
-
-    head = CAUSAL_LM
-
-    def encode(self, recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> Splits:
-        fmt = prompt_format(tokenizer, recipe.task)
-        train = encode_split(recipe, "train", fmt, tokenizer)
-        validation = encode_split(recipe, "validation", fmt, tokenizer)
-        return checked_splits(recipe, prepared, fmt, train, validation)
-
-    def build_trainer(self, recipe, output_dir, source, tokenizer, splits, callbacks, fresh_start):
-        from transformers import PrinterCallback
-
-        from finetune.train.loss import SupervisedSFTTrainer
-        from finetune.train.model import load_base_for_training, lora_config
-
-        has_eval = splits.validation is not None
-        args = sft_config(recipe, output_dir, has_eval=has_eval, eval_on_start=fresh_start)
-        try:
-            trainer = SupervisedSFTTrainer(
-                model=load_base_for_training(
-                    recipe, source, typical_length=splits.train.typical_length
-                ),
-                args=args,
-                train_dataset=splits.train.dataset,
-                eval_dataset=splits.validation.dataset if has_eval else None,
-                processing_class=tokenizer,
-                peft_config=lora_config(recipe),
-                callbacks=callbacks,
-            )
-        except ValueError as exc:
-            raise explained(exc) from exc
-        trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
-        return trainer
-
-
-def sft_config(
-    recipe: Recipe, output_dir: Path, *, has_eval: bool, eval_on_start: bool = True
-) -> Any:
-    """TRL's SFTConfig for the recipe. Every TRL default that differs on CPU is set explicitly."""
-    from trl import SFTConfig
-
-    t = recipe.train
-    return SFTConfig(
-        **common_arguments(recipe, output_dir, has_eval=has_eval, eval_on_start=eval_on_start),
-        # Examples arrive cut to model.max_length (`encode`); TRL refuses a max_length it
-        # would not enforce, which is the case for padding-free batches without packing.
-        max_length=None if t.padding_free and not t.packing else recipe.model.max_length,
-        packing=t.packing,
-        padding_free=t.padding_free,
-        completion_only_loss=t.completion_only,
-    )
 
 
 def common_arguments(

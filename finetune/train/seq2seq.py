@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from finetune.data import PreparedData
-from finetune.heads import SEQ2SEQ_LM
-from finetune.prompts import prompt_format
+from finetune.models.heads import SEQ2SEQ_LM
 from finetune.recipe import Recipe
+from finetune.tasks.prompts import prompt_format
 from finetune.train.dataset import encode_seq2seq_split
 from finetune.train.objective import Splits, checked_splits, explained, seeded_trainer
 

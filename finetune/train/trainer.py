@@ -26,12 +26,18 @@ from finetune.data import PreparedData, prepare
 from finetune.errors import FinetuneError
 from finetune.files import write_json
 from finetune.hardware import has_cuda, peak_memory_bytes, weight_dtype
-from finetune.heads import save_head
 from finetune.models import ModelSource, check_fits, load_tokenizer, resolve
-from finetune.prompts import PROMPT_FILE, PromptFormat
+from finetune.models.heads import (
+    CAUSAL_LM,
+    SEQ2SEQ_LM,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    save_head,
+)
 from finetune.recipe import Recipe, recipe_to_dict
 from finetune.recipe.machine import check_trainable_here
 from finetune.runs import PARTIAL_SUFFIX, Run, record_inputs, reopen_run, start_run
+from finetune.tasks.prompts import PROMPT_FILE, PromptFormat
 from finetune.tracking import Tracker, open_tracker
 from finetune.train.callbacks import (
     SEAL_FILE,
@@ -42,14 +48,20 @@ from finetune.train.callbacks import (
     read_log,
     truncate_log,
 )
+from finetune.train.causal_lm import CausalLMObjective
+from finetune.train.classifier import (
+    SequenceClassificationObjective,
+    TokenClassificationObjective,
+)
 from finetune.train.model import (
     adapter_inputs_kept,
     compile_decoder_layers,
     parameter_counts,
     trained_head,
 )
-from finetune.train.objective import Objective, Splits, objective_for
+from finetune.train.objective import Objective, Splits
 from finetune.train.outputs import SUMMARY_FILE, plot_loss_curve, print_summary, save_outputs
+from finetune.train.seq2seq import Seq2SeqObjective
 
 log = logging.getLogger("finetune.train")
 CHECKPOINTS = "checkpoints"
@@ -59,6 +71,15 @@ CHECKPOINTS = "checkpoints"
 class TrainResult:
     run_dir: Path
     summary: dict[str, Any]
+
+
+def objective_for(head: str) -> Objective:
+    return {
+        CAUSAL_LM: CausalLMObjective(),
+        SEQ2SEQ_LM: Seq2SeqObjective(),
+        SEQUENCE_CLASSIFICATION: SequenceClassificationObjective(),
+        TOKEN_CLASSIFICATION: TokenClassificationObjective(),
+    }[head]
 
 
 def train(

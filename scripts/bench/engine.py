@@ -94,10 +94,10 @@ def general_model(args: dict[str, Any]) -> dict[str, Any]:
     `model` on one backend, as the evaluator runs a zero-shot baseline (its chat prompt, shared
     prefix, `batch` items a pass): label scores for classification, greedy answers otherwise."""
     from finetune.data import load_split
-    from finetune.evaluate.causal import CausalLM, _encode_items
-    from finetune.evaluate.engine import Engine
-    from finetune.prompts import prompt_format
     from finetune.recipe import load_recipe
+    from finetune.systems.causal_lm import CausalLM, _encode_items
+    from finetune.systems.engine import Engine
+    from finetune.tasks.prompts import prompt_format
 
     engine = args["backend"] == "engine"
     baseline = (

@@ -128,10 +128,10 @@ def serving_forms(args: dict[str, Any]) -> dict[str, Any]:
 def _prompts(run_dir: Path, count: int):
     """The run's first `count` test items as prompts, their golds, and a label scorer."""
     from finetune.data import load_split
-    from finetune.evaluate.scoring import LabelScorer, label_token_ids
     from finetune.models import load_tokenizer, resolve
-    from finetune.prompts import PromptFormat, encode
+    from finetune.models.scoring import LabelScorer, label_token_ids
     from finetune.recipe import load_recipe
+    from finetune.tasks.prompts import PromptFormat, encode
 
     recipe = load_recipe(run_dir / "recipe.yaml")
     fmt = PromptFormat.load(run_dir)
@@ -171,14 +171,8 @@ def _timed(models, prompts, scorer, args) -> dict[str, Any]:
     """The evaluator's timing rounds over the forms; ratios to the bf16 base, paired by round."""
     import time
 
-    from finetune.evaluate.timing import (
-        Measurement,
-        Target,
-        figures_by_round,
-        paired_ratio,
-        run_rounds,
-        summary,
-    )
+    from finetune.evaluate.timing import Target, figures_by_round, paired_ratio, run_rounds, summary
+    from finetune.systems.base import Measurement
 
     def target(name, model):
         def measure():

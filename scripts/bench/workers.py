@@ -54,7 +54,7 @@ def _peft_model(base: str, adapter: str | None) -> Any:
 def _encoded(run_dir: str, rows: list[dict[str, Any]], max_length: int) -> list[Any]:
     from transformers import AutoTokenizer
 
-    from finetune.prompts import PromptFormat, encode
+    from finetune.tasks.prompts import PromptFormat, encode
 
     fmt = PromptFormat.load(run_dir)
     tokenizer = AutoTokenizer.from_pretrained(Path(run_dir) / "adapter")
@@ -147,7 +147,7 @@ def _lm_eval_docs(args: dict[str, Any]) -> list[dict[str, Any]]:
     """The test items as lm-eval documents: the workbench's exact prompt text, the labels as choices."""
     from transformers import AutoTokenizer
 
-    from finetune.prompts import PromptFormat, render_prompt
+    from finetune.tasks.prompts import PromptFormat, render_prompt
 
     fmt = PromptFormat.load(args["prompt_run"])
     tokenizer = AutoTokenizer.from_pretrained(Path(args["prompt_run"]) / "adapter")

@@ -43,8 +43,8 @@ def word_tags(text: str, entities: list[dict], spans: list[tuple[int, int]]) -> 
     """The IOB2 tag of each word: the entity it overlaps (by character offsets), or `O`.
 
     Entities without offsets are placed at the first occurrence of their text, as the
-    evaluation places them (`metrics.locate`)."""
-    from finetune.evaluate.metrics import locate
+    evaluation places them (`entities.locate`)."""
+    from finetune.tasks.entities import locate
 
     tags = ["O"] * len(spans)
     for entity in locate("extraction", [text], [entities])[0]:

@@ -20,14 +20,24 @@ from typing import Any
 import numpy as np
 
 from finetune.deps import require
-from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System
 from finetune.recipe import Recipe
+from finetune.systems.base import Context, Inference, Kind, Loaded, Plan, System
 
 _FITTED: dict[str, Any] = {}  # the fitted pipeline by training rows and settings, per process
 
 
-class Tfidf:
-    """The `Kind` of the TF-IDF classifier (see `systems.Kind`)."""
+class Tfidf(Kind):
+    """The `Kind` of the TF-IDF classifier, which joins every classification evaluation
+    unless `eval.tfidf.enabled` is off; its key is `tfidf:<name>`."""
+
+    name = "tfidf"
+    general = False
+
+    def extra_systems(self, recipe: Recipe) -> list[System]:
+        tfidf = recipe.eval.tfidf
+        if tfidf.enabled and recipe.task.type == "classification":
+            return [System(tfidf.name, "baseline", "tfidf", kind=self.name)]
+        return []
 
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
         from finetune.data import load_split

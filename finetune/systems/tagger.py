@@ -14,15 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune.evaluate.encoder import Encoder
-from finetune.evaluate.systems import Context, Inference, Plan, System
-from finetune.heads import TOKEN_CLASSIFICATION, run_labels
+from finetune.models.heads import TOKEN_CLASSIFICATION, run_labels
 from finetune.recipe import Recipe
+from finetune.systems.base import Context, Inference, Plan, System
+from finetune.systems.encoder import Encoder
 
 
 class Tagger(Encoder):
-    """The `Kind` of a run's token classifier (see `systems.Kind`); its key is the specialist's."""
+    """The `Kind` of a run's token classifier; its key is the specialist's."""
 
+    name = "tagger"
     head = TOKEN_CLASSIFICATION
     role = "token classifier (IOB2)"
 
@@ -30,7 +31,7 @@ class Tagger(Encoder):
         return run_labels(run_dir)
 
     def plan(self, recipe: Recipe, system: System, key: str, loaded: Any, context: Context) -> Plan:
-        from finetune.tagging import encode_tagged, require_fast
+        from finetune.tasks.tagging import encode_tagged, require_fast
 
         tokenizer = require_fast(loaded.tokenizer, recipe.model.base)
         encoded = [
@@ -60,7 +61,7 @@ class Tagger(Encoder):
 
 
 def _inference(tokenizer: Any, id2label: dict[int, str]) -> Inference:
-    from finetune.tagging import decode_tags, words
+    from finetune.tasks.tagging import decode_tags, words
 
     def tag(model, inputs, batch_size, share_prefix, on_batch=None):
         # No prompt is shared between texts, so `share_prefix` has nothing to reuse.
@@ -94,7 +95,7 @@ def _argmax(model: Any, tokenizer: Any, batch: list[tuple]) -> list[list[int]]:
 
 def _word_tags(text: str, word_ids: list, best: list[int], id2label: dict) -> list[str]:
     """Each word's tag: the label at its first token; `O` for a word the input cut off."""
-    from finetune.tagging import words
+    from finetune.tasks.tagging import words
 
     tags = ["O"] * len(words(text))
     seen = set()

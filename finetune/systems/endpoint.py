@@ -1,7 +1,7 @@
 """The endpoint kind: a model behind an OpenAI-compatible API (a hosted model, `vllm serve`,
 llama.cpp's server) as a baseline, on the same test items with the same instruction and shots.
 
-Requests go through `endpoint.EndpointClient` (retries, cache, rate limit, spend cap). The
+Requests go through `endpoint_client.EndpointClient` (retries, cache, rate limit, spend cap). The
 prompt is the chat form every local chat model gets: the instruction (with the label list, as
 every untrained system's, per `task.list_labels`) and the text as the user turn, shots as
 earlier turns; `prompt_logprobs` sends the recipe's plain template to the
@@ -23,9 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import FinetuneError
-from finetune.evaluate import metrics as M
-from finetune.evaluate.causal import draw_shots
-from finetune.evaluate.endpoint import (
+from finetune.pypi import cache_dir
+from finetune.recipe import Recipe
+from finetune.systems.base import (
+    Context,
+    Inference,
+    Kind,
+    Loaded,
+    Measurement,
+    Plan,
+    System,
+    baseline_config,
+)
+from finetune.systems.common import draw_shots
+from finetune.systems.endpoint_client import (
     EndpointClient,
     EndpointSettings,
     Request,
@@ -38,18 +49,23 @@ from finetune.evaluate.endpoint import (
     probe_request,
     top_logprob_scores,
 )
-from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System, baseline_config
-from finetune.evaluate.timing import Measurement
-from finetune.prompts import PromptFormat, render_prompt, untrained_instruction
-from finetune.pypi import cache_dir
-from finetune.recipe import Recipe
+from finetune.tasks.entities import parse_entities
+from finetune.tasks.prompts import PromptFormat, render_prompt, untrained_instruction
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "endpoints.sqlite"
 
 
-class Endpoint:
-    """The `Kind` of an endpoint baseline (see `systems.Kind`); its key is `endpoint:<name>`."""
+class Endpoint(Kind):
+    """The `Kind` of an endpoint baseline; its key is `endpoint:<name>`."""
+
+    name = "endpoint"
+    baseline_field = "endpoint"
+    prompted = True
+
+    def system(self, baseline: Any) -> System:
+        b = baseline
+        return System(b.name, "baseline", b.endpoint.model, b.shots, "chat", kind=self.name)
 
     def check(self, recipe: Recipe, key: str) -> None:
         check_reachable(settings(recipe, key))
@@ -251,7 +267,7 @@ def _read(recipe: Recipe, method: str, requests: list[Request], replies: list) -
         label = label_of(text, recipe.task.labels)
         return (label, {"raw": text}) if label else ("", {"raw": text, "invalid": True})
     if recipe.task.type == "extraction":
-        return M.parse_entities(text), {"raw": text}
+        return parse_entities(text), {"raw": text}
     return text.strip(), {}
 
 

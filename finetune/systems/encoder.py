@@ -1,7 +1,7 @@
 """The encoder kind: a run's sequence classifier (an encoder such as BERT with a classification
 head, or a decoder given one), scoring each test text alone.
 
-A LoRA run is served as the causal specialist is (`causal.serving_form`): by default its
+A LoRA run is served as the causal specialist is (`common.serving_form`): by default its
 adapter, and the head trained whole beside it, merged into float32 weights and rounded once
 to the recipe's dtype; a full run loads its `model/`. Inputs are the texts cut to
 `model.max_length` tokens as training cut them (`prompts.encode_text`); batches are padded,
@@ -17,10 +17,7 @@ from typing import Any
 import numpy as np
 
 from finetune.errors import FinetuneError
-from finetune.evaluate.causal import _disk, merged_in_float32, parameter_sizes, serving_form
-from finetune.evaluate.systems import Context, Inference, Loaded, Plan, System
 from finetune.hardware import weight_dtype
-from finetune.heads import SEQUENCE_CLASSIFICATION
 from finetune.models import (
     ModelSource,
     check_fits,
@@ -29,15 +26,19 @@ from finetune.models import (
     resolve,
     weights_bytes_needed,
 )
-from finetune.prompts import encode_text
+from finetune.models.heads import SEQUENCE_CLASSIFICATION
 from finetune.recipe import Recipe
+from finetune.systems.base import Context, Inference, Kind, Loaded, Plan, System
+from finetune.systems.common import disk_bytes, merged_in_float32, parameter_sizes, serving_form
+from finetune.tasks.prompts import encode_text
 
 log = logging.getLogger(__name__)
 
 
-class Encoder:
-    """The `Kind` of a run's sequence classifier (see `systems.Kind`); its key is the specialist's."""
+class Encoder(Kind):
+    """The `Kind` of a run's sequence classifier; its key is the specialist's."""
 
+    name = "encoder"
     head = SEQUENCE_CLASSIFICATION
     role = "sequence classifier"
 
@@ -53,7 +54,7 @@ class Encoder:
             full = ModelSource(str(run_dir / "model"), "local", str(run_dir / "model"), {})
             model = _load(recipe, full, labels, self.head)
             description, serving = f"{source.ref} fine-tuned (full), {self.role}", "as loaded"
-            loaded = Loaded(model, load_tokenizer(full), description, self, _disk(full, None))
+            loaded = Loaded(model, load_tokenizer(full), description, self, disk_bytes(full, None))
         else:
             check_same_base(run_dir, source.identity)
             model, serving = _attach_adapter(recipe, source, run_dir / "adapter", labels, self.head)
@@ -62,7 +63,9 @@ class Encoder:
             tokenizer = load_tokenizer(
                 ModelSource(source.ref, "local", str(run_dir / "adapter"), {})
             )
-            loaded = Loaded(model, tokenizer, description, self, _disk(source, run_dir / "adapter"))
+            loaded = Loaded(
+                model, tokenizer, description, self, disk_bytes(source, run_dir / "adapter")
+            )
         _check_labels(run_dir, loaded.model, labels)
         # A decoder classifies at its last token that is not padding, the run's padding token.
         loaded.model.config.pad_token_id = loaded.tokenizer.pad_token_id

@@ -13,16 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import FinetuneError
-from finetune.evaluate.systems import SPECIALIST, Context, Loaded, Plan, System
 from finetune.recipe import Recipe
+from finetune.systems.base import SPECIALIST, Context, Kind, Loaded, Plan, System
+from finetune.systems.common import parameter_sizes
+from finetune.systems.registry import kind_of
 
 
-class OtherRun:
-    """The `Kind` of a `run:` baseline (see `systems.Kind`); its key is `run:<baseline name>`."""
+class OtherRun(Kind):
+    """The `Kind` of a `run:` baseline; its key is `run:<baseline name>`. The other run's own
+    kind (`registry.kind_of`, handed in as `inner`) loads and plans it."""
+
+    name = "run"
+    baseline_field = "run"
 
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
-        from finetune.evaluate.systems import kind_of
-
         other_dir, other = _other(recipe, run_dir, key)
         inner = kind_of(SPECIALIST, other_dir)
         loaded = inner.load(other, other_dir, SPECIALIST)
@@ -49,13 +53,9 @@ class OtherRun:
         return dataclasses.replace(inner.plan(other, system, SPECIALIST, view, own), key=key)
 
     def sizes(self, model: Any) -> tuple[int, int, int]:
-        from finetune.evaluate.causal import parameter_sizes
-
         return parameter_sizes(model)
 
     def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
-        from finetune.evaluate.systems import kind_of
-
         other_dir = _baseline_dir(recipe, key)
         other = _recipe_of(other_dir)
         return kind_of(SPECIALIST, other_dir).instance_bytes(other, SPECIALIST)

@@ -8,7 +8,7 @@
 - `mcnemar_exact`: exact McNemar test on per-item correctness, in integer arithmetic.
 
 A statistic is `statistic(idx) -> float`: the metric on the items at `idx` (with repeats);
-`finetune.evaluate.metrics.indexed_metric` builds one for any registered metric.
+`finetune.tasks.metrics.indexed_metric` builds one for any registered metric.
 """
 
 from __future__ import annotations

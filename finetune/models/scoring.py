@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.prompts import PromptFormat, answer_ids
+from finetune.tasks.prompts import PromptFormat, answer_ids
 
 # Below this many shared tokens, building and copying a prefix cache costs more than it saves.
 MIN_SHARED_PREFIX = 8

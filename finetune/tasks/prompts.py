@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from finetune.errors import FinetuneError
 from finetune.files import write_json
-from finetune.labels import unnamed_labels
+from finetune.tasks.labels import unnamed_labels
 
 PROMPT_FILE = "prompt.json"
 _PROBE_ANSWER = "ANSWER"

@@ -22,13 +22,13 @@ import numpy as np
 
 from finetune.deps import require
 from finetune.errors import FinetuneError
-from finetune.evaluate import metrics as M
-from finetune.evaluate.causal import CausalLM
-from finetune.evaluate.scoring import answer_of, label_token_ids, stop_ids
-from finetune.evaluate.systems import Inference, Loaded, baseline_config
 from finetune.models import GGUF_FILE, gguf_as_shipped
-from finetune.prompts import PromptFormat
+from finetune.models.scoring import answer_of, label_token_ids, stop_ids
 from finetune.recipe import Recipe
+from finetune.systems.base import Inference, Kind, Loaded, System, baseline_config
+from finetune.systems.causal_lm import CausalLM
+from finetune.tasks.entities import parse_entities
+from finetune.tasks.prompts import PromptFormat
 
 LLAMA_PACKAGE = "llama-cpp-python[server]==0.3.36"
 
@@ -73,8 +73,16 @@ def _shared(cached: np.ndarray, tokens: list[int]) -> int:
 
 
 class Engine(CausalLM):
-    """The `Kind` of an engine baseline (see `systems.Kind`); its key is `engine:<name>`. It
-    plans like every decoder and runs on llama.cpp."""
+    """The `Kind` of an engine baseline; its key is `engine:<name>`. It plans like every
+    decoder and runs on llama.cpp."""
+
+    name = "engine"
+    baseline_field = "engine"
+    instance_key = Kind.instance_key
+
+    def system(self, baseline: Any) -> System:
+        b = baseline
+        return System(b.name, "baseline", b.engine.model, b.shots, b.prompt_style, kind=self.name)
 
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
         llama_cpp = require("llama_cpp", package=LLAMA_PACKAGE, needed_for="engine baselines")
@@ -191,7 +199,7 @@ def _generator(recipe: Recipe, fmt: PromptFormat, tokenizer: Any):
                 on_batch(1)
         texts = [text for text, _ in outputs]
         extraction = recipe.task.type == "extraction"
-        predictions = [M.parse_entities(t) for t in texts] if extraction else texts
+        predictions = [parse_entities(t) for t in texts] if extraction else texts
         details = [{"raw": t} if extraction else {} for t in texts]
         return predictions, details, [count for _, count in outputs]
 

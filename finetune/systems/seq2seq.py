@@ -17,17 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from finetune.evaluate import metrics as M
-from finetune.evaluate.causal import CausalLM
-from finetune.evaluate.systems import Inference
-from finetune.heads import SEQ2SEQ_LM
-from finetune.prompts import PromptFormat, encode_target
+from finetune.models.heads import SEQ2SEQ_LM
 from finetune.recipe import Recipe
+from finetune.systems.base import Inference
+from finetune.systems.causal_lm import CausalLM
+from finetune.tasks.entities import parse_entities
+from finetune.tasks.prompts import PromptFormat, encode_target
 
 
 class Seq2SeqLM(CausalLM):
-    """The `Kind` of every encoder-decoder system (see `systems.Kind`)."""
+    """The `Kind` of every encoder-decoder system."""
 
+    name = "seq2seq"
     head = SEQ2SEQ_LM
 
     def inference(self, recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
@@ -74,7 +75,7 @@ def _answering(recipe: Recipe, tokenizer: Any) -> Callable[..., Any]:
             on_batch,
         )
         texts = [text for text, _ in outputs]
-        predictions = [M.parse_entities(t) for t in texts] if extraction else texts
+        predictions = [parse_entities(t) for t in texts] if extraction else texts
         details = [{"raw": t} if extraction else {} for t in texts]
         return predictions, details, [count for _, count in outputs]
 

@@ -572,7 +572,7 @@ def load_language_model(
 ):
     """Load a model that writes text, a causal LM or (`head: seq2seq-lm`) an encoder-decoder,
     preferring safetensors; pickled weights only when the recipe allows them."""
-    from finetune.heads import auto_class
+    from finetune.models.heads import auto_class
 
     return _load_pretrained(
         auto_class(head), source, dtype, trust_remote_code, allow_pickle, **kwargs
@@ -595,7 +595,7 @@ def load_classifier(
     """Load the model with a classification `head` (sequence or token) of one output per label,
     in order (`id2label`), loading weights as `load_language_model` does. A head the checkpoint lacks,
     or has for another number of labels, is newly initialized (`output_loading_info=True` lists it)."""
-    from finetune.heads import auto_class
+    from finetune.models.heads import auto_class
 
     # transformers warns of every weight the checkpoint lacks; a new head is the point here:
     # training names and trains what is new, evaluation restores it from the run. With its
@@ -704,7 +704,7 @@ def parameter_count(
     import torch
     from transformers import AutoConfig
 
-    from finetune.heads import auto_class
+    from finetune.models.heads import auto_class
 
     with explained_load_errors(source):
         config = AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)

@@ -10,27 +10,13 @@ it, and, with `shots`, in-context examples drawn from train by the recipe's seed
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from finetune.data.split import rank
 from finetune.errors import FinetuneError
-from finetune.evaluate import metrics as M
-from finetune.evaluate.scoring import LabelScorer, generate_answers, label_token_ids
-from finetune.evaluate.systems import (
-    SPECIALIST,
-    Context,
-    Inference,
-    Loaded,
-    Plan,
-    System,
-    sees_label_list,
-)
 from finetune.hardware import free_memory, weight_dtype
-from finetune.heads import CAUSAL_LM
 from finetune.models import (
     ModelSource,
     check_fits,
@@ -39,16 +25,48 @@ from finetune.models import (
     resolve,
     weights_bytes_needed,
 )
-from finetune.prompts import PromptFormat, encode, prompt_format, target_text, untrained_format
+from finetune.models.heads import CAUSAL_LM
+from finetune.models.scoring import LabelScorer, generate_answers, label_token_ids
 from finetune.recipe import Recipe
+from finetune.systems.base import SPECIALIST, Context, Inference, Kind, Loaded, Plan, System
+from finetune.systems.common import (
+    disk_bytes,
+    draw_shots,
+    merged_in_float32,
+    parameter_sizes,
+    serving_form,
+    shown_label_list,
+)
+from finetune.tasks.entities import parse_entities
+from finetune.tasks.prompts import (
+    PromptFormat,
+    encode,
+    prompt_format,
+    untrained_format,
+)
 
 log = logging.getLogger(__name__)
 
 
-class CausalLM:
-    """The `Kind` of every decoder system (see `systems.Kind`)."""
+class CausalLM(Kind):
+    """The `Kind` of every decoder system, and the base of the kinds that prompt a model as it
+    does (`seq2seq`, `engine`)."""
 
+    name = "causal-lm"
+    prompted = True
     head = CAUSAL_LM
+
+    def system(self, baseline: Any) -> System:
+        b = baseline
+        return System(b.name, "baseline", b.model, b.shots, b.prompt_style)
+
+    def instance_key(self, recipe: Recipe, system: System) -> str:
+        """`specialist` for the run's weights, `base` for the base model, else the model."""
+        if system.model == "run":
+            return SPECIALIST
+        if system.model in ("base", recipe.model.base):
+            return "base"
+        return system.model
 
     def inference(self, recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
         """How prompts become predictions: label scores, or greedy answers."""
@@ -63,7 +81,12 @@ class CausalLM:
             )
             model = _load(recipe, source, head=self.head)
             loaded = Loaded(
-                model, _tokenizer(source), source.ref, self, _disk(source, None), identity=source
+                model,
+                _tokenizer(source),
+                source.ref,
+                self,
+                disk_bytes(source, None),
+                identity=source,
             )
         loaded.model.eval()
         return loaded
@@ -74,7 +97,7 @@ class CausalLM:
         run_format = PromptFormat.load(context.run_dir)
         if key == SPECIALIST:
             _check_chat_template(context.run_dir, run_format, loaded)
-        fmt = system_format(system, loaded, run_format, recipe)
+        fmt = system_format(system, loaded, run_format, recipe, self.prompted)
         shots = draw_shots(recipe, context.train_rows, system.shots)
         infer = self.inference(recipe, fmt, loaded.tokenizer)
         encoded = _encode_items(recipe, fmt, loaded.tokenizer, context.items, shots, infer.reserve)
@@ -117,20 +140,6 @@ def _check_chat_template(run_dir: Path, fmt: PromptFormat, loaded: Loaded) -> No
         )
 
 
-def serving_form(recipe: Recipe) -> str:
-    """How the specialist's adapter is applied for evaluation: `merged` or `adapter`.
-
-    `auto` merges wherever the weights are not quantized, as `finetune export --merge`
-    deploys it: a plain model with no adapter matmuls and no PEFT wrappers, at the base model's
-    speed. Quantized weights cannot take a merge without re-quantizing, so they keep the adapter
-    unmerged, in float32 as PEFT loads it.
-    """
-    form = recipe.eval.specialist_form
-    if form == "auto":
-        return "merged" if recipe.model.quantization == "none" else "adapter"
-    return form
-
-
 def _attach_adapter(
     recipe: Recipe, source: ModelSource, adapter: Path, head: str
 ) -> tuple[Any, str]:
@@ -161,39 +170,22 @@ def _attach_adapter(
     return merged_in_float32(base, adapter, dtype)
 
 
-def merged_in_float32(base: Any, adapter: Path, dtype: Any) -> tuple[Any, str]:
-    """The adapter merged into float32 `base` and the result rounded once to `dtype`, with the
-    description of that serving form."""
-    import torch
-    from peft import PeftModel
-
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().to(dtype)
-    name = str(dtype).removeprefix("torch.")
-    rounded = "" if dtype == torch.float32 else f", rounded once to {name}"
-    return merged, f"merged in float32{rounded}"
-
-
-def parameter_sizes(model: Any) -> tuple[int, int, int]:
-    """(weight bytes, parameters, adapter parameters) of a torch model."""
-    total = weights = adapter = 0
-    for name, param in model.named_parameters():
-        total += param.numel()
-        weights += param.numel() * param.element_size()
-        if "lora_" in name:
-            adapter += param.numel()
-    return weights, total, adapter
-
-
 def _fits_float32(source: ModelSource, head: str) -> bool:
     import torch
 
     return weights_bytes_needed(source, dtype=torch.float32, head=head) <= free_memory()[0]
 
 
-def system_format(system: System, loaded: Loaded, run_format: PromptFormat, recipe: Recipe):
+def system_format(
+    system: System,
+    loaded: Loaded,
+    run_format: PromptFormat,
+    recipe: Recipe,
+    prompted: bool = True,
+) -> PromptFormat:
     """The specialist keeps the run's stored format; a baseline gets its own style's format (the
     base model shares the run's, unless the run is a sequence classifier that reads no prompt),
-    with the label list when `sees_label_list`."""
+    with the label list when `common.shown_label_list` (a prompted kind's)."""
     if system.model == "run":
         return run_format
     if (
@@ -204,39 +196,7 @@ def system_format(system: System, loaded: Loaded, run_format: PromptFormat, reci
         fmt = run_format
     else:
         fmt = prompt_format(loaded.tokenizer, recipe.task, system.prompt_style)
-    return untrained_format(fmt, recipe.task) if sees_label_list(recipe, system) else fmt
-
-
-def draw_shots(recipe: Recipe, train_rows: list[dict], k: int) -> list[tuple[str, str]]:
-    """k in-context examples from train, fixed by the recipe's seed, shared by every test item,
-    and the same at every training size of a learning curve.
-
-    Each label's rows are ranked by (seed, id), the order in which a capped training set takes
-    them (`data.split.nested_order`), so a label's first rows are in every capped set that holds
-    that many. The examples are the shorter half of each label's first 2 x (shots per label)
-    rows, so they do not crowd out the item, taken in turn from each label (in an order drawn
-    by the seed) so no label is missing by chance; other tasks rank all rows as one group.
-    """
-    if k == 0 or not train_rows:
-        return []
-    if recipe.task.type == "classification":
-        groups = [[r for r in train_rows if r["label"] == label] for label in recipe.task.labels]
-        groups = [g for g in groups if g]
-        random.Random(recipe.seed).shuffle(groups)
-    else:
-        groups = [train_rows]
-    per_group = -(-k // len(groups))
-    pools = [_short_first_rows(recipe.seed, g, per_group) for g in groups]
-    turns = [pools[i % len(pools)] for i in range(k)]  # each group in turn
-    picked = [pool[(i // len(pools)) % len(pool)] for i, pool in enumerate(turns)]
-    return [(r["text"], target_text(recipe.task.type, r)) for r in picked]
-
-
-def _short_first_rows(seed: int, rows: list[dict], n: int) -> list[dict]:
-    """The shorter half of the first 2n rows in (seed, id) rank, in rank order."""
-    first = sorted(rows, key=lambda r: rank(seed, r["id"]))[: 2 * n]
-    shorter = {id(r) for r in sorted(first, key=lambda r: len(r["text"]))[:n]}  # rank breaks ties
-    return [r for r in first if id(r) in shorter]
+    return untrained_format(fmt, recipe.task) if shown_label_list(recipe, system, prompted) else fmt
 
 
 def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:
@@ -248,7 +208,7 @@ def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:
         model = _load(recipe, full, head=kind.head)
         description = f"{source.ref} fine-tuned (full)"
         return Loaded(
-            model, _tokenizer(full), description, kind, _disk(full, None), identity=source
+            model, _tokenizer(full), description, kind, disk_bytes(full, None), identity=source
         )
     check_same_base(run_dir, source.identity)
     model, serving = _attach_adapter(recipe, source, run_dir / "adapter", kind.head)
@@ -258,7 +218,7 @@ def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:
         _tokenizer(source),
         f"{source.ref} + LoRA adapter{merged}",
         kind,
-        _disk(source, run_dir / "adapter"),
+        disk_bytes(source, run_dir / "adapter"),
         serving=serving,
         identity=source,
     )
@@ -297,21 +257,6 @@ def _tokenizer(source: ModelSource) -> Any:
     return tokenizer
 
 
-def _disk(source: ModelSource, adapter: Path | None) -> dict[str, int | None]:
-    """On-disk weight bytes of the model (None for a Hub id not downloaded here) and adapter."""
-    model = _weights_bytes(Path(source.location)) if source.kind != "hub" else None
-    return {"adapter": _weights_bytes(adapter) if adapter else None, "model": model}
-
-
-def _weights_bytes(directory: Path) -> int | None:
-    files = [
-        p
-        for p in directory.iterdir()
-        if p.suffix in (".safetensors", ".bin", ".pt") or p.name.endswith(".gguf")
-    ]
-    return sum(p.stat().st_size for p in files) if files else None
-
-
 def _inference(recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
     task = recipe.task
     if task.type == "classification":
@@ -347,7 +292,7 @@ def _inference(recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
             on_batch=on_batch,
         )
         texts = [text for text, _ in outputs]
-        predictions = [M.parse_entities(t) for t in texts] if task.type == "extraction" else texts
+        predictions = [parse_entities(t) for t in texts] if task.type == "extraction" else texts
         details = [{"raw": t} for t in texts] if task.type == "extraction" else [{} for _ in texts]
         return predictions, details, [count for _, count in outputs]
 

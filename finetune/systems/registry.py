@@ -1,0 +1,129 @@
+"""The kinds of system by name, and what the recipe's systems are.
+
+Kinds are registered here by their module, imported only when asked for, so a kind's heavy
+libraries load only where that kind runs. `kind("enpoint")` fails with a did-you-mean. The
+specialist's kind is the head its run recorded; a model reference's is what the model is (an
+encoder-decoder, else a causal LM); a baseline's is the `eval.baselines` field it sets.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from pathlib import Path
+
+from finetune.errors import FinetuneError
+from finetune.models.heads import (
+    SEQ2SEQ_LM,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    run_head,
+)
+from finetune.recipe import Recipe
+from finetune.systems.base import SPECIALIST, Kind, System
+from finetune.systems.common import shown_label_list
+
+# Registry key -> "module:class" under finetune.systems; the module is named after its key.
+KINDS = {
+    "causal-lm": "causal_lm:CausalLM",
+    "seq2seq": "seq2seq:Seq2SeqLM",
+    "encoder": "encoder:Encoder",
+    "tagger": "tagger:Tagger",
+    "tfidf": "tfidf:Tfidf",
+    "run": "run:OtherRun",
+    "endpoint": "endpoint:Endpoint",
+    "engine": "engine:Engine",
+}
+# The kind a specialist's recorded head is served by; any other head is a causal LM's.
+BY_HEAD = {
+    SEQUENCE_CLASSIFICATION: "encoder",
+    TOKEN_CLASSIFICATION: "tagger",
+    SEQ2SEQ_LM: "seq2seq",
+}
+_LOADED: dict[str, Kind] = {}
+
+
+def kind(name: str) -> Kind:
+    """The kind registered as `name`."""
+    if name not in KINDS:
+        close = difflib.get_close_matches(name, KINDS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise FinetuneError(f"unknown kind of system {name!r}.{hint} Available: {', '.join(KINDS)}")
+    if name not in _LOADED:
+        module, _, cls = KINDS[name].partition(":")
+        _LOADED[name] = getattr(importlib.import_module(f"finetune.systems.{module}"), cls)()
+    return _LOADED[name]
+
+
+def kinds() -> dict[str, Kind]:
+    """Every registered kind, by name."""
+    return {name: kind(name) for name in KINDS}
+
+
+def systems_of(recipe: Recipe) -> list[System]:
+    """The specialist, the recipe's baselines, and the systems kinds add unasked (TF-IDF)."""
+    specialist = System(SPECIALIST, "specialist", "run")
+    baselines = [baseline_kind(b).system(b) for b in recipe.eval.baselines]
+    extra = [s for k in kinds().values() for s in k.extra_systems(recipe)]
+    return [specialist, *baselines, *extra]
+
+
+def baseline_kind(baseline) -> Kind:
+    """The kind whose field the baseline sets (`endpoint:`, `engine:`, `run:`), else a model's."""
+    own = baseline.kind_field()
+    by_field = {k.baseline_field: k for k in kinds().values() if k.baseline_field}
+    return by_field[own] if own else kind("causal-lm")
+
+
+def sees_label_list(recipe: Recipe, system: System) -> bool:
+    """Whether the system's prompts carry the label list (`task.list_labels`)."""
+    return shown_label_list(recipe, system, kind(system.kind).prompted)
+
+
+def instance_key(recipe: Recipe, system: System) -> str:
+    """`specialist`, `base`, a model reference, or `<kind>:<name>` for other kinds."""
+    return kind(system.kind).instance_key(recipe, system)
+
+
+def kind_of(key: str, run_dir: Path | None = None, recipe: Recipe | None = None) -> Kind:
+    """The kind named by the key's `<kind>:` prefix; for the specialist, the kind of the head its
+    run recorded (`head.json`: a sequence classifier is `encoder`, a token classifier `tagger`,
+    an encoder-decoder `seq2seq`); for a model (`base` is the recipe's base) the kind of what
+    it is, an encoder-decoder or else a causal LM."""
+    prefix, sep, _ = key.partition(":")
+    if sep and prefix in KINDS:
+        return kind(prefix)
+    if key == SPECIALIST:
+        head = run_head(run_dir) if run_dir is not None else None
+    else:
+        head = SEQ2SEQ_LM if recipe and _role(recipe, key) == "seq2seq" else None
+    return kind(BY_HEAD.get(head, "causal-lm"))
+
+
+def _role(recipe: Recipe, key: str) -> str | None:
+    """What the model of instance `key` is; None when it cannot be told here (its loader then
+    says why it cannot be loaded)."""
+    from finetune.models import model_role, resolve, source_role
+
+    ref = recipe.model.base if key == "base" else key
+    role = model_role(ref)
+    if role is not None:
+        return role
+    try:
+        return source_role(resolve(ref, key="eval.baselines.model"))
+    except Exception:
+        return None
+
+
+def load_groups(recipe: Recipe, systems: list[System]) -> list[tuple[str, list[System]]]:
+    """Systems grouped by the instance they run on, the specialist's first."""
+    groups: dict[str, list[System]] = {}
+    for system in systems:
+        groups.setdefault(instance_key(recipe, system), []).append(system)
+    return list(groups.items())
+
+
+def check_all(recipe: Recipe, run_dir: Path) -> None:
+    """Each kind's checks that can fail fast before any system is evaluated."""
+    for key, _ in load_groups(recipe, systems_of(recipe)):
+        kind_of(key, run_dir, recipe).check(recipe, key)

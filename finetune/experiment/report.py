@@ -33,6 +33,7 @@ from finetune.report.html import render_html
 from finetune.report.markdown import render_markdown
 from finetune.report.plots import Figure, pyplot, save_png
 from finetune.report.tables import Table
+from finetune.systems import registry
 
 log = logging.getLogger(__name__)
 SIZE_KEY = "data.max_train_examples"
@@ -79,7 +80,7 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
         generals = {
             s["name"]: s
             for s in results["systems"]
-            if s["role"] != "specialist" and s["kind"] != "tfidf"
+            if s["role"] != "specialist" and registry.kind(s["kind"]).general
         }
         against = {name: correct[name] for name in generals}
         for name, system in generals.items():

@@ -149,10 +149,8 @@ def _baseline_problems(recipe: Any) -> list[tuple[str, str]]:
             "name such as smollm2-135m-instruct, a local directory or a Hub id), or leave this baseline out",
         )
         for i, b in enumerate(recipe.eval.baselines)
-        # A `run:` baseline is another run's specialist, served as its own recipe serves it;
-        # endpoint and engine baselines name their own model.
-        if b.model in ("base", base)
-        and not any(getattr(b, k, None) for k in ("run", "endpoint", "engine"))
+        # A baseline of a kind of its own (`run:`, `endpoint:`, `engine:`) names its own model.
+        if b.model in ("base", base) and b.kind_field() is None
     ]
 
 

@@ -18,7 +18,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from finetune.errors import FinetuneError
-from finetune.recipe.schema import Recipe, consistency_problems, recipe_warnings, section_type
+from finetune.recipe.checks import consistency_problems, recipe_warnings
+from finetune.recipe.schema import Recipe, section_type
 
 log = logging.getLogger(__name__)
 COMMAND_LINE = "command line"

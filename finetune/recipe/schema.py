@@ -7,11 +7,9 @@ validation failures into messages naming the file and the dotted key.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from finetune.tasks.labels import unnamed_labels
 
 TaskType = Literal["classification", "extraction", "qa"]
 
@@ -416,6 +414,31 @@ class BaselineConfig(Section):
         synonyms=("llama_cpp", "gguf", "llamacpp"),
     )
 
+    # Every baseline has a name and may take these; each other field makes the baseline a kind
+    # of system of its own (`finetune.systems`) and holds that kind's settings.
+    SHARED: ClassVar[tuple[str, ...]] = ("name", "model", "shots", "prompt_style")
+    # What each kind's field rules out beside it, and why (checked in `recipe.checks`).
+    EXCLUDES: ClassVar[dict[str, tuple[tuple[str, ...], str]]] = {
+        "endpoint": (
+            ("model", "prompt_style", "run"),
+            "an endpoint baseline is the model behind its API",
+        ),
+        "engine": (
+            ("model", "run", "endpoint"),
+            "an engine baseline runs the model named in its `engine.model`",
+        ),
+        "run": (
+            ("model", "prompt_style", "shots"),
+            "a run baseline is served as its own recipe serves it",
+        ),
+    }
+
+    def kind_field(self) -> str | None:
+        """The field that makes this baseline a kind of its own (`run`, `endpoint`, `engine`);
+        None for a model prompted locally."""
+        fields = [n for n in type(self).model_fields if n not in self.SHARED]
+        return next((n for n in fields if getattr(self, n) is not None), None)
+
 
 NgramRange = tuple[PositiveInt, PositiveInt]
 
@@ -672,231 +695,3 @@ def section_type(annotation: Any) -> type[BaseModel] | None:
         if found is not None:
             return found
     return None
-
-
-def consistency_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """Checks that span several fields, as (dotted key, message) pairs."""
-    problems = []
-    if recipe.task.type == "classification" and len(recipe.task.labels) < 2:
-        problems.append(
-            (
-                "task.labels",
-                f"a classification task needs at least two labels; found {recipe.task.labels!r}",
-            )
-        )
-    if len(set(recipe.task.labels)) != len(recipe.task.labels):
-        problems.append(("task.labels", f"labels must be distinct; found {recipe.task.labels!r}"))
-    if (recipe.data.source is None) == (not recipe.data.split_files):
-        problems.append(("data.source", "give exactly one of data.source or data.split_files"))
-    if recipe.data.split_files and not {"train", "test"} <= recipe.data.split_files.keys():
-        problems.append(
-            (
-                "data.split_files",
-                f"needs at least train and test files; found {sorted(recipe.data.split_files)}",
-            )
-        )
-    split = recipe.data.split
-    if abs(split.train + split.validation + split.test - 1.0) > 1e-6:
-        total = split.train + split.validation + split.test
-        problems.append(
-            ("data.split", f"train + validation + test must add up to 1; found {total:g}")
-        )
-    if split.train == 0 or split.test == 0:
-        problems.append(("data.split", "train and test fractions must both be above 0"))
-    if recipe.train.method == "full" and recipe.model.quantization != "none":
-        problems.append(
-            (
-                "model.quantization",
-                f"full fine-tuning cannot update quantized weights; found quantization {recipe.model.quantization!r} with train.method 'full'. Use train.method: lora, or quantization: none",
-            )
-        )
-    problems += _template_problems(recipe.task.template)
-    train = recipe.train
-    if train.save_every % train.eval_every:
-        problems.append(
-            (
-                "train.save_every",
-                f"must be a multiple of train.eval_every so the best checkpoint is kept; found save_every {train.save_every}, eval_every {train.eval_every}",
-            )
-        )
-    from finetune.tasks.metrics import unknown_metric_message
-
-    for name in recipe.eval.metrics:
-        message = unknown_metric_message(recipe.task.type, name)
-        if message:
-            problems.append(("eval.metrics", message))
-    problems += _model_reference_problems(recipe)
-    problems += _head_problems(recipe)
-    problems += _eval_problems(recipe)
-    names = [b.name for b in recipe.eval.baselines]
-    if len(set(names)) != len(names):
-        problems.append(("eval.baselines", f"baseline names must be distinct; found {names!r}"))
-    problems += _tfidf_problems(recipe, names)
-    problems += _run_baseline_problems(recipe)
-    return problems
-
-
-def _eval_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """Timing rounds enough for the confidence level; a serving form the weights allow."""
-    from finetune.stats import rounds_for_interval
-
-    problems = []
-    need = rounds_for_interval(recipe.eval.confidence)
-    if recipe.eval.baselines and recipe.eval.timing.rounds < need:
-        problems.append(
-            (
-                "eval.timing.rounds",
-                f"{recipe.eval.timing.rounds} rounds cannot give a {recipe.eval.confidence:g} "
-                f"interval for the timing ratios; use at least {need} (or lower eval.confidence)",
-            )
-        )
-    if recipe.eval.specialist_form == "merged" and recipe.model.quantization != "none":
-        problems.append(
-            (
-                "eval.specialist_form",
-                f"quantized weights ({recipe.model.quantization}) cannot take a merged adapter; "
-                "use specialist_form: adapter or auto",
-            )
-        )
-    return problems
-
-
-def _run_baseline_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """A `run:` baseline names an existing directory and nothing that only a model takes."""
-    from pathlib import Path
-
-    problems = _endpoint_problems(recipe)
-    for i, b in enumerate(recipe.eval.baselines):
-        if b.run is None:
-            continue
-        if not Path(b.run).is_dir():
-            problems.append((f"eval.baselines.{i}.run", f"'{b.run}' is not a run directory"))
-        extra = _not_default(b, ("model", "prompt_style", "shots"))
-        if extra:
-            problems.append(
-                (
-                    f"eval.baselines.{i}",
-                    f"a run baseline is served as its own recipe serves it; remove {', '.join(extra)}",
-                )
-            )
-    return problems
-
-
-def _endpoint_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """An endpoint baseline names no local model or run; an engine baseline names its model in
-    `engine` and is no endpoint or run."""
-    problems = []
-    for i, b in enumerate(recipe.eval.baselines):
-        if b.endpoint is not None and (extra := _not_default(b, ("model", "prompt_style", "run"))):
-            what = "an endpoint baseline is the model behind its API"
-        elif b.engine is not None and (extra := _not_default(b, ("model", "run", "endpoint"))):
-            what = "an engine baseline runs the model named in its `engine.model`"
-        else:
-            continue
-        problems.append((f"eval.baselines.{i}", f"{what}; remove {', '.join(extra)}"))
-    return problems
-
-
-def _not_default(section: Section, names: tuple[str, ...]) -> list[str]:
-    """The fields among `names` given a value other than their default. By value, not by
-    presence: a run stores its recipe with every default written out."""
-    fields = type(section).model_fields
-    return [n for n in names if getattr(section, n) != fields[n].default]
-
-
-def _tfidf_problems(recipe: Recipe, names: list[str]) -> list[tuple[str, str]]:
-    tfidf = recipe.eval.tfidf
-    if not (tfidf.enabled and recipe.task.type == "classification"):
-        return []
-    problems = []
-    if tfidf.name in [*names, "specialist"]:
-        problems.append(
-            ("eval.tfidf.name", f"{tfidf.name!r} is already a system's name; give it another")
-        )
-    if tfidf.word_ngrams is None and tfidf.char_ngrams is None:
-        problems.append(
-            ("eval.tfidf", "needs word_ngrams or char_ngrams (or enabled: false to leave it out)")
-        )
-    for key in ("word_ngrams", "char_ngrams"):
-        grams = getattr(tfidf, key)
-        if grams is not None and grams[0] > grams[1]:
-            problems.append((f"eval.tfidf.{key}", f"is [min, max]; found [{grams[0]}, {grams[1]}]"))
-    return problems
-
-
-def _head_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """The head the recipe trains must suit its base model and task (`finetune/heads.py`)."""
-    from finetune.models import model_role, reference_problem
-    from finetune.models.heads import head_problems
-
-    if reference_problem(recipe.model.base):
-        return []  # already reported; nothing to tell the head from
-    return head_problems(recipe, model_role(recipe.model.base))
-
-
-def _model_reference_problems(recipe: Recipe) -> list[tuple[str, str]]:
-    """Model references that name nothing loadable (a missing directory, a metric name, a typo)."""
-    from finetune.models import gguf_problem, reference_problem
-
-    refs = [("model.base", recipe.model.base)]
-    refs += [
-        (f"eval.baselines.{i}.model", b.model)
-        for i, b in enumerate(recipe.eval.baselines)
-        if b.model != "base"
-    ]
-    problems = [(key, problem) for key, ref in refs if (problem := reference_problem(ref))]
-    return problems + [
-        (f"eval.baselines.{i}.engine.model", problem)
-        for i, b in enumerate(recipe.eval.baselines)
-        if b.engine is not None and (problem := gguf_problem(b.engine.model))
-    ]
-
-
-def _template_problems(template: str) -> list[tuple[str, str]]:
-    import string
-
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    except ValueError as exc:
-        return [
-            (
-                "task.template",
-                f"is not a valid template ({exc}); write literal braces as {{{{ and }}}}",
-            )
-        ]
-    unknown = sorted(fields - {"instruction", "input"})
-    if unknown:
-        return [
-            (
-                "task.template",
-                f"unknown placeholder(s) {unknown}; use {{instruction}} and {{input}}",
-            )
-        ]
-    if "input" not in fields:
-        return [("task.template", "must contain {input}, where each example's text goes")]
-    return []
-
-
-def recipe_warnings(recipe: Recipe) -> list[tuple[str, str]]:
-    """What is allowed but probably unintended, as (dotted key, message) pairs."""
-    task = recipe.task
-    missing = unnamed_labels(task)
-    if not missing or task.list_labels == "always":
-        return []
-    if task.list_labels == "auto":
-        shown = (
-            "the untrained baselines get the label list appended (task.list_labels: auto); "
-            "the specialist is trained without it"
-        )
-        fix = "task.list_labels: always to keep the appended list without this warning"
-    else:
-        shown = "with task.list_labels: never, the untrained baselines are not shown them either"
-        fix = "task.list_labels: auto to append the label list to their prompts"
-    return [
-        (
-            "task.instruction",
-            f"does not name the label(s) {', '.join(map(repr, missing))}, so a model shown only "
-            f"the instruction is never told it may answer them; {shown}. Name every label in the "
-            f'instruction (e.g. end it with "Answer with one of: " and the labels), or set {fix}',
-        )
-    ]

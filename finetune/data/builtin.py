@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from finetune.data.bio import TagError, blocks, decode_lines
 from finetune.data.read import RawRow
-from finetune.pypi import iter_members, read_member
+from finetune.fetch import iter_members, read_member
 
 
 @dataclass(frozen=True)

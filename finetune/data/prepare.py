@@ -14,7 +14,6 @@ from typing import Any
 from finetune.data.builtin import BUILTIN
 from finetune.data.card import build_card, card_markdown
 from finetune.data.read import (
-    TARGET_FIELD,
     DataError,
     Rejected,
     raise_for_rejects,
@@ -34,6 +33,7 @@ from finetune.data.split import (
 )
 from finetune.files import read_jsonl, write_atomic, write_json
 from finetune.recipe import Recipe
+from finetune.tasks.types import task_type
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def prepare(recipe: Recipe, *, force: bool = False) -> PreparedData:
         "dedupe_removed": removed,
         "prepared_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    card = build_card(splits, target=TARGET_FIELD[recipe.task.type], facts=facts)
+    card = build_card(splits, target=task_type(recipe.task).target, facts=facts)
     _write(out, splits, rejected, card)
     return PreparedData(out, fp, card)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from finetune.errors import FinetuneError
 from finetune.recipe import Recipe
+from finetune.tasks.types import task_type
 
-TARGET_FIELD = {"classification": "label", "qa": "answer", "extraction": "entities"}
 MAX_LISTED = 10
 
 
@@ -145,7 +145,7 @@ def read_hub(dataset_id: str, builtin: Iterable[str] = ()) -> Iterator[RawRow]:
     import datasets
     from huggingface_hub import constants
 
-    from finetune.hub import unreachable_reason
+    from finetune.fetch import unreachable_reason
 
     offline = f"Sources that work offline: the built-in datasets ({', '.join(builtin)}; `finetune prepare --list`), a local JSONL, CSV or Parquet file, or (with HF_HUB_OFFLINE=1) a Hub dataset already in the Hugging Face cache"
     reason = (
@@ -170,7 +170,7 @@ def to_examples(
     rows: Iterable[RawRow], recipe: Recipe, default_fields: dict[str, str] | None = None
 ) -> tuple[list[dict], list[Rejected]]:
     """Map raw rows to examples `{id, text, <target>}` and validate them; returns (examples, rejected)."""
-    target = TARGET_FIELD[recipe.task.type]
+    target = task_type(recipe.task).target
     mapping = {
         "id": "id",
         "text": "text",

@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from finetune.data import load_split, prepare
-from finetune.data.read import TARGET_FIELD
 from finetune.errors import FinetuneError
 from finetune.evaluate import memory, reuse, timing
 from finetune.files import write_atomic, write_json
@@ -49,8 +48,8 @@ from finetune.systems.pool import ModelPool, loaded_model
 from finetune.systems.registry import check_all, load_groups, sees_label_list, systems_of
 from finetune.systems.tfidf import majority_label
 from finetune.tasks import metrics as M
-from finetune.tasks.entities import locate
 from finetune.tasks.prompts import PromptFormat
+from finetune.tasks.types import task_type
 
 log = logging.getLogger(__name__)
 EVAL_DIR = "eval"
@@ -92,10 +91,7 @@ def evaluate(
     run_dir = Path(run_dir)
     check_run(recipe, run_dir)
     items = load_split(recipe, "test")
-    texts = [item["text"] for item in items]
-    golds = locate(
-        recipe.task.type, texts, [item[TARGET_FIELD[recipe.task.type]] for item in items]
-    )
+    golds = task_type(recipe.task).golds(items)
     context = Context(run_dir, items, load_split(recipe, "train"))
     check_all(recipe, run_dir)
     store = reuse.Store.of(recipe)
@@ -123,7 +119,7 @@ def _quality(
     """Every system's quality pass, in the recipe's order; a system kept from an earlier
     evaluation (`reuse`) takes its kept outcome instead of running."""
     plans, outcomes, kept = [], [], {}
-    texts = [item["text"] for item in context.items]
+    texts, task = [item["text"] for item in context.items], task_type(recipe.task)
     for key, group in load_groups(recipe, systems_of(recipe)):
         with loaded_model(recipe, context.run_dir, key) as loaded:
             for system in group:
@@ -136,7 +132,7 @@ def _quality(
                         entry.quality, entry.changed = _quality_entry(outcome), True
                 if entry:
                     kept[system.name] = entry
-                outcome.predictions = locate(recipe.task.type, texts, golds, outcome.predictions)
+                outcome.predictions = task.placed(texts, golds, outcome.predictions)
                 plans.append(plan)
                 outcomes.append(outcome)
                 _say(console, recipe, outcome, golds, reused=bool(entry and not entry.changed))
@@ -482,7 +478,7 @@ def _timing_header(recipe: Recipe, rounds: timing.Rounds, figures: dict) -> dict
 
 
 def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figures):
-    task = recipe.task.type
+    task = task_type(recipe.task)
     preds = outcome.predictions
     metrics = _metric_entries(recipe, golds, preds, names)
     return {
@@ -496,8 +492,8 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figure
         # Whether its prompts listed the labels (`task.list_labels`), for the report to say.
         "label_list": sees_label_list(recipe, outcome.system),
         "metrics": metrics,
-        "per_class": M.per_class(golds, preds, labels) if task == "classification" else [],
-        "confusion": M.confusion_matrix(golds, preds, labels) if task == "classification" else None,
+        "per_class": task.per_class(golds, preds, labels),
+        "confusion": task.confusion(golds, preds, labels),
         **_speed_entry(recipe, outcome, rounds, figures[outcome.system.name]),
         "peak_memory_bytes": outcome.peak_memory,
         "weights_bytes": outcome.weights_bytes,
@@ -617,7 +613,7 @@ def paired_quality(recipe: Recipe, mine: list, theirs: list, golds: list, metric
         "high": high,
         "mcnemar": None,
     }
-    if task == "classification":
+    if task_type(task).paired_test():
         test = mcnemar_exact(
             [p == g for p, g in zip(mine, golds, strict=True)],
             [p == g for p, g in zip(theirs, golds, strict=True)],

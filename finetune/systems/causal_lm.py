@@ -13,8 +13,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from finetune.errors import FinetuneError
 from finetune.hardware import free_memory, weight_dtype
 from finetune.models import (
@@ -32,18 +30,20 @@ from finetune.systems.base import SPECIALIST, Context, Inference, Kind, Loaded, 
 from finetune.systems.common import (
     disk_bytes,
     draw_shots,
+    label_predictions,
     merged_in_float32,
     parameter_sizes,
+    read_answers,
     serving_form,
     shown_label_list,
 )
-from finetune.tasks.entities import parse_entities
 from finetune.tasks.prompts import (
     PromptFormat,
     encode,
     prompt_format,
     untrained_format,
 )
+from finetune.tasks.types import LABELS, task_type
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def _tokenizer(source: ModelSource) -> Any:
 
 def _inference(recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
     task = recipe.task
-    if task.type == "classification":
+    if task_type(task).request == LABELS:
         label_ids = label_token_ids(fmt, tokenizer, task.labels)
 
         def classify(model, prompts, batch_size, share_prefix, on_batch=None):
@@ -272,12 +272,8 @@ def _inference(recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
                 share_prefix=share_prefix,
             )
             scores = scorer.score(prompts, on_batch)
-            best = [int(np.argmax(row)) for row in scores]
-            details = [
-                {"label_logprobs": dict(zip(task.labels, map(_round, row), strict=True))}
-                for row in scores
-            ]
-            return [task.labels[b] for b in best], details, [len(label_ids[b]) for b in best]
+            predictions, details, best = label_predictions(task.labels, scores)
+            return predictions, details, [len(label_ids[b]) for b in best]
 
         return Inference(max(len(ids) for ids in label_ids), classify)
 
@@ -291,9 +287,7 @@ def _inference(recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
             batch_size=batch_size,
             on_batch=on_batch,
         )
-        texts = [text for text, _ in outputs]
-        predictions = [parse_entities(t) for t in texts] if task.type == "extraction" else texts
-        details = [{"raw": t} for t in texts] if task.type == "extraction" else [{} for _ in texts]
+        predictions, details = read_answers(recipe, [text for text, _ in outputs])
         return predictions, details, [count for _, count in outputs]
 
     return Inference(recipe.eval.max_new_tokens, answer)
@@ -318,7 +312,3 @@ def _encode_items(recipe, fmt, tokenizer, items, shots, reserve):
         )
         for item in items
     ]
-
-
-def _round(x: float) -> float:
-    return round(float(x), 5)

@@ -1,17 +1,41 @@
-"""What several kinds share: in-context shots, parameter and file sizes, how a trained
-adapter is served, and whether a system is shown the label list."""
+"""What several kinds share: reading answers into predictions, in-context shots, parameter
+and file sizes, how a trained adapter is served, and whether a system is shown the label list."""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from finetune.data.split import rank
 from finetune.models import ModelSource
 from finetune.recipe import Recipe
 from finetune.systems.base import System
-from finetune.tasks.prompts import lists_labels, target_text
+from finetune.tasks.prompts import lists_labels
+from finetune.tasks.types import LABELS, task_type
+
+
+def label_predictions(
+    labels: Sequence[str], rows: Sequence[Sequence[float]]
+) -> tuple[list[str], list[dict], list[int]]:
+    """A `LABELS` request's answers: the likeliest label of each row of label log-likelihoods,
+    each row kept in the details (to 5 places), and the index of each row's best label."""
+    best = [int(np.argmax(row)) for row in rows]
+    details = [
+        {"label_logprobs": {k: round(float(x), 5) for k, x in zip(labels, row, strict=True)}}
+        for row in rows
+    ]
+    return [labels[b] for b in best], details, best
+
+
+def read_answers(recipe: Recipe, texts: list[str]) -> tuple[list[Any], list[dict]]:
+    """A `GENERATE` request's answers as the task reads them (`TaskType.read`), with details."""
+    task, labels = task_type(recipe.task), list(recipe.task.labels)
+    read = [task.read(text, labels) for text in texts]
+    return [prediction for prediction, _ in read], [details for _, details in read]
 
 
 def shown_label_list(recipe: Recipe, system: System, prompted: bool) -> bool:
@@ -85,7 +109,8 @@ def draw_shots(recipe: Recipe, train_rows: list[dict], k: int) -> list[tuple[str
     """
     if k == 0 or not train_rows:
         return []
-    if recipe.task.type == "classification":
+    task = task_type(recipe.task)
+    if task.request == LABELS:
         groups = [[r for r in train_rows if r["label"] == label] for label in recipe.task.labels]
         groups = [g for g in groups if g]
         random.Random(recipe.seed).shuffle(groups)
@@ -95,7 +120,7 @@ def draw_shots(recipe: Recipe, train_rows: list[dict], k: int) -> list[tuple[str
     pools = [_short_first_rows(recipe.seed, g, per_group) for g in groups]
     turns = [pools[i % len(pools)] for i in range(k)]  # each group in turn
     picked = [pool[(i // len(pools)) % len(pool)] for i, pool in enumerate(turns)]
-    return [(r["text"], target_text(recipe.task.type, r)) for r in picked]
+    return [(r["text"], task.target_text(r)) for r in picked]
 
 
 def _short_first_rows(seed: int, rows: list[dict], n: int) -> list[dict]:

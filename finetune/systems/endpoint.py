@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import FinetuneError
-from finetune.pypi import cache_dir
+from finetune.fetch import cache_dir
 from finetune.recipe import Recipe
 from finetune.systems.base import (
     Context,
@@ -45,12 +45,11 @@ from finetune.systems.endpoint_client import (
     check_first_tokens_apart,
     check_reachable,
     echoed_logprob,
-    label_of,
     probe_request,
     top_logprob_scores,
 )
-from finetune.tasks.entities import parse_entities
 from finetune.tasks.prompts import PromptFormat, render_prompt, untrained_instruction
+from finetune.tasks.types import LABELS, task_type
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "endpoints.sqlite"
@@ -129,7 +128,7 @@ def scoring_method(recipe: Recipe, key: str, client: EndpointClient) -> str:
     """The method this system is scored by: `generate` for QA and extraction; for
     classification the recipe's, checked against the server, or with `auto` the most exact
     one the server passes."""
-    if recipe.task.type != "classification":
+    if task_type(recipe.task).request != LABELS:
         return "generate"
     wanted, where = baseline_config(recipe, key)[1].endpoint.scoring, client.settings.key
     if wanted in ("prompt_logprobs", "auto"):
@@ -238,7 +237,7 @@ def _runner(recipe: Recipe, method: str, infer: Inference, input_tokens: list[in
 
 def _read(recipe: Recipe, method: str, requests: list[Request], replies: list) -> tuple[Any, dict]:
     """One item's prediction and details from its replies; nothing predicted on failure."""
-    empty: Any = [] if recipe.task.type == "extraction" else ""
+    empty = task_type(recipe.task).empty()
     failed = next((r.error for r in replies if r.error), None)
     if failed:
         return empty, {"failed": failed}
@@ -263,12 +262,7 @@ def _read(recipe: Recipe, method: str, requests: list[Request], replies: list) -
         text = replies[0].response["choices"][0]["message"]["content"] or ""
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         return empty, {"failed": f"malformed response: {exc}"}
-    if recipe.task.type == "classification":
-        label = label_of(text, recipe.task.labels)
-        return (label, {"raw": text}) if label else ("", {"raw": text, "invalid": True})
-    if recipe.task.type == "extraction":
-        return parse_entities(text), {"raw": text}
-    return text.strip(), {}
+    return task_type(recipe.task).read(text, list(recipe.task.labels))
 
 
 def _top_of(reply: Any) -> list[tuple[str, float]] | None:

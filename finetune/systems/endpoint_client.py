@@ -25,7 +25,6 @@ import json
 import math
 import os
 import sqlite3
-import string
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -283,6 +282,7 @@ def check_reachable(settings: EndpointSettings) -> None:
 
 
 # --- scoring ------------------------------------------------------------------------------------
+
 
 def check_first_tokens_apart(labels: Sequence[str], key: str) -> None:
     """`top_logprobs` reads one token per label: labels one of which begins another cannot be

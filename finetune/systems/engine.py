@@ -27,8 +27,9 @@ from finetune.models.scoring import answer_of, label_token_ids, stop_ids
 from finetune.recipe import Recipe
 from finetune.systems.base import Inference, Kind, Loaded, System, baseline_config
 from finetune.systems.causal_lm import CausalLM
-from finetune.tasks.entities import parse_entities
+from finetune.systems.common import label_predictions, read_answers
 from finetune.tasks.prompts import PromptFormat
+from finetune.tasks.types import LABELS, task_type
 
 LLAMA_PACKAGE = "llama-cpp-python[server]==0.3.36"
 
@@ -112,7 +113,7 @@ class Engine(CausalLM):
         )
 
     def inference(self, recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
-        if recipe.task.type == "classification":
+        if task_type(recipe.task).request == LABELS:
             label_ids = label_token_ids(fmt, tokenizer, recipe.task.labels)
             return Inference(max(len(ids) for ids in label_ids), _classifier(recipe, label_ids))
         return Inference(recipe.eval.max_new_tokens, _generator(recipe, fmt, tokenizer))
@@ -170,16 +171,8 @@ def _classifier(recipe: Recipe, label_ids: list[list[int]]):
             rows.append(row)
             if on_batch:
                 on_batch(1)
-        best = [int(np.argmax(row)) for row in rows]
-        details = [
-            {
-                "label_logprobs": {
-                    k: round(v, 5) for k, v in zip(recipe.task.labels, row, strict=True)
-                }
-            }
-            for row in rows
-        ]
-        return [recipe.task.labels[b] for b in best], details, [len(label_ids[b]) for b in best]
+        predictions, details, best = label_predictions(recipe.task.labels, rows)
+        return predictions, details, [len(label_ids[b]) for b in best]
 
     return classify
 
@@ -197,10 +190,7 @@ def _generator(recipe: Recipe, fmt: PromptFormat, tokenizer: Any):
             outputs.append(answer_of(fmt, tokenizer, new, stop))
             if on_batch:
                 on_batch(1)
-        texts = [text for text, _ in outputs]
-        extraction = recipe.task.type == "extraction"
-        predictions = [parse_entities(t) for t in texts] if extraction else texts
-        details = [{"raw": t} if extraction else {} for t in texts]
+        predictions, details = read_answers(recipe, [text for text, _ in outputs])
         return predictions, details, [count for _, count in outputs]
 
     return answer

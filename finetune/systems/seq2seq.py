@@ -15,14 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
-
 from finetune.models.heads import SEQ2SEQ_LM
 from finetune.recipe import Recipe
 from finetune.systems.base import Inference
 from finetune.systems.causal_lm import CausalLM
-from finetune.tasks.entities import parse_entities
+from finetune.systems.common import label_predictions, read_answers
 from finetune.tasks.prompts import PromptFormat, encode_target
+from finetune.tasks.types import LABELS, task_type
 
 
 class Seq2SeqLM(CausalLM):
@@ -33,7 +32,7 @@ class Seq2SeqLM(CausalLM):
 
     def inference(self, recipe: Recipe, fmt: PromptFormat, tokenizer: Any) -> Inference:
         task = recipe.task
-        if task.type != "classification":
+        if task_type(task).request != LABELS:
             return Inference(0, _answering(recipe, tokenizer))
         label_ids = [
             encode_target(tokenizer, label, max_length=recipe.model.max_length)
@@ -50,23 +49,13 @@ class Seq2SeqLM(CausalLM):
                 ),
                 on_batch,
             )
-            best = [int(np.argmax(row)) for row in scores]
-            details = [
-                {
-                    "label_logprobs": {
-                        k: round(float(x), 5) for k, x in zip(task.labels, row, strict=True)
-                    }
-                }
-                for row in scores
-            ]
-            return [task.labels[b] for b in best], details, [len(label_ids[b]) for b in best]
+            predictions, details, best = label_predictions(task.labels, scores)
+            return predictions, details, [len(label_ids[b]) for b in best]
 
         return Inference(0, classify)
 
 
 def _answering(recipe: Recipe, tokenizer: Any) -> Callable[..., Any]:
-    extraction = recipe.task.type == "extraction"
-
     def answer(model, prompts, batch_size, share_prefix, on_batch=None):
         outputs = _in_batches(
             prompts,
@@ -74,9 +63,7 @@ def _answering(recipe: Recipe, tokenizer: Any) -> Callable[..., Any]:
             lambda batch: generate(model, tokenizer, batch, recipe.eval.max_new_tokens),
             on_batch,
         )
-        texts = [text for text, _ in outputs]
-        predictions = [parse_entities(t) for t in texts] if extraction else texts
-        details = [{"raw": t} if extraction else {} for t in texts]
+        predictions, details = read_answers(recipe, [text for text, _ in outputs])
         return predictions, details, [count for _, count in outputs]
 
     return answer

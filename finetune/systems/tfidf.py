@@ -22,6 +22,7 @@ import numpy as np
 from finetune.deps import require
 from finetune.recipe import Recipe
 from finetune.systems.base import Context, Inference, Kind, Loaded, Plan, System
+from finetune.tasks.types import LABELS, task_type
 
 _FITTED: dict[str, Any] = {}  # the fitted pipeline by training rows and settings, per process
 
@@ -35,7 +36,7 @@ class Tfidf(Kind):
 
     def extra_systems(self, recipe: Recipe) -> list[System]:
         tfidf = recipe.eval.tfidf
-        if tfidf.enabled and recipe.task.type == "classification":
+        if tfidf.enabled and task_type(recipe.task).request == LABELS:
             return [System(tfidf.name, "baseline", "tfidf", kind=self.name)]
         return []
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 from finetune.errors import FinetuneError
 from finetune.files import write_json
 from finetune.tasks.labels import unnamed_labels
+from finetune.tasks.types import TASK_TYPES
 
 PROMPT_FILE = "prompt.json"
 _PROBE_ANSWER = "ANSWER"
@@ -166,15 +167,8 @@ def answer_ids(
 
 
 def target_text(task_type: str, example: dict[str, Any]) -> str:
-    """The answer the model should write for an example."""
-    if task_type == "classification":
-        return example["label"]
-    if task_type == "qa":
-        return example["answer"]
-    # Character offsets, where a dataset has them, are for span-level scoring; the model is
-    # taught to write what it can: each entity's text and type.
-    entities = [{"text": e["text"], "type": e["type"]} for e in example["entities"]]
-    return json.dumps(entities, ensure_ascii=False)
+    """The answer the model should write for an example (`TaskType.target_text`)."""
+    return TASK_TYPES[task_type].target_text(example)
 
 
 def encode(

@@ -28,10 +28,10 @@ from finetune.systems.endpoint_client import (
     check_first_tokens_apart,
     check_reachable,
     echoed_logprob,
-    label_of,
     probe_request,
     top_logprob_scores,
 )
+from finetune.tasks.labels import label_of
 
 KEY = "sk-test-planted-0123456789abcdef"
 Answer = Callable[[dict, int], tuple[int, dict, bytes]]

@@ -388,7 +388,7 @@ def test_unknown_metric_names_fail_validation_with_the_valid_ones(write_recipe):
 def test_priced_systems_cost_their_tokens_and_others_machine_time(evaluated):
     from types import SimpleNamespace
 
-    from finetune.evaluate.evaluator import cost_per_1k
+    from finetune.evaluate.results import cost_per_1k
     from finetune.recipe.schema import PriceConfig
 
     recipe = evaluated[0]

@@ -1,7 +1,8 @@
 """Read what `finetune eval` and `finetune train` left in a run directory, and small accessors.
 
-The schema of `eval/results.json` is the evaluator's; these helpers only name the facts the
-report needs (the specialist, the primary metric, on-disk size) so tables and verdict agree.
+The schema of `eval/results.json` is the evaluator's typed model (`evaluate.results.Results`),
+whose declared fields are the ones the report may read; these helpers only name the facts it
+needs (the specialist, the primary metric, on-disk size) so tables and verdict agree.
 """
 
 from __future__ import annotations
@@ -11,22 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from finetune.errors import FinetuneError
+from finetune.evaluate.results import missing_fields
 from finetune.files import read_jsonl
 from finetune.recipe.schema import EvalConstraintsConfig
 
 RESULTS_FILE = Path("eval") / "results.json"
 PREDICTIONS_FILE = Path("eval") / "predictions.jsonl"
-# The fields the report reads; anything else in results.json is passed through untouched.
-FIELDS = {
-    "": ("recipe", "task", "labels", "metrics", "test_items", "confidence",
-         "bootstrap_samples", "hardware", "batch_size", "prices", "timing", "systems",
-         "comparisons"),
-    "systems": ("name", "role", "model", "shots", "prompt_style", "metrics", "latency_ms",
-                "throughput_items_per_s", "peak_memory_bytes", "parameters", "disk_bytes",
-                "throughput", "tokens", "cost_per_1k", "truncated_items"),
-    "comparisons": ("baseline", "metric", "specialist", "baseline_value", "difference", "low",
-                    "high", "significant", "timing"),
-}  # fmt: skip
 
 
 def load_results(run_dir: Path) -> dict[str, Any]:
@@ -44,17 +35,6 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     if missing:
         raise FinetuneError(f"{path}: missing {', '.join(missing)}; {again}")
     return results
-
-
-def missing_fields(results: dict[str, Any]) -> list[str]:
-    """Every field the report needs that `results` lacks, as dotted paths (all at once)."""
-    missing = [k for k in FIELDS[""] if k not in results]
-    for section in ("systems", "comparisons"):
-        for i, item in enumerate(results.get(section) or []):
-            missing += [f"{section}[{i}].{k}" for k in FIELDS[section] if k not in item]
-    if not results.get("systems") and "systems" in results:
-        missing.append("systems[0] (the specialist)")
-    return missing
 
 
 def load_training(run_dir: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

@@ -1,0 +1,63 @@
+"""What an evaluation prints as it goes: each system's primary metric, the floor, and the
+timing rounds' medians."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune.evaluate import timing
+from finetune.evaluate.results import Outcome, metric_names
+from finetune.recipe import Recipe
+from finetune.tasks import metrics as M
+
+
+def say_outcome(
+    console: Any, recipe: Recipe, outcome: Outcome, golds: list[Any], reused: bool = False
+) -> None:
+    if console is None:
+        return
+    task = recipe.task.type
+    name = metric_names(recipe)[0]
+    value = M.compute(
+        task, name, golds, outcome.predictions, labels=list(recipe.task.labels) or None
+    )
+    truncated = sum(outcome.truncated)
+    note = f"; {truncated} input(s) truncated to model.max_length" if truncated else ""
+    say(
+        console,
+        f"{outcome.system.name}: {name} {value:.3f} on {len(golds)} items in "
+        f"{outcome.seconds:.0f} s{note}" + (" (kept from an earlier evaluation)" if reused else ""),
+    )
+
+
+def say_floor(console: Any, results: dict[str, Any]) -> None:
+    floor = results["floor"]
+    if floor:
+        metric = results["metrics"][0]
+        say(
+            console,
+            f"floor: always '{floor['label']}' (majority class of train) scores {metric} "
+            f"{floor['metrics'][metric]['value']:.3f}",
+        )
+
+
+def say(console: Any, text: str) -> None:
+    if console is not None:
+        console.print(text, markup=False, highlight=False)
+
+
+def say_timing(console: Any, rounds: timing.Rounds) -> None:
+    """Per system: median p50 latency and throughput over the rounds; then any busy round."""
+    early = " (stopped early: eval.timing.max_minutes spent)" if rounds.stopped_early else ""
+    lines = [f"timing: {rounds.done} of {rounds.requested} rounds in {rounds.seconds:.0f} s{early}"]
+    for name in dict.fromkeys(r.name for r in rounds.records):
+        records = rounds.of(name)
+        p50 = timing.summary([r.p50 for r in records])
+        speed = timing.summary([r.throughput for r in records])
+        busy = [r.round for r in records if r.load.busy]
+        note = f"; machine busy in round(s) {', '.join(map(str, busy))}" if busy else ""
+        lines.append(
+            f"  {name}: p50 {p50['median']:.1f} ms [{p50['low']:.1f}-{p50['high']:.1f}], "
+            f"{speed['median']:.1f} items/s [{speed['low']:.1f}-{speed['high']:.1f}]{note}"
+        )
+    say(console, "\n".join(lines))

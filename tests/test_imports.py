@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "finetune"
 # The floors, lowest first: a module may import its own floor's and lower floors' modules only.
 FLOORS = [
-    {"errors", "files", "deps", "hardware", "quiet", "progress", "hub", "pypi", "stats"},
+    {"errors", "files", "deps", "hardware", "quiet", "progress", "fetch", "stats"},
     {"tasks"},
     {"models"},
     {"recipe"},

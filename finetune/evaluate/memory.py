@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from finetune.data import load_split
 from finetune.hardware import has_cuda, process_peak_bytes
 from finetune.recipe import Recipe
 from finetune.systems.base import Context, Plan, System
@@ -61,7 +62,6 @@ def _alone(recipe: Recipe, run_dir: Path, system: System, key: str) -> int:
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TQDM_DISABLE"] = "1"
     logging.disable(logging.WARNING)  # the evaluating process has already said what loading says
-    from finetune.data import load_split
 
     kind = kind_of(key, run_dir, recipe)
     loaded = kind.load(recipe, run_dir, key)

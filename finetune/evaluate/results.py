@@ -23,8 +23,8 @@ from finetune.recipe import Recipe
 from finetune.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
 from finetune.systems.base import System
 from finetune.systems.registry import sees_label_list
-from finetune.systems.tfidf import majority_label
 from finetune.tasks import metrics as M
+from finetune.tasks.labels import majority_label
 from finetune.tasks.types import task_type
 
 
@@ -63,7 +63,7 @@ class SystemResult(_Document):
     latency_ms: dict[str, Any]
     throughput_items_per_s: float | None
     peak_memory_bytes: int | None  # None: a remote system
-    parameters: dict[str, int]
+    parameters: dict[str, int | None]  # None: a remote system's
     disk_bytes: dict[str, int | None]
     throughput: dict[str, Any]
     tokens: dict[str, float]

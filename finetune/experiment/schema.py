@@ -2,7 +2,7 @@
 every cell is compared with, and what a deployable system must meet.
 
 Like the recipe schema, it rejects unknown keys, and every default and piece of help text
-lives here (`finetune/docs.py` renders it into the README).
+lives here (`finetune/docs.py` renders it into docs/experiments.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Which head a recipe trains on its base model, and the record of it in a run (`head.json`).
 
-`causal-lm`: the model writes the answer after a prompt (`finetune/prompts.py`), trained with
+`causal-lm`: the model writes the answer after a prompt (`finetune/tasks/prompts.py`), trained with
 TRL's SFTTrainer, for every task type. `seq2seq-lm`: an encoder-decoder (T5, BART) reads the
 prompt and its decoder writes the answer, trained with transformers' Trainer on the answer's
 cross-entropy, for every task type. `sequence-classification`: a classification head reads
 the input text alone and scores the task's labels; `token-classification`: a head tags each
-word of the text with IOB2 tags (`finetune/tagging.py`), for extraction; both trained with
+word of the text with IOB2 tags (`finetune/tasks/tagging.py`), for extraction; both trained with
 transformers' Trainer. The head comes from the recipe (`model.head`), the task and what the
 base model is (`models.model_role`): `auto` gives an encoder base a sequence-classification
 head for classification and a token-classification head for extraction, an encoder-decoder

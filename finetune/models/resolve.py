@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from finetune import fetch
 from finetune.errors import FinetuneError
 from finetune.models.load import OFFLINE_SOURCES, explained_load_errors
 from finetune.models.registry import (
@@ -57,12 +58,11 @@ def resolve(ref: str, *, key: str = "model.base") -> ModelSource:
 
 def _hub_source(ref: str, key: str) -> ModelSource:
     """A Hub model: fetched as usual when the Hub answers, else its cached snapshot, else a stop."""
-    from finetune.fetch import cached_snapshot, unreachable_reason
 
-    reason = unreachable_reason()
+    reason = fetch.unreachable_reason()
     if reason is None:
         return ModelSource(ref, "hub", ref, {"hub_id": ref}, key)
-    snapshot = cached_snapshot(ref)
+    snapshot = fetch.cached_snapshot(ref)
     if snapshot is None:
         raise FinetuneError(
             f"{key}: could not load '{ref}' from the Hugging Face Hub ({reason}), and it is in "
@@ -103,9 +103,7 @@ def model_role(ref: str) -> Role | None:
         return REGISTRY[ref].role
     folder: str | None = str(Path(ref).expanduser())
     if not Path(folder).is_dir():
-        from finetune.fetch import cached_snapshot
-
-        folder = cached_snapshot(ref) if HUB_ID.match(ref) else None
+        folder = fetch.cached_snapshot(ref) if HUB_ID.match(ref) else None
     config = Path(folder) / "config.json" if folder else None
     if config is None or not config.is_file():
         return None

@@ -1,8 +1,8 @@
 """The recipe schema: typed, frozen sections that mirror the pipeline's stages.
 
-Every default and every piece of help text lives here. `finetune/docs.py` renders
-this schema into the README's recipe reference, and `recipe/load.py` turns
-validation failures into messages naming the file and the dotted key.
+Every default and every piece of help text lives here. `finetune/docs.py` renders this schema
+into docs/recipe-reference.md, `recipe/checks.py` checks what spans several fields, and
+`recipe/load.py` turns validation failures into messages naming the file and the dotted key.
 """
 
 from __future__ import annotations
@@ -376,7 +376,7 @@ class EngineConfig(Section):
     )
     gpu_layers: Annotated[int, Field(ge=-1)] = _field(
         0,
-        help="Layers offloaded to a GPU (`n_gpu_layers`; -1: all). Needs llama-cpp-python built with CUDA (see the README); the CPU build ignores it.",
+        help="Layers offloaded to a GPU (`n_gpu_layers`; -1: all). Needs llama-cpp-python built with CUDA (see docs/baselines.md); the CPU build ignores it.",
         synonyms=("n_gpu_layers", "gpu"),
     )
 

@@ -26,6 +26,7 @@ from finetune.models import (
 from finetune.models.heads import CAUSAL_LM
 from finetune.models.scoring import LabelScorer, generate_answers, label_token_ids
 from finetune.recipe import Recipe
+from finetune.runs import check_same_base
 from finetune.systems.base import SPECIALIST, Context, Inference, Kind, Loaded, Plan, System
 from finetune.systems.common import (
     disk_bytes,
@@ -200,7 +201,6 @@ def system_format(
 
 
 def _load_run_model(recipe: Recipe, run_dir: Path, kind: CausalLM) -> Loaded:
-    from finetune.runs import check_same_base
 
     source = resolve(recipe.model.base)
     if (run_dir / "model").is_dir():  # full fine-tuning: the run holds the whole model

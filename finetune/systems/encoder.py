@@ -28,6 +28,7 @@ from finetune.models import (
 )
 from finetune.models.heads import SEQUENCE_CLASSIFICATION
 from finetune.recipe import Recipe
+from finetune.runs import check_same_base
 from finetune.systems.base import Context, Inference, Kind, Loaded, Plan, System
 from finetune.systems.common import disk_bytes, merged_in_float32, parameter_sizes, serving_form
 from finetune.tasks.prompts import encode_text
@@ -47,7 +48,6 @@ class Encoder(Kind):
         return list(recipe.task.labels)
 
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
-        from finetune.runs import check_same_base
 
         source, labels = resolve(recipe.model.base), self.labels(recipe, run_dir)
         if (run_dir / "model").is_dir():  # full fine-tuning: the run holds the whole model

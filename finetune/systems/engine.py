@@ -1,7 +1,7 @@
 """The engine kind: a big general model served here by llama.cpp (llama-cpp-python, in this
 process) from its GGUF as shipped, 4-bit rather than de-quantized, as a baseline.
 
-It is prompted exactly as a local transformers model is (`causal.CausalLM`'s plan: the
+It is prompted exactly as a local transformers model is (`causal_lm.CausalLM`'s plan: the
 tokenizer transformers reads from the same GGUF, its chat template, the recipe's shots), and
 its token ids go to llama.cpp unchanged, so the only difference from the de-quantized model is
 llama.cpp's quantized arithmetic. Classification scores each label's exact log-likelihood from

@@ -1,7 +1,7 @@
 """The kinds of system by name, and what the recipe's systems are.
 
-Kinds are registered here by their module, imported only when asked for, so a kind's heavy
-libraries load only where that kind runs. `kind("enpoint")` fails with a did-you-mean. The
+Each kind is the module named after its key, listed once in `kinds()` (a kind imports its heavy
+libraries only where it runs, so importing them all is cheap). `kind("enpoint")` fails with a did-you-mean. The
 specialist's kind is the head its run recorded; a model reference's is what the model is (an
 encoder-decoder, else a causal LM); a baseline's is the `eval.baselines` field it sets.
 """
@@ -9,10 +9,11 @@ encoder-decoder, else a causal LM); a baseline's is the `eval.baselines` field i
 from __future__ import annotations
 
 import difflib
-import importlib
+import functools
 from pathlib import Path
 
 from finetune.errors import FinetuneError
+from finetune.models import model_role, resolve, source_role
 from finetune.models.heads import (
     SEQ2SEQ_LM,
     SEQUENCE_CLASSIFICATION,
@@ -21,43 +22,50 @@ from finetune.models.heads import (
 )
 from finetune.recipe import Recipe
 from finetune.systems.base import SPECIALIST, Kind, System
+from finetune.systems.causal_lm import CausalLM
 from finetune.systems.common import shown_label_list
+from finetune.systems.encoder import Encoder
+from finetune.systems.endpoint import Endpoint
+from finetune.systems.engine import Engine
+from finetune.systems.run import OtherRun
+from finetune.systems.seq2seq import Seq2SeqLM
+from finetune.systems.tagger import Tagger
+from finetune.systems.tfidf import Tfidf
 
-# Registry key -> "module:class" under finetune.systems; the module is named after its key.
-KINDS = {
-    "causal-lm": "causal_lm:CausalLM",
-    "seq2seq": "seq2seq:Seq2SeqLM",
-    "encoder": "encoder:Encoder",
-    "tagger": "tagger:Tagger",
-    "tfidf": "tfidf:Tfidf",
-    "run": "run:OtherRun",
-    "endpoint": "endpoint:Endpoint",
-    "engine": "engine:Engine",
-}
 # The kind a specialist's recorded head is served by; any other head is a causal LM's.
 BY_HEAD = {
     SEQUENCE_CLASSIFICATION: "encoder",
     TOKEN_CLASSIFICATION: "tagger",
     SEQ2SEQ_LM: "seq2seq",
 }
-_LOADED: dict[str, Kind] = {}
+
+
+@functools.cache
+def kinds() -> dict[str, Kind]:
+    """Every kind, by name (`Kind.name`); each lives in the module named after its key."""
+    found = [
+        CausalLM(),
+        Seq2SeqLM(),
+        Encoder(),
+        Tagger(),
+        Tfidf(),
+        OtherRun(kind_of),
+        Endpoint(),
+        Engine(),
+    ]
+    return {k.name: k for k in sorted(found, key=lambda k: k.name)}
 
 
 def kind(name: str) -> Kind:
     """The kind registered as `name`."""
-    if name not in KINDS:
-        close = difflib.get_close_matches(name, KINDS, n=1)
+    registry = kinds()
+    if name not in registry:
+        close = difflib.get_close_matches(name, registry, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise FinetuneError(f"unknown kind of system {name!r}.{hint} Available: {', '.join(KINDS)}")
-    if name not in _LOADED:
-        module, _, cls = KINDS[name].partition(":")
-        _LOADED[name] = getattr(importlib.import_module(f"finetune.systems.{module}"), cls)()
-    return _LOADED[name]
-
-
-def kinds() -> dict[str, Kind]:
-    """Every registered kind, by name."""
-    return {name: kind(name) for name in KINDS}
+        raise FinetuneError(
+            f"unknown kind of system {name!r}.{hint} Available: {', '.join(registry)}"
+        )
+    return registry[name]
 
 
 def systems_of(recipe: Recipe) -> list[System]:
@@ -91,7 +99,7 @@ def kind_of(key: str, run_dir: Path | None = None, recipe: Recipe | None = None)
     an encoder-decoder `seq2seq`); for a model (`base` is the recipe's base) the kind of what
     it is, an encoder-decoder or else a causal LM."""
     prefix, sep, _ = key.partition(":")
-    if sep and prefix in KINDS:
+    if sep and prefix in kinds():
         return kind(prefix)
     if key == SPECIALIST:
         head = run_head(run_dir) if run_dir is not None else None
@@ -103,8 +111,6 @@ def kind_of(key: str, run_dir: Path | None = None, recipe: Recipe | None = None)
 def _role(recipe: Recipe, key: str) -> str | None:
     """What the model of instance `key` is; None when it cannot be told here (its loader then
     says why it cannot be loaded)."""
-    from finetune.models import model_role, resolve, source_role
-
     ref = recipe.model.base if key == "base" else key
     role = model_role(ref)
     if role is not None:

@@ -9,26 +9,31 @@ specialist and a general model. The other run must have been trained on the same
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from finetune.errors import FinetuneError
-from finetune.recipe import Recipe
+from finetune.recipe import Recipe, load_recipe
+from finetune.runs import data_fingerprint, is_complete
 from finetune.systems.base import SPECIALIST, Context, Kind, Loaded, Plan, System
 from finetune.systems.common import parameter_sizes
-from finetune.systems.registry import kind_of
 
 
 class OtherRun(Kind):
     """The `Kind` of a `run:` baseline; its key is `run:<baseline name>`. The other run's own
-    kind (`registry.kind_of`, handed in as `inner`) loads and plans it."""
+    kind loads and plans it; `kind_of(key, run_dir)` names that kind (the registry hands in
+    its own, so a kind never imports the registry)."""
 
     name = "run"
     baseline_field = "run"
 
+    def __init__(self, kind_of: Callable[[str, Path], Kind]) -> None:
+        self.kind_of = kind_of
+
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
         other_dir, other = _other(recipe, run_dir, key)
-        inner = kind_of(SPECIALIST, other_dir)
+        inner = self.kind_of(SPECIALIST, other_dir)
         loaded = inner.load(other, other_dir, SPECIALIST)
         return Loaded(
             loaded.model,
@@ -58,7 +63,7 @@ class OtherRun(Kind):
     def instance_bytes(self, recipe: Recipe, key: str) -> int | None:
         other_dir = _baseline_dir(recipe, key)
         other = _recipe_of(other_dir)
-        return kind_of(SPECIALIST, other_dir).instance_bytes(other, SPECIALIST)
+        return self.kind_of(SPECIALIST, other_dir).instance_bytes(other, SPECIALIST)
 
 
 def _baseline_dir(recipe: Recipe, key: str) -> Path:
@@ -68,14 +73,12 @@ def _baseline_dir(recipe: Recipe, key: str) -> Path:
 
 
 def _recipe_of(run_dir: Path) -> Recipe:
-    from finetune.recipe import load_recipe
 
     return load_recipe(run_dir / "recipe.yaml")
 
 
 def _other(recipe: Recipe, run_dir: Path, key: str) -> tuple[Path, Recipe]:
     """The other run's directory and recipe, checked against this run: finished, same data, same task."""
-    from finetune.runs import is_complete
 
     other_dir = _baseline_dir(recipe, key)
     if not is_complete(other_dir):
@@ -99,6 +102,5 @@ def _other(recipe: Recipe, run_dir: Path, key: str) -> tuple[Path, Recipe]:
 
 
 def _fingerprint(run_dir: Path) -> str:
-    from finetune.runs import data_fingerprint
 
     return data_fingerprint(run_dir) or ""

@@ -2,7 +2,7 @@
 baseline, each prompted with the recipe's task.
 
 Loading, prompts, shots and the specialist's serving form are the causal kind's
-(`causal.CausalLM`), with `AutoModelForSeq2SeqLM`. The prompt is the encoder's input and the
+(`causal_lm.CausalLM`), with `AutoModelForSeq2SeqLM`. The prompt is the encoder's input and the
 decoder writes the answer, as training taught it (`prompts.encode_target`). Classification
 scores every label's whole target sequence, its end token included, as the decoder's output
 after the prompt: the label with the highest log-likelihood is the prediction, so a label that

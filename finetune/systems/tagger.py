@@ -18,6 +18,7 @@ from finetune.models.heads import TOKEN_CLASSIFICATION, run_labels
 from finetune.recipe import Recipe
 from finetune.systems.base import Context, Inference, Plan, System
 from finetune.systems.encoder import Encoder
+from finetune.tasks.tagging import decode_tags, encode_tagged, require_fast, words
 
 
 class Tagger(Encoder):
@@ -31,7 +32,6 @@ class Tagger(Encoder):
         return run_labels(run_dir)
 
     def plan(self, recipe: Recipe, system: System, key: str, loaded: Any, context: Context) -> Plan:
-        from finetune.tasks.tagging import encode_tagged, require_fast
 
         tokenizer = require_fast(loaded.tokenizer, recipe.model.base)
         encoded = [
@@ -61,7 +61,6 @@ class Tagger(Encoder):
 
 
 def _inference(tokenizer: Any, id2label: dict[int, str]) -> Inference:
-    from finetune.tasks.tagging import decode_tags, words
 
     def tag(model, inputs, batch_size, share_prefix, on_batch=None):
         # No prompt is shared between texts, so `share_prefix` has nothing to reuse.
@@ -95,7 +94,6 @@ def _argmax(model: Any, tokenizer: Any, batch: list[tuple]) -> list[list[int]]:
 
 def _word_tags(text: str, word_ids: list, best: list[int], id2label: dict) -> list[str]:
     """Each word's tag: the label at its first token; `O` for a word the input cut off."""
-    from finetune.tasks.tagging import words
 
     tags = ["O"] * len(words(text))
     seen = set()

@@ -1,4 +1,4 @@
-"""The statistical kind: a TF-IDF + logistic-regression classifier fitted on the run's training
+"""The tfidf kind, the statistical baseline: a TF-IDF + logistic-regression classifier fitted on the run's training
 rows, and the majority-class floor every classification result is read against.
 
 Both are what a practitioner tries before any neural model. The classifier (scikit-learn,
@@ -13,12 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from finetune.data import load_split
 from finetune.deps import require
 from finetune.recipe import Recipe
 from finetune.systems.base import Context, Inference, Kind, Loaded, Plan, System
@@ -41,7 +41,6 @@ class Tfidf(Kind):
         return []
 
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
-        from finetune.data import load_split
 
         rows = load_split(recipe, "train")
         pipeline = fitted(recipe, rows)
@@ -137,10 +136,3 @@ def _inference(recipe: Recipe) -> Inference:
         return predictions, details, [0] * len(texts)
 
     return Inference(0, classify)
-
-
-def majority_label(rows: list[dict]) -> tuple[str, float]:
-    """The most common training label (ties: the first in sorted order) and its share of rows."""
-    counts = Counter(r["label"] for r in rows)
-    label = min(counts, key=lambda x: (-counts[x], x))
-    return label, counts[label] / len(rows)

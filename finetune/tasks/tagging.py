@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.errors import FinetuneError
+from finetune.tasks.entities import locate
 
 IGNORED = -100  # the label PyTorch's cross-entropy skips
 _WORD = re.compile(r"\S+")
@@ -44,7 +45,6 @@ def word_tags(text: str, entities: list[dict], spans: list[tuple[int, int]]) -> 
 
     Entities without offsets are placed at the first occurrence of their text, as the
     evaluation places them (`entities.locate`)."""
-    from finetune.tasks.entities import locate
 
     tags = ["O"] * len(spans)
     for entity in locate("extraction", [text], [entities])[0]:

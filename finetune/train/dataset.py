@@ -21,6 +21,7 @@ from typing import Any
 from finetune.data import load_split
 from finetune.recipe import Recipe
 from finetune.tasks.prompts import PromptFormat, encode, encode_target, encode_text, target_text
+from finetune.tasks.tagging import encode_tagged, word_tags, words
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,6 @@ def encode_tagged_split(
     recipe: Recipe, split: str, tokenizer: Any, labels: list[str]
 ) -> EncodedSplit | None:
     """The split's texts with a label per token (`tagging.encode_tagged`); None when empty."""
-    from finetune.tasks.tagging import encode_tagged, word_tags, words
 
     rows = load_split(recipe, split)
     if not rows:

@@ -24,6 +24,7 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from finetune.models.scoring import expanded_cache, shared_prefix_length
 from finetune.train.sampler import SeededSampling
 
 IGNORE = -100
@@ -96,7 +97,6 @@ class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
 
     def _shared_validation_prefix(self, data: Any) -> list[int]:
         """The tokens every validation example starts with, short of the first supervised one."""
-        from finetune.models.scoring import shared_prefix_length
 
         if data is None or isinstance(data, dict) or "input_ids" not in data.column_names:
             return []
@@ -130,8 +130,6 @@ class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
     def _suffix_inputs(self, model: Any, inputs: dict[str, Any], shared: int) -> dict[str, Any]:
         """The batch past the shared prefix, with the prefix's key/value cache for every row."""
         import torch
-
-        from finetune.models.scoring import expanded_cache
 
         ids = inputs["input_ids"]
         if self._eval_cache is None:

@@ -5,7 +5,7 @@ which have no chat template), cut to `model.max_length` as evaluation cuts it, a
 input, and the answer alone as the decoder's labels (`prompts.encode_target`). The loss is the
 model's own cross-entropy over the answer tokens (padding ignored), with transformers' Trainer;
 the model shifts the labels right into its decoder's input. Every task type trains this way,
-and evaluation scores or generates the same decoder output (`evaluate/seq2seq.py`). LoRA
+and evaluation scores or generates the same decoder output (`systems/seq2seq.py`). LoRA
 trains adapters on the frozen base, `full` every weight.
 """
 

@@ -9,14 +9,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # The CPU wheel is found locally on the build machines; on a CUDA machine pip takes
-# the PyPI build of the same version. TORCH_INDEX_URL picks another build (see README).
+# the PyPI build of the same version. TORCH_INDEX_URL picks another build (see docs/install.md).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 RECIPE ?= recipes/rt-sentiment-smollm2-lora.yaml
 RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep -v '\.partial/$$' | head -1)
 PYTEST_ARGS ?=
 # llama.cpp for every x86-64 CPU with AVX2, not only the one it is built on: pip's wheel cache
-# may be shared with machines of other CPUs. `-DGGML_CUDA=on` builds it for a GPU (see README).
+# may be shared with machines of other CPUs. `-DGGML_CUDA=on` builds it for a GPU (see docs/baselines.md).
 PORTABLE_LLAMA := -DGGML_NATIVE=OFF
 LLAMA_CMAKE_ARGS ?= $(PORTABLE_LLAMA)
 # pip's wheel cache keys a built wheel by name and version, not CMAKE_ARGS: other flags build

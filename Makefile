@@ -15,6 +15,8 @@ TORCH_INDEX_URL ?=
 RECIPE ?= recipes/rt-sentiment-smollm2-lora.yaml
 RUN ?= $(shell ls -dt runs/$(basename $(notdir $(RECIPE)))/*/ 2>/dev/null | grep -v '\.partial/$$' | head -1)
 PYTEST_ARGS ?=
+# The prepared test split of the run given as the first argument (make predict's default INPUT).
+TEST_SPLIT := import sys, pathlib; from finetune.recipe import load_recipe; from finetune.data import prepared_path; print(prepared_path(load_recipe(pathlib.Path(sys.argv[1]) / "recipe.yaml")) / "test.jsonl")
 # llama.cpp for every x86-64 CPU with AVX2, not only the one it is built on: pip's wheel cache
 # may be shared with machines of other CPUs. `-DGGML_CUDA=on` builds it for a GPU (see docs/baselines.md).
 PORTABLE_LLAMA := -DGGML_NATIVE=OFF
@@ -82,6 +84,9 @@ eval: setup ## Evaluate the latest finished run of RECIPE (or RUN=runs/...) agai
 
 report: setup ## Write the comparison report for RUN (default: latest run of RECIPE)
 	$(BIN)/finetune report "$(RUN)"
+
+predict: setup ## Predict INPUT (default: RUN's held-out test split) with RUN's specialist, or SYSTEM=<baseline name>; resumable
+	$(BIN)/finetune predict "$(RUN)" "$(or $(INPUT),$(shell $(BIN)/python -c '$(TEST_SPLIT)' "$(RUN)"))" $(if $(SYSTEM),--system "$(SYSTEM)")
 
 screenshot: setup ## Render RUN's HTML report in headless Chromium (apt-get install chromium) to RUN/report/screenshot.png
 	$(BIN)/python scripts/screenshot_report.py "$(RUN)"

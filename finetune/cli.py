@@ -261,6 +261,84 @@ def evaluate(
 
 
 @app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Finished run directory.", show_default=False)],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT",
+            help="JSONL, CSV or Parquet file of items, read with the run recipe's data.fields.",
+            show_default=False,
+        ),
+    ],
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Output JSONL (default: RUN/predict/<INPUT stem>.jsonl); an existing one is resumed.",
+            show_default=False,
+        ),
+    ] = None,
+    system: Annotated[
+        str, typer.Option(help="The specialist, or one of the run's evaluated baselines by name.")
+    ] = "specialist",
+    field: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=COLUMN: read `id` or `text` from this column of INPUT (over the recipe's data.fields); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    on_bad_row: Annotated[
+        str | None,
+        typer.Option(
+            help="`error` or `skip` for INPUT's bad rows (default: the recipe's data.on_bad_row)."
+        ),
+    ] = None,
+) -> None:
+    """Predict every row of a file with a run's specialist (or a baseline); resumable."""
+    quiet.progress_bars_off()
+    from finetune.deploy.predict import predict as run_predict
+    from finetune.deploy.predict import rejects_path
+
+    if on_bad_row not in (None, "error", "skip"):
+        raise FinetuneError(f"--on-bad-row must be error or skip; found {on_bad_row!r}")
+    loaded = _load(run / "recipe.yaml", None)
+    target = out_file or run / "predict" / f"{source.stem}.jsonl"
+    done = run_predict(
+        loaded,
+        run,
+        source,
+        target,
+        system=system,
+        fields=_fields(field or []),
+        on_bad_row=on_bad_row,
+        console=err,
+    )
+    rate = done.rows / done.seconds if done.seconds else 0.0
+    notes = [f"{done.kept} rows kept from an earlier call"] if done.kept else []
+    if done.rejected:
+        notes.append(f"{done.rejected} bad rows skipped (see {rejects_path(target)})")
+    extra = "".join(f"; {n}" for n in notes)
+    out.print(
+        f"predicted {done.rows} rows in {done.seconds:.1f} s ({rate:.1f} rows/s){extra}; "
+        f"written to {target}",
+        markup=False,
+    )
+
+
+def _fields(pairs: list[str]) -> dict[str, str]:
+    """`--field NAME=COLUMN` options as a mapping; NAME is `id` or `text`."""
+    fields = {}
+    for pair in pairs:
+        name, sep, column = pair.partition("=")
+        if not sep or name not in ("id", "text") or not column:
+            raise FinetuneError(f"--field takes id=COLUMN or text=COLUMN; found {pair!r}")
+        fields[name] = column
+    return fields
+
+
+@app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Evaluated run directory.", show_default=False)],
 ) -> None:

@@ -446,3 +446,32 @@ def plain_tok(tiny_plain_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_plain_model_dir)
+
+
+def predicted(recipe: Recipe, run_dir: Path, out: Path, system: str = "specialist") -> list[dict]:
+    """`finetune predict` with `system` on the items the evaluation scored (the run's test split,
+    written to a file as ids and texts), in the same order; the rows it wrote."""
+    from finetune.data import load_split
+    from finetune.deploy.predict import predict
+
+    source = out.with_suffix(".input.jsonl")
+    items = load_split(recipe, "test")
+    source.write_text("".join(json.dumps({"id": i["id"], "text": i["text"]}) + "\n" for i in items))
+    predict(recipe, run_dir, source, out, system=system, fields={"id": "id", "text": "text"})
+    return [json.loads(line) for line in out.open()]
+
+
+def assert_predicts_as_evaluated(evaluated: Evaluated, out: Path, system: str = "specialist"):
+    """Each row `finetune predict` writes for `system` holds the answer and the details that
+    the evaluation's predictions.jsonl holds for the same item."""
+    from finetune.tasks.types import task_type
+
+    rows = predicted(evaluated.recipe, evaluated.run_dir, out, system)
+    field = task_type(evaluated.recipe.task).target
+    assert [r["id"] for r in rows] == [p["id"] for p in evaluated.predictions]
+    for row, record in zip(rows, evaluated.predictions, strict=True):
+        expected = dict(record["predictions"][system])
+        expected.pop("score")
+        got = {k: v for k, v in row.items() if k not in ("id", "probabilities")}
+        assert got == {field: expected.pop("prediction"), **expected}, row["id"]
+    return rows

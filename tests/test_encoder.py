@@ -11,7 +11,13 @@ import pytest
 import torch
 from bad_recipes import with_changes
 from callbacks import FailAt, Snapshot
-from conftest import logged, tiny_recipe_factory, train_and_evaluate, train_from
+from conftest import (
+    assert_predicts_as_evaluated,
+    logged,
+    tiny_recipe_factory,
+    train_and_evaluate,
+    train_from,
+)
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -452,3 +458,8 @@ def test_real_minilm_learns_a_classifier_and_is_evaluated(tmp_path):
     assert specialist["model"] == "all-minilm-l6-v2 + LoRA adapter (merged), sequence classifier"
     assert specialist["parameters"]["total"] > 22_000_000
     assert [s["name"] for s in results["systems"]] == ["specialist", "tf-idf + logreg"]
+
+
+@pytest.mark.parametrize("system", ["specialist", "tiny llm", "tf-idf + logreg"])
+def test_predict_answers_each_item_as_the_evaluation_did(evaluated, tmp_path, system):
+    assert_predicts_as_evaluated(evaluated, tmp_path / "out.jsonl", system)

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, copy_run, tiny_recipe_factory, train_and_evaluate
+from conftest import (
+    REPO,
+    assert_predicts_as_evaluated,
+    copy_run,
+    tiny_recipe_factory,
+    train_and_evaluate,
+)
 from test_scoring import direct_logprob
 
 from finetune.data import load_split
@@ -586,3 +592,14 @@ def test_a_run_baseline_takes_no_model_settings(evaluated):
     assert str(err.value).endswith(
         "eval.baselines.0: a run baseline is served as its own recipe serves it; remove shots"
     )
+
+
+@pytest.mark.parametrize(
+    "system", ["specialist", "base zero-shot", "base 2-shot", "plain model", "tf-idf + logreg"]
+)
+def test_predict_answers_each_item_as_the_evaluation_did(evaluated, tmp_path, system):
+    """`finetune predict` on the evaluated items: the LoRA decoder specialist, the prompted
+    base (zero- and few-shot), another decoder and TF-IDF answer as in predictions.jsonl."""
+    rows = assert_predicts_as_evaluated(evaluated, tmp_path / "out.jsonl", system)
+    # The over-long review is cut to model.max_length as evaluated (TF-IDF reads it whole).
+    assert [r["id"] for r in rows if r.get("truncated")] == ([] if "tf-idf" in system else ["long"])

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from callbacks import Snapshot
-from conftest import CORPUS, logged, tiny_recipe_factory, train_and_evaluate, train_bpe, train_from
+from conftest import (
+    CORPUS,
+    assert_predicts_as_evaluated,
+    logged,
+    tiny_recipe_factory,
+    train_and_evaluate,
+    train_bpe,
+    train_from,
+)
 from safetensors.torch import load_file
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -336,7 +344,8 @@ def test_qa_answers_are_generated_as_the_model_generates_them(tmp_path, tiny_t5_
         train={"method": "full", "max_steps": 6, "learning_rate": 0.003},
         eval={"latency_items": 2, "max_new_tokens": 5, "bootstrap_samples": 100},
     )
-    _, _, run_dir, results, predictions = train_and_evaluate(path)
+    evaluated = train_and_evaluate(path)
+    _, _, run_dir, results, predictions = evaluated
     model, tokenizer = _model_and_tokenizer(run_dir / "model")
     fmt = PromptFormat.load(run_dir)
     for record in predictions:
@@ -351,6 +360,7 @@ def test_qa_answers_are_generated_as_the_model_generates_them(tmp_path, tiny_t5_
     )
     assert 0 < system["tokens"]["output_per_item"] <= 5
     assert system["model"] == f"{tiny_t5_dir} fine-tuned (full)"
+    assert_predicts_as_evaluated(evaluated, tmp_path / "predicted.jsonl")  # full seq2seq, QA
 
 
 def test_the_untuned_base_is_loaded_as_an_encoder_decoder_to_measure_its_memory_alone(evaluated):
@@ -364,3 +374,8 @@ def test_the_untuned_base_is_loaded_as_an_encoder_decoder_to_measure_its_memory_
     # A causal-LM loader would fail on T5 weights, and the peak would be missing.
     peaks = measured_alone(recipe, run_dir, [base])
     assert list(peaks) == ["t5 zero-shot"] and peaks["t5 zero-shot"] > 0
+
+
+@pytest.mark.parametrize("system", ["specialist", "t5 zero-shot", "tiny llm"])
+def test_predict_answers_each_item_as_the_evaluation_did(evaluated, tmp_path, system):
+    assert_predicts_as_evaluated(evaluated, tmp_path / "out.jsonl", system)

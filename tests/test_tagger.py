@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from callbacks import Snapshot
-from conftest import tiny_recipe_factory
+from conftest import Evaluated, assert_predicts_as_evaluated, tiny_recipe_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_encoder import build_tiny_bert
@@ -281,3 +281,11 @@ def test_tagger_scores_are_exact_span_f1_recounted(tagged_run):
     for average in ("micro", "macro"):
         expected = f1_score(gold_tags, pred_tags, average=average, zero_division=0)
         assert specialist["metrics"][f"{average}_f1"]["value"] == pytest.approx(expected)
+
+
+def test_predict_tags_each_item_as_the_evaluation_did(tagged_run, tmp_path):
+    recipe, run_dir, _, results, predictions = tagged_run
+    evaluated = Evaluated(recipe, None, run_dir, results, predictions)
+    rows = assert_predicts_as_evaluated(evaluated, tmp_path / "out.jsonl")
+    assert any(r["entities"] for r in rows)
+    assert all("start" in e for r in rows for e in r["entities"])  # character spans

@@ -201,8 +201,34 @@ def to_examples(
     return examples, rejected
 
 
-def _check_columns(row: RawRow, mapping: dict[str, str], target: str) -> None:
-    for name in ("text", target):
+def unlabelled(
+    rows: Iterable[RawRow], recipe: Recipe, fields: dict[str, str] | None = None
+) -> Iterator[dict | Rejected]:
+    """Rows to predict, mapped by `data.fields` (and `fields` over them) to `{id, text}` and
+    checked as `to_examples` checks them (text present and not blank, ids distinct), one at a
+    time: each row's example, or the reason it is rejected. No target is read."""
+    mapping = {"id": "id", "text": "text", **recipe.data.fields, **(fields or {})}
+    seen_ids: set[str] = set()
+    for number, row in enumerate(rows):
+        if "__error__" in row.fields:
+            yield Rejected(
+                row.file, row.line, row.fields["__error__"], {"raw": row.fields["__raw__"]}
+            )
+            continue
+        if number == 0:
+            _check_columns(row, mapping, None)
+        example, reason = _map_text(row, mapping)
+        if reason is None and example["id"] in seen_ids:
+            reason = f"duplicate id {example['id']!r}"
+        if reason:
+            yield Rejected(row.file, row.line, reason, _jsonable(row.fields))
+            continue
+        seen_ids.add(example["id"])
+        yield example
+
+
+def _check_columns(row: RawRow, mapping: dict[str, str], target: str | None) -> None:
+    for name in ("text", target) if target else ("text",):
         column = mapping[name]
         if column not in row.fields:
             found = ", ".join(map(str, row.fields)) or "(none)"
@@ -211,11 +237,9 @@ def _check_columns(row: RawRow, mapping: dict[str, str], target: str) -> None:
             )
 
 
-def _map_row(
-    row: RawRow, mapping: dict[str, str], target: str, recipe: Recipe
-) -> tuple[dict, str | None]:
+def _map_text(row: RawRow, mapping: dict[str, str]) -> tuple[dict, str | None]:
+    """The row's `{id, text}` (the id is `<file stem>-<line>` where the row has none)."""
     text = row.fields.get(mapping["text"])
-    value = row.fields.get(mapping[target])
     row_id = row.fields.get(mapping["id"])
     example = {
         "id": str(row_id) if row_id not in (None, "") else f"{Path(row.file).stem}-{row.line}",
@@ -223,6 +247,16 @@ def _map_row(
     }
     if not isinstance(text, str) or not text.strip():
         return example, "empty or whitespace-only text"
+    return example, None
+
+
+def _map_row(
+    row: RawRow, mapping: dict[str, str], target: str, recipe: Recipe
+) -> tuple[dict, str | None]:
+    example, reason = _map_text(row, mapping)
+    if reason:
+        return example, reason
+    value = row.fields.get(mapping[target])
     if target == "label":
         label = recipe.data.label_map.get(str(value), str(value)) if value is not None else None
         if label not in recipe.task.labels:
@@ -236,7 +270,7 @@ def _map_row(
             return example, "empty or missing answer"
         example["answer"] = value
     else:
-        reason = entities_reason(text, value)
+        reason = entities_reason(example["text"], value)
         if reason:
             return example, reason
         example["entities"] = value  # whole: extra keys (offsets, say) are kept

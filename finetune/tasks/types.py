@@ -14,6 +14,7 @@ Classification asks for label likelihoods; extraction and QA ask for generated a
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,11 @@ class TaskType:
         """Whether two systems are compared item by item on right and wrong (McNemar)."""
         return False
 
+    def output(self, prediction: Any, details: dict[str, Any]) -> dict[str, Any]:
+        """One predicted row's fields, as `finetune predict` writes them: the answer under the
+        name the data gives it (`label`, `entities`, `answer`), then the system's details."""
+        return {self.target: prediction, **details}
+
 
 class Classification(TaskType):
     def read(self, text: str, labels: list[str]) -> tuple[Any, dict[str, Any]]:
@@ -77,6 +83,12 @@ class Classification(TaskType):
     def paired_test(self) -> bool:
         return True
 
+    def output(self, prediction: Any, details: dict[str, Any]) -> dict[str, Any]:
+        """The label, and every label's probability: the label log-likelihoods normalized over
+        the labels (None where the system gave none, as a generated answer does)."""
+        scores = details.get("label_logprobs")
+        return {"label": prediction, "probabilities": probabilities(scores), **details}
+
 
 class Extraction(TaskType):
     def empty(self) -> Any:
@@ -90,6 +102,16 @@ class Extraction(TaskType):
         # taught to write what it can: each entity's text and type.
         entities = [{"text": e["text"], "type": e["type"]} for e in example["entities"]]
         return json.dumps(entities, ensure_ascii=False)
+
+
+def probabilities(logprobs: dict[str, float] | None) -> dict[str, float] | None:
+    """Log-likelihoods over the labels as probabilities that sum to 1 (a softmax), to 6 places."""
+    if not logprobs:
+        return None
+    top = max(logprobs.values())
+    weights = {label: math.exp(value - top) for label, value in logprobs.items()}
+    total = sum(weights.values())
+    return {label: round(w / total, 6) for label, w in weights.items()}
 
 
 TASK_TYPES: dict[str, TaskType] = {

@@ -315,6 +315,9 @@ def predict(
         on_bad_row=on_bad_row,
         console=err,
     )
+    if not done.rows and not done.rejected:
+        out.print(f"nothing left to predict: {done.kept} rows already in {target}", markup=False)
+        return
     rate = done.rows / done.seconds if done.seconds else 0.0
     notes = [f"{done.kept} rows kept from an earlier call"] if done.kept else []
     if done.rejected:

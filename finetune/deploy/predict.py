@@ -71,6 +71,10 @@ def predict(
         _refuse_bad_rows(unlabelled(read_file(source), recipe, fields))
     done, skipped = _resume(out), _resume(rejects_path(out), ("file", "line"))
     rows = (r for r in unlabelled(read_file(source), recipe, fields) if _todo(r, done, skipped))
+    first = next(rows, None)
+    if first is None:  # all written by an earlier call: nothing to load
+        return Predicted(out, 0, len(done), 0, 0.0)
+    rows = itertools.chain([first], rows)
     key = instance_key(recipe, chosen)
     kind_of(key, run_dir, recipe).check(recipe, key)  # an endpoint's key and host, say
     start, count, rejected = time.perf_counter(), 0, 0

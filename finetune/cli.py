@@ -6,9 +6,10 @@ stay fast. User-fixable problems (`FinetuneError`) print one message and exit 2.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -426,10 +427,24 @@ def experiment(
         raise typer.Exit(1)
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised where the command stands so that its cleanups run."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    # A service manager's or `kill`'s SIGTERM would otherwise end the process at once, leaving
+    # what it started (a llama.cpp server, a memory-measuring worker) running as orphans.
+    raise Terminated(128 + signum)
+
+
 def main() -> None:
     quiet.apply()
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
+    except Terminated as exc:
+        err.print("terminated; every process it started is stopped", markup=False)
+        sys.exit(exc.code)
     except FinetuneError as exc:
         err.print(f"error: {exc}", markup=False)
         sys.exit(2)

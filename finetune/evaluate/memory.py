@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +36,52 @@ def method(recipe: Recipe) -> str:
 def measured_alone(recipe: Recipe, run_dir: Path, plans: list[Plan], on_done: Any = None) -> dict:
     """{system name: peak bytes}, each from a fresh process of its own."""
     peaks = {}
-    spawn = multiprocessing.get_context("spawn")  # nothing inherited from this process
     for plan in plans:
-        with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # a fresh process per system
-            try:
-                peaks[plan.system.name] = pool.submit(
-                    _alone, recipe, run_dir, plan.system, plan.key
-                ).result()
-            except Exception as exc:  # killed for memory, say: say so and go on
-                log.warning(
-                    "%s: its peak memory could not be measured alone (%s: %s); the evaluating "
-                    "process's figure is kept for it",
-                    plan.system.name,
-                    type(exc).__name__,
-                    exc,
-                )
+        try:
+            peaks[plan.system.name] = in_fresh_process(
+                _alone, recipe, run_dir, plan.system, plan.key
+            )
+        except ChildProcessError as exc:  # killed for memory, say: say so and go on
+            log.warning(
+                "%s: its peak memory could not be measured alone (%s); the evaluating "
+                "process's figure is kept for it",
+                plan.system.name,
+                exc,
+            )
         if on_done:
             on_done()
     return peaks
+
+
+def in_fresh_process(function: Any, *args: Any) -> Any:
+    """`function(*args)` in a fresh process that inherits nothing from this one (spawned). It
+    never outlives the call: an interrupt or a SIGTERM here stops it too, before this process
+    goes on to exit. A failure in it, or its death, is a `ChildProcessError`."""
+    spawn = multiprocessing.get_context("spawn")
+    receive, send = spawn.Pipe(duplex=False)
+    process = spawn.Process(target=_reply, args=(send, function, *args))
+    process.start()
+    send.close()  # the child's end: EOF here once the child is gone
+    try:
+        ok, value = receive.recv()
+    except EOFError:
+        process.join()
+        raise ChildProcessError(f"it died with exit code {process.exitcode}") from None
+    finally:
+        if process.is_alive():
+            process.terminate()
+        process.join()
+        receive.close()
+    if not ok:
+        raise ChildProcessError(value)
+    return value
+
+
+def _reply(connection: Any, function: Any, *args: Any) -> None:
+    try:
+        connection.send((True, function(*args)))
+    except Exception as exc:
+        connection.send((False, f"{type(exc).__name__}: {exc}"))
 
 
 def _alone(recipe: Recipe, run_dir: Path, system: System, key: str) -> int:

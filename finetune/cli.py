@@ -232,7 +232,10 @@ def export(
     if dtype not in DTYPES:
         raise FinetuneError(f"--dtype must be one of {', '.join(DTYPES)}; found {dtype!r}")
     path = export_merged(run, out_dir, dtype=dtype)
-    out.print(f"merged model written to {path}", markup=False)
+    from finetune.deploy.card import write_card
+
+    write_card(_load(run / "recipe.yaml", None), run, path, "merged")
+    out.print(f"merged model written to {path}, with its model card", markup=False)
 
 
 @app.command("eval")
@@ -346,10 +349,14 @@ def _fields(pairs: list[str]) -> dict[str, str]:
 def report(
     run: Annotated[Path, typer.Argument(help="Evaluated run directory.", show_default=False)],
 ) -> None:
-    """Write the comparison report (Markdown and HTML) into the run directory."""
+    """Write the comparison report (Markdown and HTML) into the run directory, and the model
+    card, with the comparison, into each of its deployable outputs."""
+    from finetune.deploy.card import write_run_cards
     from finetune.report import write_report
 
     write_report(run, console=out)
+    for card in write_run_cards(_load(run / "recipe.yaml", None), run):
+        out.print(f"Model card: {card}", markup=False)
 
 
 @app.command()

@@ -603,3 +603,43 @@ def test_predict_answers_each_item_as_the_evaluation_did(evaluated, tmp_path, sy
     rows = assert_predicts_as_evaluated(evaluated, tmp_path / "out.jsonl", system)
     # The over-long review is cut to model.max_length as evaluated (TF-IDF reads it whole).
     assert [r["id"] for r in rows if r.get("truncated")] == ([] if "tf-idf" in system else ["long"])
+
+
+def test_the_model_card_carries_the_comparison_and_parses_back(evaluated, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from finetune.deploy.card import write_card, write_run_cards
+    from finetune.report.verdict import bottom_line
+
+    recipe, _, run_dir, results, _ = evaluated
+    (path,) = write_run_cards(recipe, run_dir)
+    assert path == run_dir / "adapter" / "README.md"
+    card = ModelCard.load(path)
+    data = card.data
+    assert (data.library_name, data.base_model_relation) == ("peft", "adapter")
+    assert (data.license, data.pipeline_tag, data.base_model) == ("other", "text-generation", None)
+    assert [(r.metric_type, r.metric_value, r.dataset_split) for r in data.eval_results] == [
+        (name, round(results["systems"][0]["metrics"][name]["value"], 4), "test")
+        for name in results["metrics"]
+    ]
+    text = path.read_text()
+    assert bottom_line(results) in text
+    for system in results["systems"]:
+        assert f"| {system['name']} | {system['model']} |" in text
+    assert "[More Information Needed]" not in text and "{{" not in text
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    data = ModelCard.load(write_card(recipe, run_dir, merged, "merged")).data
+    assert (data.library_name, data.base_model_relation) == ("transformers", "finetune")
+
+
+def test_a_card_written_before_evaluation_says_so(tiny_run_copy):
+    from huggingface_hub import ModelCard
+
+    from finetune.deploy.card import write_run_cards
+    from finetune.recipe import load_recipe
+
+    (path,) = write_run_cards(load_recipe(tiny_run_copy / "recipe.yaml"), tiny_run_copy)
+    card = ModelCard.load(path)
+    assert card.data.eval_results is None
+    assert "Not evaluated yet: run `finetune eval` on the run, then `finetune report`." in card.text

@@ -31,6 +31,7 @@ from finetune.systems.base import SPECIALIST, Context, Inference, Kind, Loaded, 
 from finetune.systems.common import (
     disk_bytes,
     draw_shots,
+    encoded_plan,
     label_predictions,
     merged_in_float32,
     parameter_sizes,
@@ -102,15 +103,7 @@ class CausalLM(Kind):
         shots = draw_shots(recipe, context.train_rows, system.shots)
         infer = self.inference(recipe, fmt, loaded.tokenizer)
         encoded = _encode_items(recipe, fmt, loaded.tokenizer, context.items, shots, infer.reserve)
-        return Plan(
-            system,
-            key,
-            fmt.style,
-            infer,
-            [e.input_ids for e in encoded],
-            [len(e.input_ids) for e in encoded],
-            [e.truncated for e in encoded],
-        )
+        return encoded_plan(system, key, fmt.style, infer, encoded)
 
     def sizes(self, model: Any) -> tuple[int, int, int]:
         return parameter_sizes(model)

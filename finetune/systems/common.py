@@ -13,7 +13,7 @@ import numpy as np
 from finetune.data.split import rank
 from finetune.models import ModelSource
 from finetune.recipe import Recipe
-from finetune.systems.base import System
+from finetune.systems.base import Inference, Plan, System
 from finetune.tasks.prompts import lists_labels
 from finetune.tasks.types import LABELS, task_type
 
@@ -36,6 +36,20 @@ def read_answers(recipe: Recipe, texts: list[str]) -> tuple[list[Any], list[dict
     task, labels = task_type(recipe.task), list(recipe.task.labels)
     read = [task.read(text, labels) for text in texts]
     return [prediction for prediction, _ in read], [details for _, details in read]
+
+
+def encoded_plan(system: System, key: str, style: str, infer: Inference, encoded: list) -> Plan:
+    """A plan whose inputs are encoded prompts or texts (`tasks.prompts.Encoded`): their token
+    ids, their lengths, and whether each was cut to `model.max_length`."""
+    return Plan(
+        system,
+        key,
+        style,
+        infer,
+        [e.input_ids for e in encoded],
+        [len(e.input_ids) for e in encoded],
+        [e.truncated for e in encoded],
+    )
 
 
 def shown_label_list(recipe: Recipe, system: System, prompted: bool) -> bool:

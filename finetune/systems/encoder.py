@@ -30,7 +30,13 @@ from finetune.models.heads import SEQUENCE_CLASSIFICATION
 from finetune.recipe import Recipe
 from finetune.runs import check_same_base
 from finetune.systems.base import Context, Inference, Kind, Loaded, Plan, System
-from finetune.systems.common import disk_bytes, merged_in_float32, parameter_sizes, serving_form
+from finetune.systems.common import (
+    disk_bytes,
+    encoded_plan,
+    merged_in_float32,
+    parameter_sizes,
+    serving_form,
+)
 from finetune.tasks.prompts import encode_text
 
 log = logging.getLogger(__name__)
@@ -85,15 +91,7 @@ class Encoder(Kind):
             )
             for item in context.items
         ]
-        return Plan(
-            system,
-            key,
-            "text only",
-            _inference(recipe, loaded.tokenizer),
-            [e.input_ids for e in encoded],
-            [len(e.input_ids) for e in encoded],
-            [e.truncated for e in encoded],
-        )
+        return encoded_plan(system, key, "text only", _inference(recipe, loaded.tokenizer), encoded)
 
     def sizes(self, model: Any) -> tuple[int, int, int]:
         return parameter_sizes(model)

@@ -1,7 +1,8 @@
 """The kinds of system by name, and what the recipe's systems are.
 
-Each kind is the module named after its key, listed once in `kinds()` (a kind imports its heavy
-libraries only where it runs, so importing them all is cheap). `kind("enpoint")` fails with a did-you-mean. The
+Each kind is the module named after its key, listed once in `kinds()`: an explicit list, since
+no code path imports a module by a computed name (a kind imports its heavy libraries only where
+it runs, so importing them all is cheap). `kind("enpoint")` fails with a did-you-mean. The
 specialist's kind is the head its run recorded; a model reference's is what the model is (an
 encoder-decoder, else a causal LM); a baseline's is the `eval.baselines` field it sets.
 """

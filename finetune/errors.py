@@ -3,7 +3,9 @@ of resource failures (disk full, out of memory) that get the same treatment."""
 
 from __future__ import annotations
 
+import difflib
 import errno
+from collections.abc import Iterable
 
 DISK_FULL_FIX = (
     "Free space there, or point the outputs at a bigger disk: tracking.runs_dir (runs), "
@@ -55,3 +57,9 @@ def explain_resource_error(exc: BaseException) -> str | None:
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0][:300] if lines else ""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """` Did you mean 'x'?` for the choice nearest to a name that is none of them, else ``."""
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

@@ -167,3 +167,12 @@ def test_the_command_reads_a_csv_by_its_own_columns_and_says_what_it_did(
     rows = _rows(out)
     assert [r["id"] for r in rows] == ["t0", "t1", "t2", "t3", "t4"]
     assert all(sum(r["probabilities"].values()) == pytest.approx(1) for r in rows)
+
+
+def test_a_missing_column_is_named_even_when_the_first_row_is_unreadable(tiny_run_copy, tmp_path):
+    recipe = load_recipe(tiny_run_copy / "recipe.yaml")
+    source = tmp_path / "inbox.jsonl"
+    source.write_text('not json\n{"id": "a", "body": "a delight"}\n')
+    with pytest.raises(DataError) as err:
+        predict(recipe, tiny_run_copy, source, tmp_path / "out.jsonl", on_bad_row="skip")
+    assert str(err.value).startswith(f"data.fields.text: column 'text' not found in {source}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,27 +177,9 @@ def to_examples(
         **(default_fields or {}),
         **recipe.data.fields,
     }
-    examples, rejected, seen_ids = [], [], set()
-    checked_columns = False
-    for row in rows:
-        if "__error__" in row.fields:
-            rejected.append(
-                Rejected(
-                    row.file, row.line, row.fields["__error__"], {"raw": row.fields["__raw__"]}
-                )
-            )
-            continue
-        if not checked_columns:
-            _check_columns(row, mapping, target)
-            checked_columns = True
-        example, reason = _map_row(row, mapping, target, recipe)
-        if reason is None and example["id"] in seen_ids:
-            reason = f"duplicate id {example['id']!r}"
-        if reason:
-            rejected.append(Rejected(row.file, row.line, reason, _jsonable(row.fields)))
-            continue
-        seen_ids.add(example["id"])
-        examples.append(example)
+    examples, rejected = [], []
+    for row in _mapped(rows, mapping, target, lambda r: _map_row(r, mapping, target, recipe)):
+        (rejected if isinstance(row, Rejected) else examples).append(row)
     return examples, rejected
 
 
@@ -208,16 +190,29 @@ def unlabelled(
     checked as `to_examples` checks them (text present and not blank, ids distinct), one at a
     time: each row's example, or the reason it is rejected. No target is read."""
     mapping = {"id": "id", "text": "text", **recipe.data.fields, **(fields or {})}
+    return _mapped(rows, mapping, None, lambda r: _map_text(r, mapping))
+
+
+def _mapped(
+    rows: Iterable[RawRow],
+    mapping: dict[str, str],
+    target: str | None,
+    map_row: Callable[[RawRow], tuple[dict, str | None]],
+) -> Iterator[dict | Rejected]:
+    """Each row's example (`map_row`), or why it is rejected: unreadable, refused by `map_row`,
+    or a repeated id. The mapped columns are checked on the first readable row."""
     seen_ids: set[str] = set()
-    for number, row in enumerate(rows):
+    checked_columns = False
+    for row in rows:
         if "__error__" in row.fields:
             yield Rejected(
                 row.file, row.line, row.fields["__error__"], {"raw": row.fields["__raw__"]}
             )
             continue
-        if number == 0:
-            _check_columns(row, mapping, None)
-        example, reason = _map_text(row, mapping)
+        if not checked_columns:
+            _check_columns(row, mapping, target)
+            checked_columns = True
+        example, reason = map_row(row)
         if reason is None and example["id"] in seen_ids:
             reason = f"duplicate id {example['id']!r}"
         if reason:

@@ -40,16 +40,18 @@ FORMS = {
 }
 
 
-def write_card(recipe: Recipe, run_dir: Path, directory: Path, form: str) -> Path:
+def write_card(
+    recipe: Recipe, run_dir: Path, directory: Path, form: str, results: dict | None = None
+) -> Path:
     """The run's model card written as `directory/README.md` for an output of `form`
-    (`adapter`, `merged` or `model`)."""
-    return write_atomic(directory / CARD, card_text(recipe, run_dir, form))
+    (`adapter`, `merged` or `model`); `results` are the run's, read here when not given."""
+    results = _results(run_dir) if results is None else results
+    return write_atomic(directory / CARD, card_text(recipe, run_dir, form, results))
 
 
-def card_text(recipe: Recipe, run_dir: Path, form: str) -> str:
+def card_text(recipe: Recipe, run_dir: Path, form: str, results: dict | None) -> str:
     from huggingface_hub import ModelCard
 
-    results = _results(run_dir)
     header = metadata(recipe, run_dir, form, results).to_yaml()
     body = "\n\n".join(section for section in _body(recipe, run_dir, form, results) if section)
     return str(ModelCard(f"---\n{header}\n---\n\n{body}\n"))
@@ -258,4 +260,5 @@ def _usage(recipe: Recipe, run_dir: Path, form: str) -> str:
 def write_run_cards(recipe: Recipe, run_dir: Path) -> list[Path]:
     """The card in each deployable output the run holds: `adapter/` or `model/`, and `merged/`."""
     outputs = [(run_dir / name, name) for name in ("adapter", "model", "merged")]
-    return [write_card(recipe, run_dir, d, form) for d, form in outputs if d.is_dir()]
+    results = _results(run_dir)
+    return [write_card(recipe, run_dir, d, form, results) for d, form in outputs if d.is_dir()]

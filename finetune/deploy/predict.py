@@ -13,7 +13,6 @@ counted.
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import json
 import os
@@ -25,7 +24,7 @@ from typing import Any
 
 from finetune.data import load_split
 from finetune.data.read import Rejected, raise_for_rejects, read_file, unlabelled
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, did_you_mean
 from finetune.progress import progress
 from finetune.recipe import Recipe
 from finetune.runs import is_complete
@@ -94,10 +93,9 @@ def _system(recipe: Recipe, name: str) -> System:
     systems = {s.name: s for s in systems_of(recipe)}
     if name in systems:
         return systems[name]
-    close = difflib.get_close_matches(name, systems, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
     raise FinetuneError(
-        f"--system: the run has no system {name!r}.{hint} Its systems: {', '.join(systems)}"
+        f"--system: the run has no system {name!r}.{did_you_mean(name, systems)} "
+        f"Its systems: {', '.join(systems)}"
     )
 
 

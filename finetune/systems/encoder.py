@@ -14,8 +14,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from finetune.errors import FinetuneError
 from finetune.hardware import weight_dtype
 from finetune.models import (
@@ -33,6 +31,7 @@ from finetune.systems.base import Context, Inference, Kind, Loaded, Plan, System
 from finetune.systems.common import (
     disk_bytes,
     encoded_plan,
+    label_predictions,
     merged_in_float32,
     parameter_sizes,
     serving_form,
@@ -157,15 +156,13 @@ def _inference(recipe: Recipe, tokenizer: Any) -> Inference:
 
     def classify(model, inputs, batch_size, share_prefix, on_batch=None):
         # No prompt is shared between texts, so `share_prefix` has nothing to reuse.
-        predictions, details = [], []
+        rows = []
         for start in range(0, len(inputs), batch_size):
             batch = inputs[start : start + batch_size]
-            for row in label_logprobs(model, tokenizer, batch):
-                predictions.append(labels[int(np.argmax(row))])
-                scores = [round(float(x), 5) for x in row]
-                details.append({"label_logprobs": dict(zip(labels, scores, strict=True))})
+            rows.extend(label_logprobs(model, tokenizer, batch))
             if on_batch:
                 on_batch(len(batch))
+        predictions, details, _ = label_predictions(labels, rows)
         return predictions, details, [0] * len(inputs)
 
     return Inference(0, classify)

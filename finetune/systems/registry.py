@@ -9,11 +9,10 @@ encoder-decoder, else a causal LM); a baseline's is the `eval.baselines` field i
 
 from __future__ import annotations
 
-import difflib
 import functools
 from pathlib import Path
 
-from finetune.errors import FinetuneError
+from finetune.errors import FinetuneError, did_you_mean
 from finetune.models import model_role, resolve, source_role
 from finetune.models.heads import (
     SEQ2SEQ_LM,
@@ -61,10 +60,9 @@ def kind(name: str) -> Kind:
     """The kind registered as `name`."""
     registry = kinds()
     if name not in registry:
-        close = difflib.get_close_matches(name, registry, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
         raise FinetuneError(
-            f"unknown kind of system {name!r}.{hint} Available: {', '.join(registry)}"
+            f"unknown kind of system {name!r}.{did_you_mean(name, registry)} "
+            f"Available: {', '.join(registry)}"
         )
     return registry[name]
 

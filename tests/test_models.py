@@ -247,6 +247,15 @@ def test_trust_remote_code_warns(tiny_model_dir, caplog):
     assert "model.trust_remote_code is on" in caplog.text
 
 
+def test_loaded_models_never_swap_in_hub_kernels(tiny_model_dir):
+    """transformers turns Hub kernels on by default; on a GPU without the Hub, putting the model
+    in train mode then fetched `kernels-community/rotary` and training stopped."""
+    model = load_language_model(resolve(str(tiny_model_dir)))
+    model.train()
+    assert model.use_kernels is False
+    assert getattr(model, "_kernels_mode", None) is None
+
+
 def test_models_command_lists_the_registry():
     result = subprocess.run(
         [sys.executable, "-m", "finetune", "models"],

@@ -101,6 +101,10 @@ def _load_pretrained(
                 dtype=dtype,
                 trust_remote_code=trust_remote_code,
                 use_safetensors=None if allow_pickle else True,
+                # transformers >= 5.2x swaps layers for Hub kernels by default when the model is
+                # put in train or eval mode: code fetched from the Hub at that moment. On a GPU
+                # without the Hub, training stopped at its first step (seen on an H200).
+                use_kernels=False,
                 **kwargs,
             )
     except OSError as exc:

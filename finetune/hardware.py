@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,32 @@ def reset_peak_memory() -> None:
     # covers the whole process.
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
+
+
+def to_accelerator(model: Any) -> Any:
+    """A torch model moved to the GPU when there is one, for inference; anything else (llama.cpp,
+    scikit-learn, an API client) and models bitsandbytes has already placed stay as they are."""
+    import torch
+
+    if not (torch.cuda.is_available() and isinstance(model, torch.nn.Module)):
+        return model
+    if getattr(model, "is_quantized", False) or getattr(model, "hf_device_map", None):
+        return model
+    return model.to("cuda")
+
+
+@contextlib.contextmanager
+def on_device_of(model: Any) -> Iterator[None]:
+    """Tensors made inside (token ids, masks, positions) land on the device of `model`'s
+    weights, so that inference code written once runs on a CPU and on a GPU alike."""
+    import torch
+
+    weight = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if weight is None or weight.device.type == "cpu":
+        yield
+        return
+    with torch.device(weight.device):
+        yield
 
 
 def describe_device() -> str:

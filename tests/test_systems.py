@@ -132,3 +132,18 @@ def test_each_baseline_becomes_a_system_of_the_kind_its_field_names(write_recipe
         "run:other",
         "tfidf:tf-idf + logreg",
     ]
+
+
+def test_inference_makes_its_tensors_on_the_models_device():
+    """Token ids and masks built inside a plan's `run` land where the weights are (the GPU when
+    the model is there), through every caller: here a model on torch's `meta` device."""
+    import torch
+
+    from finetune.systems.base import Inference
+
+    seen = []
+    infer = Inference(reserve=0, run=lambda model, inputs: seen.append(torch.tensor(inputs)))
+    infer.run(torch.nn.Linear(2, 2, device="meta"), [1, 2])
+    infer.run(torch.nn.Linear(2, 2), [3])
+    infer.run(object(), [4])  # llama.cpp, scikit-learn, an API client: left alone
+    assert [t.device.type for t in seen] == ["meta", "cpu", "cpu"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.data import load_split
-from finetune.hardware import has_cuda, process_peak_bytes
+from finetune.hardware import has_cuda, process_peak_bytes, to_accelerator
 from finetune.recipe import Recipe
 from finetune.systems.base import Context, Plan, System
 from finetune.systems.registry import kind_of
@@ -92,6 +92,7 @@ def _alone(recipe: Recipe, run_dir: Path, system: System, key: str) -> int:
 
     kind = kind_of(key, run_dir, recipe)
     loaded = kind.load(recipe, run_dir, key)
+    loaded.model = to_accelerator(loaded.model)
     context = Context(run_dir, load_split(recipe, "test"), load_split(recipe, "train"))
     plan = kind.plan(recipe, system, key, loaded, context)
     batch = recipe.eval.batch_size

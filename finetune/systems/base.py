@@ -10,11 +10,13 @@ system is one new module registered in `finetune.systems.registry`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune.hardware import on_device_of
 from finetune.recipe import Recipe
 
 SPECIALIST = "specialist"
@@ -66,6 +68,20 @@ class Inference:
     run: Callable[..., tuple[list[Any], list[dict], list[int]]] | None
     remote: bool = False
     measured: Measurement | None = None  # for a remote system, once it has run
+
+    def __post_init__(self) -> None:
+        # Every caller (scoring, timing, memory, predict) runs on the model's device this way.
+        if self.run is not None:
+            self.run = _on_device_of_model(self.run)
+
+
+def _on_device_of_model(run: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(run)
+    def on_device(model: Any, *args: Any, **kwargs: Any) -> Any:
+        with on_device_of(model):
+            return run(model, *args, **kwargs)
+
+    return on_device
 
 
 @dataclass

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from finetune.hardware import free_memory
+from finetune.hardware import free_memory, to_accelerator
 from finetune.recipe import Recipe
 from finetune.systems.base import Loaded
 from finetune.systems.registry import kind_of
@@ -26,6 +26,7 @@ RESIDENT_SHARE = 0.5
 def loaded_model(recipe: Recipe, run_dir: Path, key: str) -> Iterator[Loaded]:
     """Load one instance for inference and free it afterwards."""
     loaded = kind_of(key, run_dir, recipe).load(recipe, run_dir, key)
+    loaded.model = to_accelerator(loaded.model)
     try:
         yield loaded
     finally:

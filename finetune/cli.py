@@ -361,19 +361,58 @@ def report(
 
 @app.command()
 def serve(
-    model: Annotated[
-        str,
+    targets: Annotated[
+        list[str],
         typer.Argument(
-            help="A registry model shipped as GGUF, or a .gguf file.", show_default=False
+            help="Finished run directories to serve together, or one registry model shipped as "
+            "GGUF (or a .gguf file) to serve on llama.cpp for an endpoint baseline.",
+            show_default=False,
         ),
     ],
     port: Annotated[
-        int | None, typer.Option(help="Port on 127.0.0.1 (default: a free one).")
+        int | None,
+        typer.Option(help="Port (default: 8000 for runs, a free one for a GGUF)."),
     ] = None,
-    context: Annotated[int, typer.Option(help="Context window in tokens (n_ctx).")] = 4096,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 opens it beyond this machine.")
+    ] = "127.0.0.1",
+    max_batch: Annotated[
+        int, typer.Option(help="Texts run as one batch, across concurrent requests.", min=1)
+    ] = 32,
+    max_queue: Annotated[
+        int,
+        typer.Option(help="Texts waiting or running per run; past it requests get 503.", min=1),
+    ] = 256,
+    context: Annotated[int, typer.Option(help="A GGUF's context window in tokens.")] = 4096,
 ) -> None:
-    """Serve a GGUF as shipped on llama.cpp's OpenAI-compatible server for an endpoint baseline."""
+    """Serve runs over HTTP (OpenAI-compatible chat and completions, /v1/predict, /v1/classify,
+    /health, /v1/models), or a GGUF as shipped on llama.cpp's server."""
     quiet.progress_bars_off()
+    if all(Path(t).is_dir() for t in targets):
+        _serve_runs([Path(t) for t in targets], host, port or 8000, max_batch, max_queue)
+    elif len(targets) == 1:
+        _serve_gguf(targets[0], port, context)
+    else:
+        raise FinetuneError(
+            "serve takes finished run directories, or one GGUF model; not found as "
+            f"directories: {', '.join(t for t in targets if not Path(t).is_dir())}"
+        )
+
+
+def _serve_runs(runs: list[Path], host: str, port: int, max_batch: int, max_queue: int) -> None:
+    from finetune.deploy.api import run_server
+    from finetune.deploy.serve import served_runs
+
+    with served_runs(runs, max_batch=max_batch, max_queue=max_queue) as served:
+        url = f"http://{host}:{port}"
+
+        def ready() -> None:
+            out.print(f"serving {', '.join(served)} at {url}/v1; Ctrl-C stops", markup=False)
+
+        run_server(served, host=host, port=port, ready=ready)
+
+
+def _serve_gguf(model: str, port: int | None, context: int) -> None:
     import time
 
     from finetune.deploy.llama_server import llama_server

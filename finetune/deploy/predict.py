@@ -148,21 +148,44 @@ def _predicted(
     task: int,
 ) -> list[dict[str, Any]]:
     """One chunk's output rows, planned and run as the evaluation runs its items."""
+    on_batch = lambda n: bar.advance(task, n)  # noqa: E731
+    return predict_items(recipe, system, key, loaded, context, items, on_batch).rows
+
+
+@dataclass
+class Answers:
+    rows: list[dict[str, Any]]  # as `finetune predict` writes them, with each item's id
+    input_tokens: list[int]
+    output_tokens: list[int]
+
+
+def predict_items(
+    recipe: Recipe,
+    system: System,
+    key: str,
+    loaded: Loaded,
+    context: Context,
+    items: list[dict],
+    on_batch: Any = None,
+) -> Answers:
+    """Items ({id, text}) through a loaded system, planned and run as the evaluation runs its
+    items: `finetune predict`'s rows, and `finetune serve`'s answers."""
     if not items:
-        return []
+        return Answers([], [], [])
     here = Context(context.run_dir, items, context.train_rows)
     plan = loaded.kind.plan(recipe, system, key, loaded, here)
-    predictions, details, _ = plan.infer.run(
-        loaded.model, plan.inputs, recipe.eval.batch_size, True, lambda n: bar.advance(task, n)
+    predictions, details, out_tokens = plan.infer.run(
+        loaded.model, plan.inputs, recipe.eval.batch_size, True, on_batch
     )
     kind = task_type(recipe.task)
     texts = [item["text"] for item in items]
     placed = kind.placed(texts, [kind.empty() for _ in items], predictions)
     cut = [{"truncated": True} if t else {} for t in plan.truncated]
-    return [
+    rows = [
         {"id": item["id"], **kind.output(p, d), **c}
         for item, p, d, c in zip(items, placed, details, cut, strict=True)
     ]
+    return Answers(rows, list(plan.input_tokens), list(out_tokens))
 
 
 def _append(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,224 @@
+"""`finetune serve RUN [RUN ...]`: finished runs behind one HTTP server (FastAPI on uvicorn).
+
+Each run is served under the name `<recipe name>/<run id>` and
+answers as `finetune predict` answers: the same plan and inference as the evaluation, so a
+served answer is the evaluated one. Routes:
+
+- `POST /v1/predict` `{model, input}` (a text or a list): one row per text, as `predict`
+  writes it (`label` and every label's `probabilities`, `entities` with spans, or `answer`);
+  `POST /v1/classify` is the same for classification runs only.
+- `POST /v1/chat/completions` and `/v1/completions`, OpenAI's shapes, for runs of a prompted
+  kind (decoder and encoder-decoder specialists): the last user message (or the prompt) is the
+  text, and a leading copy of the run's instruction is taken off it, so a client that sends
+  the whole prompt, as the workbench's endpoint baseline does, gets the answer of one that
+  sends the text alone. The answer is the run's: its label, or its generated answer; sampling
+  settings are ignored, and `echo` is refused.
+- `GET /health` (with each run's request and batch counts) and `GET /v1/models`.
+
+Concurrent requests to one run are batched: one worker per run takes every waiting request,
+up to `max_batch` texts, and runs them as one batch (`Batcher`). Texts waiting or running are
+bounded by `max_queue`: past it a request gets 503 with Retry-After, and a request that could
+never fit gets 413. Bad requests get 4xx with OpenAI's error shape, never a crash.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from finetune.deploy.predict import Answers, predict_items
+from finetune.errors import FinetuneError
+from finetune.recipe import Recipe, load_recipe
+from finetune.runs import is_complete
+from finetune.systems.base import SPECIALIST, Context, Loaded, System
+from finetune.systems.pool import loaded_model
+from finetune.systems.registry import kind_of
+from finetune.tasks.prompts import untrained_instruction
+from finetune.tasks.types import task_type
+
+MAX_INPUT_CHARS = 100_000  # one text; longer ones get 413
+
+
+class Overloaded(Exception):
+    """More texts are waiting than the queue holds; `retry_after` seconds is a fair wait."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"overloaded; retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Batcher:
+    """One worker thread for one model: requests waiting when it is free run as one batch.
+
+    `run(items)` answers a list of items in order. `submit` returns a future of the request's
+    answers, or raises `Overloaded` when `max_queue` texts are already waiting or running."""
+
+    def __init__(
+        self,
+        run: Callable[[list[dict]], Answers],
+        *,
+        max_batch: int = 32,
+        max_queue: int = 256,
+    ) -> None:
+        self.run, self.max_batch, self.max_queue = run, max_batch, max_queue
+        self.waiting: collections.deque = collections.deque()
+        self.pending = 0  # texts waiting or running
+        self.batches = self.requests = 0
+        self.rate = 0.0  # texts per second, as the last batches ran
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, daemon=True, name="finetune-batcher")
+        self._thread.start()
+
+    def submit(self, items: list[dict]) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self.pending + len(items) > self.max_queue:
+                raise Overloaded(self._retry_after())
+            self.pending += len(items)
+            self.requests += 1
+            self.waiting.append((items, future))
+            self._cond.notify()
+        return future
+
+    def _retry_after(self) -> int:
+        return max(1, math.ceil(self.pending / self.rate)) if self.rate else 1
+
+    def _next(self) -> list[tuple[list[dict], concurrent.futures.Future]] | None:
+        """Every waiting request that fits in one batch (the first always does)."""
+        with self._cond:
+            while not self.waiting and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            taken = [self.waiting.popleft()]
+            size = len(taken[0][0])
+            while self.waiting and size + len(self.waiting[0][0]) <= self.max_batch:
+                size += len(self.waiting[0][0])
+                taken.append(self.waiting.popleft())
+            return taken
+
+    def _work(self) -> None:
+        while (taken := self._next()) is not None:
+            items = [item for request, _ in taken for item in request]
+            start = time.perf_counter()
+            try:
+                answers = self.run(items)
+            except Exception as exc:  # each request gets the error; the worker goes on
+                for _, future in taken:
+                    future.set_exception(exc)
+            else:
+                _deliver(taken, answers)
+            self._done(len(items), time.perf_counter() - start)
+
+    def _done(self, count: int, seconds: float) -> None:
+        with self._cond:
+            self.pending -= count
+            self.batches += 1
+            self.rate = count / seconds if seconds > 0 else self.rate
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+
+
+def _deliver(taken: list, answers: Answers) -> None:
+    """One batch's answers split back into its requests, in order."""
+    start = 0
+    for request, future in taken:
+        end = start + len(request)
+        future.set_result(
+            Answers(
+                answers.rows[start:end],
+                answers.input_tokens[start:end],
+                answers.output_tokens[start:end],
+            )
+        )
+        start = end
+
+
+@dataclass
+class Served:
+    """One run, loaded, with its worker."""
+
+    name: str
+    run_dir: Path
+    recipe: Recipe
+    loaded: Loaded
+    batcher: Batcher | None = None
+    prompted: bool = False  # answers chat and completions
+    instructions: tuple[str, ...] = field(default=())
+
+    def answer(self, texts: list[str]) -> concurrent.futures.Future:
+        return self.batcher.submit([{"id": str(i), "text": t} for i, t in enumerate(texts)])
+
+
+def served_runs(run_dirs: list[Path], **limits: Any) -> contextlib.AbstractContextManager:
+    """Load each run's specialist, with its worker; `limits` go to each `Batcher`."""
+    return _served(run_dirs, limits)
+
+
+@contextlib.contextmanager
+def _served(run_dirs: list[Path], limits: dict[str, Any]) -> Iterator[dict[str, Served]]:
+    recipes = [_finished(d) for d in run_dirs]
+    names = _names(run_dirs, recipes)
+    with contextlib.ExitStack() as stack:
+        served = {}
+        for name, run_dir, recipe in zip(names, run_dirs, recipes, strict=True):
+            loaded = stack.enter_context(loaded_model(recipe, run_dir, SPECIALIST))
+            served[name] = _serve_one(name, run_dir, recipe, loaded, limits)
+            stack.callback(served[name].batcher.close)
+        yield served
+
+
+def _finished(run_dir: Path) -> Recipe:
+    if not is_complete(run_dir):
+        raise FinetuneError(f"{run_dir}: not a finished training run; serve a complete run")
+    return load_recipe(run_dir / "recipe.yaml")
+
+
+def _names(run_dirs: list[Path], recipes: list[Recipe]) -> list[str]:
+    """`<recipe name>/<run id>`: a name that changes with the weights, since clients (the
+    workbench's endpoint baseline among them) cache answers by model name."""
+    names = [f"{r.name}/{d.name}" for d, r in zip(run_dirs, recipes, strict=True)]
+    twice = [n for n, c in collections.Counter(names).items() if c > 1]
+    if twice:
+        raise FinetuneError(f"the same run is given twice: {', '.join(twice)}")
+    return names
+
+
+def _serve_one(name: str, run_dir: Path, recipe: Recipe, loaded: Loaded, limits: dict) -> Served:
+    system = System(SPECIALIST, "specialist", "run")
+    context = Context(run_dir, [], [])
+    run = lambda items: predict_items(recipe, system, SPECIALIST, loaded, context, items)  # noqa: E731
+    served = Served(name, run_dir, recipe, loaded, Batcher(run, **limits))
+    served.prompted = kind_of(SPECIALIST, run_dir, recipe).prompted
+    # Longest first: the untrained instruction (with the label list) begins with the trained one.
+    given = {recipe.task.instruction, untrained_instruction(recipe.task)} - {""}
+    served.instructions = tuple(sorted(given, key=len, reverse=True))
+    return served
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def answer_text(recipe: Recipe, row: dict[str, Any]) -> str:
+    """A predicted row as a chat answer: the generated text where the system wrote one, else
+    the answer itself (the label a classifier chose)."""
+    if isinstance(row.get("raw"), str):
+        return row["raw"]
+    value = row[task_type(recipe.task).target]
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)

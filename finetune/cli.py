@@ -385,8 +385,10 @@ def serve(
     ] = 256,
     context: Annotated[int, typer.Option(help="A GGUF's context window in tokens.")] = 4096,
 ) -> None:
-    """Serve runs over HTTP (OpenAI-compatible chat and completions, /v1/predict, /v1/classify,
-    /health, /v1/models), or a GGUF as shipped on llama.cpp's server."""
+    """Serve runs over HTTP, or a GGUF as shipped on llama.cpp's server.
+
+    Runs answer on OpenAI-compatible chat and completions, /v1/predict and /v1/classify, with
+    /health and /v1/models."""
     quiet.progress_bars_off()
     if all(Path(t).is_dir() for t in targets):
         _serve_runs([Path(t) for t in targets], host, port or 8000, max_batch, max_queue)

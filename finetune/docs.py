@@ -123,7 +123,9 @@ def cli_reference() -> str:
             if getattr(p, "opts", None) and p.opts[0].startswith("--") and p.opts[0] != "--help"
         ]
         extra = f" Options: {', '.join(options)}." if options else ""
-        rows.append(f"| `finetune {name} {usage}` | {(command.help or '').strip()}{extra} |")
+        # A table cell is one line: the docstring's first paragraph, its lines joined.
+        summary = " ".join((command.help or "").strip().split("\n\n")[0].split())
+        rows.append(f"| `finetune {name} {usage}` | {summary}{extra} |")
     return "\n".join(rows)
 
 

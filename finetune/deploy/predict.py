@@ -174,8 +174,11 @@ def predict_items(
         return Answers([], [], [])
     here = Context(context.run_dir, items, context.train_rows)
     plan = loaded.kind.plan(recipe, system, key, loaded, here)
+    # A shared prompt prefix is scored once for many items; for one item it is a pass more
+    # (single items are timed without it too).
+    share = len(items) > 1
     predictions, details, out_tokens = plan.infer.run(
-        loaded.model, plan.inputs, recipe.eval.batch_size, True, on_batch
+        loaded.model, plan.inputs, recipe.eval.batch_size, share, on_batch
     )
     kind = task_type(recipe.task)
     texts = [item["text"] for item in items]

@@ -22,6 +22,7 @@ from typing import Any
 
 import engine
 import evaluation
+import serve_load
 import serving
 import training
 from common import ROOT, threads
@@ -30,9 +31,10 @@ from rich.table import Table
 from training import Bench
 
 SECTIONS = (
-    "train", "recipe", "dtype", "hardware", "eval", "serving", "engine", "generate", "memory",
-    "levers", "growth",
+    "train", "recipe", "dtype", "hardware", "eval", "serving", "serve", "engine", "generate",
+    "memory", "levers", "growth",
 )  # fmt: skip
+GENERAL_NAME = serve_load.GENERAL
 TARGETS = {
     "training_speedup": 2.0,
     "heldout_loss_margin": 0.02,
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         ("hardware", "matmul peaks and FLOPs per token", lambda: training.hardware(bench, run_dir)),
         ("eval", "evaluation: workbench vs lm-eval", lambda: evaluation.compare_with_lm_eval(bench, run_dir)),
         ("serving", "serving forms of the specialist in bf16", lambda: serving.compare_forms(bench, run_dir)),
+        ("serve", "serving under load: the served specialist vs the general model on llama.cpp's server", lambda: serve_load.load_test(bench, run_dir)),
         ("engine", "general model: llama.cpp Q4 vs transformers", lambda: engine.compare_with_transformers(bench)),
         ("generate", "general model answering: llama.cpp Q4 vs transformers", lambda: engine.compare_generation(bench)),
         ("memory", "training memory at sequence length 512", lambda: training.memory(bench)),
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, title, measure in steps:
         if name not in only:
             continue
-        if name in ("hardware", "eval", "serving", "growth") and run_dir is None:
+        if name in ("hardware", "eval", "serving", "serve", "growth") and run_dir is None:
             console.print(
                 f"{name}: needs a trained run (the train section, or --run RUN)", markup=False
             )
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     _print_table(console, results["summary"])
     if results.get("serving", {}).get("quality"):
         _print_serving(console, results["serving"])
+    if results.get("serve", {}).get("clients"):
+        _print_load(console, results["serve"])
     if "growth" in results:
         console.print(f"growth plot: {_plot_growth(bench, results['growth'])}", markup=False)
     console.print(f"results: {bench.work / 'results.json'}", markup=False)
@@ -252,7 +257,25 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f"{label}: linear fit R^2", fit["r2"], None, None, ">= 0.99", fit["r2"] >= 0.99
                 )
             )
+    rows += _serve_rows(results.get("serve"))
     return rows  # fmt: skip
+
+
+def _serve_rows(served: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Requests/s of the served specialist against the general model's server, per client
+    count; every request must be answered."""
+    if not served or "clients" not in served:
+        return []
+    rows = []
+    for n, pair in served["clients"].items():
+        ours, theirs = pair["specialist"], pair["general"]
+        errors = ours["errors"] + theirs["errors"]
+        rows.append(_row(
+            f"served requests/s vs {GENERAL_NAME} on llama.cpp, {n} clients",
+            ours["requests_per_s"], theirs["requests_per_s"], pair["throughput_ratio"],
+            "0 errors", errors == 0,
+        ))  # fmt: skip
+    return rows
 
 
 def _recipe_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -395,6 +418,16 @@ def _print_serving(console: Console, result: dict[str, Any]) -> None:
                    "latency vs base", "throughput vs base"):  # fmt: skip
         table.add_column(column, justify="left" if column == "form" else "right")
     for row in serving.table_rows(result):
+        table.add_row(*row)
+    Console(highlight=False, width=max(Console().width, 150)).print(table)
+
+
+def _print_load(console: Console, result: dict[str, Any]) -> None:
+    table = Table(title=f"serving under load: {result['items']} test items per client count")
+    for column in ("server", "clients", "req/s", "p50 ms", "p95 ms", "p99 ms", "errors",
+                   "accuracy", "peak GiB", "req/s vs general"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "server" else "right")
+    for row in serve_load.table_rows(result):
         table.add_row(*row)
     Console(highlight=False, width=max(Console().width, 150)).print(table)
 

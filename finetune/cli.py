@@ -207,35 +207,70 @@ def train(
 
 @app.command()
 def export(
-    run: Annotated[Path, typer.Argument(help="A finished LoRA training run.", show_default=False)],
+    run: Annotated[Path, typer.Argument(help="A finished training run.", show_default=False)],
     merge: Annotated[
+        bool, typer.Option("--merge", help="Fold the adapter into the base weights.")
+    ] = False,
+    gguf: Annotated[
         bool,
-        typer.Option("--merge", help="Fold the adapter into the base weights (required for now)."),
+        typer.Option("--gguf", help="The model as GGUF for llama.cpp, with an Ollama Modelfile."),
+    ] = False,
+    quant: Annotated[str, typer.Option(help="GGUF weights: f16, q8_0 or q4_k_m.")] = "q8_0",
+    adapter_gguf: Annotated[
+        bool,
+        typer.Option("--adapter-gguf", help="The LoRA adapter as GGUF, for llama-server --lora."),
     ] = False,
     out_dir: Annotated[
         Path | None,
-        typer.Option("--out", help="Where to write the merged model (default: RUN/merged)."),
+        typer.Option("--out", help="Where to write (default: RUN/merged, or RUN/gguf)."),
     ] = None,
     dtype: Annotated[
-        str, typer.Option(help="Saved weight dtype: float32, bfloat16 or float16.")
+        str, typer.Option(help="Merged weight dtype: float32, bfloat16 or float16.")
     ] = "float32",
 ) -> None:
-    """Write a deployable model from a run: `--merge` gives plain transformers safetensors."""
+    """Write a deployable model from a run: `--merge` (transformers), `--gguf`, `--adapter-gguf`."""
     quiet.progress_bars_off()
+    if not (merge or gguf or adapter_gguf):
+        raise FinetuneError(
+            "say how to export: --merge (transformers safetensors), --gguf (llama.cpp and "
+            "Ollama) or --adapter-gguf (llama-server --lora)"
+        )
+    recipe = _load(run / "recipe.yaml", None)
+    if merge:
+        _export_merged(recipe, run, out_dir, dtype)
+    if gguf or adapter_gguf:
+        _export_gguf(recipe, run, out_dir, quant, gguf, adapter_gguf)
+
+
+def _export_merged(recipe: Any, run: Path, out_dir: Path | None, dtype: str) -> None:
+    from finetune.deploy.card import write_card
     from finetune.hardware import DTYPES
     from finetune.train import export_merged
 
-    if not merge:
-        raise FinetuneError(
-            "say how to export: `finetune export RUN --merge` (the adapter itself is already in RUN/adapter)"
-        )
     if dtype not in DTYPES:
         raise FinetuneError(f"--dtype must be one of {', '.join(DTYPES)}; found {dtype!r}")
     path = export_merged(run, out_dir, dtype=dtype)
-    from finetune.deploy.card import write_card
-
-    write_card(_load(run / "recipe.yaml", None), run, path, "merged")
+    write_card(recipe, run, path, "merged")
     out.print(f"merged model written to {path}, with its model card", markup=False)
+
+
+def _export_gguf(
+    recipe: Any, run: Path, out_dir: Path | None, quant: str, model: bool, adapter: bool
+) -> None:
+    from finetune.deploy.card import write_card
+    from finetune.deploy.gguf import export_adapter_gguf, export_gguf
+
+    written = []
+    if model:
+        written.append(export_gguf(recipe, run, out_dir, quant))
+        out.print(
+            f"GGUF written to {written[-1]}, with an Ollama Modelfile beside it", markup=False
+        )
+    if adapter:
+        written.append(export_adapter_gguf(recipe, run, out_dir))
+        out.print(f"GGUF adapter written to {written[-1]}", markup=False)
+    card = write_card(recipe, run, written[-1].parent, "gguf")
+    out.print(f"model card: {card}", markup=False)
 
 
 @app.command("eval")

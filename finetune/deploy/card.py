@@ -20,6 +20,7 @@ from finetune.data import prepared_path
 from finetune.files import write_atomic
 from finetune.models import REGISTRY
 from finetune.models.heads import (
+    CAUSAL_LM,
     SEQ2SEQ_LM,
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
@@ -37,6 +38,7 @@ FORMS = {
     "adapter": ("adapter", "peft"),
     "merged": ("finetune", "transformers"),
     "model": ("finetune", "transformers"),
+    "gguf": ("finetune", "gguf"),
 }
 
 
@@ -46,14 +48,18 @@ def write_card(
     """The run's model card written as `directory/README.md` for an output of `form`
     (`adapter`, `merged` or `model`); `results` are the run's, read here when not given."""
     results = _results(run_dir) if results is None else results
-    return write_atomic(directory / CARD, card_text(recipe, run_dir, form, results))
+    return write_atomic(directory / CARD, card_text(recipe, run_dir, form, results, directory))
 
 
-def card_text(recipe: Recipe, run_dir: Path, form: str, results: dict | None) -> str:
+def card_text(
+    recipe: Recipe, run_dir: Path, form: str, results: dict | None, directory: Path | None = None
+) -> str:
+    """The card's text; `directory` is where it goes (an export's files are listed from it)."""
     from huggingface_hub import ModelCard
 
     header = metadata(recipe, run_dir, form, results).to_yaml()
-    body = "\n\n".join(section for section in _body(recipe, run_dir, form, results) if section)
+    sections = _body(recipe, run_dir, form, results, directory or run_dir / form)
+    body = "\n\n".join(section for section in sections if section)
     return str(ModelCard(f"---\n{header}\n---\n\n{body}\n"))
 
 
@@ -80,6 +86,7 @@ def metadata(recipe: Recipe, run_dir: Path, form: str, results: dict | None) -> 
             recipe.task.type,
             recipe.train.method,
             *(["lora"] if relation == "adapter" else []),
+            *(["gguf"] if form == "gguf" else []),
         ],
         eval_results=_eval_results(recipe, results) or None,
     )
@@ -130,14 +137,16 @@ def _pipeline_task(recipe: Recipe) -> str:
     )
 
 
-def _body(recipe: Recipe, run_dir: Path, form: str, results: dict | None) -> list[str]:
+def _body(
+    recipe: Recipe, run_dir: Path, form: str, results: dict | None, directory: Path
+) -> list[str]:
     return [
         _summary(recipe, form),
         _comparison(results),
         _costs(results),
         _data(recipe),
         _use_and_limits(recipe, results),
-        _usage(recipe, run_dir, form),
+        _usage(recipe, run_dir, form, directory),
         f"## Recipe\n\n```yaml\n{(run_dir / 'recipe.yaml').read_text().strip()}\n```",
     ]
 
@@ -148,6 +157,7 @@ def _summary(recipe: Recipe, form: str) -> str:
         "adapter": "A LoRA adapter on",
         "merged": "The LoRA adapter merged into",
         "model": "A full fine-tune of",
+        "gguf": "GGUF files for llama.cpp and Ollama of a fine-tune of",
     }[form]
     return (
         f"# {recipe.name}\n\n{what} `{recipe.model.base}` for {recipe.task.type}{labels}, "
@@ -234,31 +244,51 @@ def _use_and_limits(recipe: Recipe, results: dict | None) -> str:
     )
 
 
-def _usage(recipe: Recipe, run_dir: Path, form: str) -> str:
+def _usage(recipe: Recipe, run_dir: Path, form: str, directory: Path) -> str:
     entry = REGISTRY.get(recipe.model.base)
     base = entry.hub_id if entry else recipe.model.base
-    snippets = [f"```bash\nfinetune predict {run_dir} items.jsonl\n```"]
-    if form == "adapter" and run_head(run_dir) not in (
-        SEQUENCE_CLASSIFICATION,
-        TOKEN_CLASSIFICATION,
-    ):
+    snippets = [
+        f"```bash\nfinetune predict {run_dir} items.jsonl\n"
+        f"finetune serve {run_dir}   # HTTP on 127.0.0.1:8000: OpenAI chat, /v1/classify\n```"
+    ]
+    decoder = run_head(run_dir) == CAUSAL_LM
+    if form == "adapter" and decoder:
         snippets.append(
             "```python\nfrom peft import AutoPeftModelForCausalLM\n"
             f'model = AutoPeftModelForCausalLM.from_pretrained("{run_dir / "adapter"}")\n```'
         )
         snippets.append(
-            f"```bash\nvllm serve {base} --enable-lora --lora-modules {recipe.name}={run_dir / 'adapter'}\n```"
+            f"```bash\nvllm serve {base} --enable-lora --lora-modules {recipe.name}={run_dir / 'adapter'}\n"
+            f"finetune export {run_dir} --adapter-gguf   # then: llama-server -m <base>.gguf --lora gguf/adapter-f16.gguf\n```"
         )
     elif form in ("merged", "model"):
         snippets.append(
             "```python\nfrom transformers import AutoModel\n"
             'model = AutoModel.from_pretrained("<this directory>")\n```'
         )
+    if form == "gguf":
+        snippets.append(_gguf_usage(recipe, directory))
+    elif decoder:
+        snippets.append(
+            f"```bash\nfinetune export {run_dir} --gguf --quant q8_0   # llama.cpp, Ollama\n```"
+        )
     return "## How to use\n\n" + "\n\n".join(snippets)
 
 
+def _gguf_usage(recipe: Recipe, directory: Path) -> str:
+    """llama.cpp's server and Ollama on the GGUF files the directory holds."""
+    models = sorted(p.name for p in directory.glob("model-*.gguf"))
+    lines = [f"llama-server -m {m} --port 8080   # OpenAI-compatible, on llama.cpp" for m in models]
+    if (directory / "Modelfile").is_file():
+        lines.append(f"ollama create {recipe.name} -f Modelfile && ollama run {recipe.name}")
+    if (directory / "adapter-f16.gguf").is_file():
+        lines.append("llama-server -m <the base model>.gguf --lora adapter-f16.gguf")
+    return "```bash\n" + "\n".join(lines) + "\n```"
+
+
 def write_run_cards(recipe: Recipe, run_dir: Path) -> list[Path]:
-    """The card in each deployable output the run holds: `adapter/` or `model/`, and `merged/`."""
-    outputs = [(run_dir / name, name) for name in ("adapter", "model", "merged")]
+    """The card in each deployable output the run holds: `adapter/` or `model/`, `merged/` and
+    `gguf/`."""
+    outputs = [(run_dir / name, name) for name in ("adapter", "model", "merged", "gguf")]
     results = _results(run_dir)
     return [write_card(recipe, run_dir, d, form, results) for d, form in outputs if d.is_dir()]

@@ -33,7 +33,7 @@ EXTRAS := dev,api,engine,ray
 PIP_TOOLS_SPEC ?= pip-tools==7.7.0
 NUMPY_SPEC = $(shell grep -o '^numpy==[0-9.]*' $(LOCK))
 
-.PHONY: help setup lock demo data models train eval report serve screenshot validate experiment test test-fast lint format bench clean
+.PHONY: help setup lock demo data models train eval report serve export screenshot validate experiment test test-fast lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -90,6 +90,9 @@ predict: setup ## Predict INPUT (default: RUN's held-out test split) with RUN's 
 
 serve: setup ## Serve RUN (default: RECIPE's latest) over HTTP on 127.0.0.1:$(or $(PORT),8000): OpenAI chat, /v1/classify, /health
 	$(BIN)/finetune serve "$(RUN)" --port $(or $(PORT),8000)
+
+export: setup ## Export RUN (default: RECIPE's latest) as GGUF $(or $(QUANT),q8_0) with an Ollama Modelfile and model card, in RUN/gguf/
+	$(BIN)/finetune export "$(RUN)" --gguf --quant $(or $(QUANT),q8_0)
 
 screenshot: setup ## Render RUN's HTML report in headless Chromium (apt-get install chromium) to RUN/report/screenshot.png
 	$(BIN)/python scripts/screenshot_report.py "$(RUN)"

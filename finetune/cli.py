@@ -418,6 +418,10 @@ def serve(
         int,
         typer.Option(help="Texts waiting or running per run; past it requests get 503.", min=1),
     ] = 256,
+    share_base: Annotated[
+        bool,
+        typer.Option(help="LoRA runs of one base share it in memory (adapters by name, unmerged)."),
+    ] = True,
     context: Annotated[int, typer.Option(help="A GGUF's context window in tokens.")] = 4096,
 ) -> None:
     """Serve runs over HTTP, or a GGUF as shipped on llama.cpp's server.
@@ -426,7 +430,8 @@ def serve(
     /health and /v1/models."""
     quiet.progress_bars_off()
     if all(Path(t).is_dir() for t in targets):
-        _serve_runs([Path(t) for t in targets], host, port or 8000, max_batch, max_queue)
+        limits = {"max_batch": max_batch, "max_queue": max_queue, "share_base": share_base}
+        _serve_runs([Path(t) for t in targets], host, port or 8000, limits)
     elif len(targets) == 1:
         _serve_gguf(targets[0], port, context)
     else:
@@ -436,11 +441,11 @@ def serve(
         )
 
 
-def _serve_runs(runs: list[Path], host: str, port: int, max_batch: int, max_queue: int) -> None:
+def _serve_runs(runs: list[Path], host: str, port: int, limits: dict[str, Any]) -> None:
     from finetune.deploy.api import run_server
     from finetune.deploy.serve import served_runs
 
-    with served_runs(runs, max_batch=max_batch, max_queue=max_queue) as served:
+    with served_runs(runs, **limits) as served:
         url = f"http://{host}:{port}"
 
         def ready() -> None:

@@ -366,3 +366,41 @@ def test_serve_refuses_what_it_cannot_serve(tmp_path):
     assert str(result.exception) == (
         f"{unfinished}: not a finished training run; serve a complete run"
     )
+
+
+@pytest.fixture(scope="module")
+def two_lora_runs(tmp_path_factory, tiny_model_dir) -> list[Path]:
+    """Two LoRA runs of the tiny base, trained apart (other seeds, other rates)."""
+    runs = []
+    for seed, rate in [(3, 0.01), (5, 0.05)]:
+        root = tmp_path_factory.mktemp(f"lora-{seed}")
+        path = tiny_recipe_factory(root, tiny_model_dir)(
+            name=f"lora{seed}", seed=seed, train={"learning_rate": rate}
+        )
+        runs.append(train_from(path).run_dir)
+    return runs
+
+
+def test_lora_runs_of_one_base_share_it_and_answer_as_each_alone(two_lora_runs):
+    from finetune.deploy.serve import served_runs
+
+    texts = [f"{w}, number {i}" for i, w in enumerate(["great fun", "a boring mess", "a delight"])]
+
+    def scores(answers):
+        return [r["label_logprobs"] for r in answers.rows]
+
+    alone = []
+    for run in two_lora_runs:
+        with served_runs([run], share_base=False) as served:
+            alone.append(scores(next(iter(served.values())).answer(texts).result(30)))
+    assert alone[0][0] != pytest.approx(alone[1][0], abs=1e-3)  # the adapters differ
+    with served_runs(two_lora_runs) as served:
+        a, b = served.values()
+        assert a.loaded.model is b.loaded.model and a.batcher is b.batcher
+        assert sorted(a.loaded.model.peft_config) == ["run0", "run1"]
+        # Both at once: one batch, each text through its own adapter.
+        futures = [a.answer(texts), b.answer(texts), a.answer(texts[:1])]
+        together = [scores(f.result(30)) for f in futures]
+    for got, want in zip(together, [alone[0], alone[1], alone[0][:1]], strict=True):
+        for g, w in zip(got, want, strict=True):
+            assert g == pytest.approx(w, abs=1e-3)  # unmerged here, merged alone

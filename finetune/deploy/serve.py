@@ -38,6 +38,7 @@ from typing import Any
 
 from finetune.deploy.predict import Answers, predict_items
 from finetune.errors import FinetuneError
+from finetune.hardware import to_accelerator
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import is_complete
 from finetune.systems.base import SPECIALIST, Context, Loaded, System
@@ -151,7 +152,7 @@ def _deliver(taken: list, answers: Answers) -> None:
 
 @dataclass
 class Served:
-    """One run, loaded, with its worker."""
+    """One run, loaded, with the worker it shares with the runs of its base (or its own)."""
 
     name: str
     run_dir: Path
@@ -161,26 +162,92 @@ class Served:
     prompted: bool = False  # answers chat and completions
     instructions: tuple[str, ...] = field(default=())
 
+    def run(self, items: list[dict]) -> Answers:
+        """Items through this run's specialist, as `finetune predict` runs them."""
+        if self.loaded.activate is not None:
+            self.loaded.activate()
+        system = System(SPECIALIST, "specialist", "run")
+        context = Context(self.run_dir, [], [])
+        return predict_items(self.recipe, system, SPECIALIST, self.loaded, context, items)
+
     def answer(self, texts: list[str]) -> concurrent.futures.Future:
-        return self.batcher.submit([{"id": str(i), "text": t} for i, t in enumerate(texts)])
+        items = [{"id": str(i), "text": t, "served": self.name} for i, t in enumerate(texts)]
+        return self.batcher.submit(items)
 
 
-def served_runs(run_dirs: list[Path], **limits: Any) -> contextlib.AbstractContextManager:
-    """Load each run's specialist, with its worker; `limits` go to each `Batcher`."""
-    return _served(run_dirs, limits)
+def served_runs(
+    run_dirs: list[Path], *, share_base: bool = True, **limits: Any
+) -> contextlib.AbstractContextManager:
+    """Load each run's specialist, with its worker; `limits` go to each `Batcher`. With
+    `share_base`, LoRA runs of one base share it in memory and one worker."""
+    return _served(run_dirs, share_base, limits)
 
 
 @contextlib.contextmanager
-def _served(run_dirs: list[Path], limits: dict[str, Any]) -> Iterator[dict[str, Served]]:
+def _served(
+    run_dirs: list[Path], share_base: bool, limits: dict[str, Any]
+) -> Iterator[dict[str, Served]]:
     recipes = [_finished(d) for d in run_dirs]
-    names = _names(run_dirs, recipes)
+    runs = list(zip(_names(run_dirs, recipes), run_dirs, recipes, strict=True))
     with contextlib.ExitStack() as stack:
-        served = {}
-        for name, run_dir, recipe in zip(names, run_dirs, recipes, strict=True):
-            loaded = stack.enter_context(loaded_model(recipe, run_dir, SPECIALIST))
-            served[name] = _serve_one(name, run_dir, recipe, loaded, limits)
-            stack.callback(served[name].batcher.close)
-        yield served
+        served: dict[str, Served] = {}
+        for group in _groups(runs, share_base):
+            served.update(_serve_group(group, limits, stack))
+        yield {name: served[name] for name, _, _ in runs}
+
+
+def _groups(runs: list[tuple[str, Path, Recipe]], share_base: bool) -> list[list[tuple]]:
+    """Runs whose kind says they can share a base, together; every other run alone."""
+    groups: dict[Any, list[tuple]] = {}
+    for run in runs:
+        name, run_dir, recipe = run
+        key = kind_of(SPECIALIST, run_dir, recipe).shared_base(recipe, run_dir)
+        shared = share_base and key is not None
+        groups.setdefault(
+            json.dumps(key, sort_keys=True, default=str) if shared else name, []
+        ).append(run)
+    return list(groups.values())
+
+
+def _serve_group(group: list[tuple], limits: dict, stack: contextlib.ExitStack) -> dict:
+    if len(group) == 1:
+        _, run_dir, recipe = group[0]
+        loads = [stack.enter_context(loaded_model(recipe, run_dir, SPECIALIST))]
+    else:
+        kind = kind_of(SPECIALIST, group[0][1], group[0][2])
+        loads = kind.load_sharing([(recipe, run_dir) for _, run_dir, recipe in group])
+        model = to_accelerator(loads[0].model)
+        for loaded in loads:
+            loaded.model = model
+        stack.callback(loads.clear)  # the last references to the shared model go
+    served = {
+        n: _serve_one(n, d, r, loaded) for (n, d, r), loaded in zip(group, loads, strict=True)
+    }
+    batcher = Batcher(_runner(served), **limits)
+    stack.callback(batcher.close)
+    for one in served.values():
+        one.batcher = batcher
+    return served
+
+
+def _runner(served: dict[str, Served]) -> Callable[[list[dict]], Answers]:
+    """One batch's items, each through its own run (its adapter made active first), in order."""
+
+    def run(items: list[dict]) -> Answers:
+        rows: list = [None] * len(items)
+        inputs, outputs = [0] * len(items), [0] * len(items)
+        for name in dict.fromkeys(item["served"] for item in items):
+            where = [i for i, item in enumerate(items) if item["served"] == name]
+            answers = served[name].run([items[i] for i in where])
+            for k, i in enumerate(where):
+                rows[i], inputs[i], outputs[i] = (
+                    answers.rows[k],
+                    answers.input_tokens[k],
+                    answers.output_tokens[k],
+                )
+        return Answers(rows, inputs, outputs)
+
+    return run
 
 
 def _finished(run_dir: Path) -> Recipe:
@@ -199,11 +266,8 @@ def _names(run_dirs: list[Path], recipes: list[Recipe]) -> list[str]:
     return names
 
 
-def _serve_one(name: str, run_dir: Path, recipe: Recipe, loaded: Loaded, limits: dict) -> Served:
-    system = System(SPECIALIST, "specialist", "run")
-    context = Context(run_dir, [], [])
-    run = lambda items: predict_items(recipe, system, SPECIALIST, loaded, context, items)  # noqa: E731
-    served = Served(name, run_dir, recipe, loaded, Batcher(run, **limits))
+def _serve_one(name: str, run_dir: Path, recipe: Recipe, loaded: Loaded) -> Served:
+    served = Served(name, run_dir, recipe, loaded)
     served.prompted = kind_of(SPECIALIST, run_dir, recipe).prompted
     # Longest first: the untrained instruction (with the label list) begins with the trained one.
     given = {recipe.task.instruction, untrained_instruction(recipe.task)} - {""}

@@ -44,6 +44,9 @@ class Loaded:
     serving: str = "as loaded"  # how the specialist's update is applied (`common.serving_form`)
     identity: Any = None  # kind-specific: the causal LM's `ModelSource`
     trained_in: Path | None = None  # the run that trained these weights, when not this one
+    # Where several instances share one model (adapters by name on one base): makes this
+    # instance's weights the active ones; run it before each use.
+    activate: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,15 @@ class Kind:
         host); most kinds have none."""
 
     def load(self, recipe: Recipe, run_dir: Path, key: str) -> Loaded:
+        raise NotImplementedError
+
+    def shared_base(self, recipe: Recipe, run_dir: Path) -> Any:
+        """What the run's specialist could share with other runs' when they are served
+        together (a key; equal keys share), or None: most kinds share nothing."""
+        return None
+
+    def load_sharing(self, runs: list[tuple[Recipe, Path]]) -> list[Loaded]:
+        """The specialists of runs with one `shared_base`, sharing it in memory."""
         raise NotImplementedError
 
     def plan(

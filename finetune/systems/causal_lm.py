@@ -9,6 +9,7 @@ it, and, with `shots`, in-context examples drawn from train by the recipe's seed
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,51 @@ class CausalLM(Kind):
                 identity=source,
             )
         loaded.model.eval()
+        return loaded
+
+    def shared_base(self, recipe: Recipe, run_dir: Path) -> Any:
+        """A LoRA run shares its base, loaded the same way, with other runs of that base."""
+        if not (run_dir / "adapter").is_dir():
+            return None
+        m = recipe.model
+        source = resolve(m.base)
+        return (self.name, source.identity, m.dtype, m.quantization, m.trust_remote_code)
+
+    def load_sharing(self, runs: list[tuple[Recipe, Path]]) -> list[Loaded]:
+        """One base in memory with each run's adapter on it by name, unmerged (a merge would
+        fold one adapter into the shared weights); each instance activates its own."""
+        from peft import PeftModel
+
+        recipe, _ = runs[0]
+        source = resolve(recipe.model.base)
+        names = [f"run{i}" for i in range(len(runs))]
+        model = PeftModel.from_pretrained(
+            _load(recipe, source, head=self.head),
+            str(runs[0][1] / "adapter"),
+            adapter_name=names[0],
+        )
+        for name, (_, run_dir) in zip(names[1:], runs[1:], strict=True):
+            check_same_base(run_dir, source.identity)
+            model.load_adapter(str(run_dir / "adapter"), adapter_name=name)
+        model.eval()
+        tokenizer = _tokenizer(source)
+        return [
+            self._shared(model, tokenizer, source, run_dir, name, len(runs))
+            for name, (_, run_dir) in zip(names, runs, strict=True)
+        ]
+
+    def _shared(self, model, tokenizer, source, run_dir: Path, name: str, count: int) -> Loaded:
+        loaded = Loaded(
+            model,
+            tokenizer,
+            f"{source.ref} + LoRA adapter (one of {count} on a shared base)",
+            self,
+            disk_bytes(source, run_dir / "adapter"),
+            serving="adapter unmerged, on a base shared with other runs",
+            identity=source,
+            activate=functools.partial(model.set_adapter, name),
+        )
+        _check_chat_template(run_dir, PromptFormat.load(run_dir), loaded)
         return loaded
 
     def plan(

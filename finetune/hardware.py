@@ -121,9 +121,8 @@ def reset_peak_memory() -> None:
 def to_accelerator(model: Any) -> Any:
     """A torch model moved to the GPU when there is one, for inference; anything else (llama.cpp,
     scikit-learn, an API client) and models bitsandbytes has already placed stay as they are."""
-    import torch
-
-    if not (torch.cuda.is_available() and isinstance(model, torch.nn.Module)):
+    torch = sys.modules.get("torch")  # not imported: not a torch model (TF-IDF never loads it)
+    if torch is None or not (isinstance(model, torch.nn.Module) and torch.cuda.is_available()):
         return model
     if getattr(model, "is_quantized", False) or getattr(model, "hf_device_map", None):
         return model
@@ -134,9 +133,9 @@ def to_accelerator(model: Any) -> Any:
 def on_device_of(model: Any) -> Iterator[None]:
     """Tensors made inside (token ids, masks, positions) land on the device of `model`'s
     weights, so that inference code written once runs on a CPU and on a GPU alike."""
-    import torch
-
-    weight = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    torch = sys.modules.get("torch")  # not imported: not a torch model
+    is_torch = torch is not None and isinstance(model, torch.nn.Module)
+    weight = next(model.parameters(), None) if is_torch else None
     if weight is None or weight.device.type == "cpu":
         yield
         return

@@ -13,6 +13,7 @@ counted.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -83,7 +84,8 @@ def predict(
         for batch in _chunks(rows, chunk):
             items = [r for r in batch if isinstance(r, dict)]
             rejected += _reject(out, [r for r in batch if isinstance(r, Rejected)])
-            _append(out, _predicted(recipe, chosen, key, loaded, context, items, bar, task))
+            advance = functools.partial(bar.advance, task)
+            _append(out, predict_items(recipe, chosen, key, loaded, context, items, advance).rows)
             count += len(items)
     return Predicted(out, count, len(done), rejected, time.perf_counter() - start)
 
@@ -135,21 +137,6 @@ def _context(recipe: Recipe, run_dir: Path, system: System) -> Context:
     """What the system plans with: its in-context examples come from the run's training rows."""
     train = load_split(recipe, "train") if system.shots else []
     return Context(run_dir, [], train)
-
-
-def _predicted(
-    recipe: Recipe,
-    system: System,
-    key: str,
-    loaded: Loaded,
-    context: Context,
-    items: list[dict],
-    bar: Any,
-    task: int,
-) -> list[dict[str, Any]]:
-    """One chunk's output rows, planned and run as the evaluation runs its items."""
-    on_batch = lambda n: bar.advance(task, n)  # noqa: E731
-    return predict_items(recipe, system, key, loaded, context, items, on_batch).rows
 
 
 @dataclass

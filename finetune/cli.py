@@ -338,22 +338,29 @@ def predict(
     """Predict every row of a file with a run's specialist (or a baseline); resumable."""
     quiet.progress_bars_off()
     from finetune.deploy.predict import predict as run_predict
-    from finetune.deploy.predict import rejects_path
 
     if on_bad_row not in (None, "error", "skip"):
         raise FinetuneError(f"--on-bad-row must be error or skip; found {on_bad_row!r}")
     loaded = _load(run / "recipe.yaml", None)
     target = out_file or run / "predict" / f"{source.stem}.jsonl"
+    fields = _fields(field or [])
     done = run_predict(
         loaded,
         run,
         source,
         target,
         system=system,
-        fields=_fields(field or []),
+        fields=fields,
         on_bad_row=on_bad_row,
         console=err,
     )
+    _predicted_line(done, target)
+
+
+def _predicted_line(done: Any, target: Path) -> None:
+    """The final line: rows, time and throughput, what was kept and what skipped."""
+    from finetune.deploy.predict import rejects_path
+
     if not done.rows and not done.rejected:
         out.print(f"nothing left to predict: {done.kept} rows already in {target}", markup=False)
         return

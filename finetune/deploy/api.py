@@ -56,14 +56,14 @@ class CompletionRequest(BaseModel):
 def build_app(served: dict[str, Served]) -> Any:
     fastapi = require("fastapi", needed_for="finetune serve")
     app = fastapi.FastAPI(title="finetune serve", docs_url=None, redoc_url=None)
-    _error_handlers(app, fastapi)
+    _error_handlers(app)
     _info_routes(app, served)
     _predict_routes(app, served)
     _openai_routes(app, served)
     return app
 
 
-def _error_handlers(app: Any, fastapi: Any) -> None:
+def _error_handlers(app: Any) -> None:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 

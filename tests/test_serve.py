@@ -327,7 +327,14 @@ def test_a_full_queue_gets_503_with_retry_after_over_http(tiny_run):
         batcher.close()
 
 
-def test_sigterm_stops_the_server_cleanly(tiny_run, tmp_path):
+@pytest.mark.parametrize(
+    ("signum", "said"),
+    [
+        (signal.SIGTERM, "terminated; every process it started is stopped"),
+        (signal.SIGINT, "interrupted"),
+    ],
+)
+def test_sigterm_and_sigint_stop_the_server_cleanly(tiny_run, tmp_path, signum, said):
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "finetune", "serve", str(tiny_run), "--port", str(port)],
@@ -338,14 +345,14 @@ def test_sigterm_stops_the_server_cleanly(tiny_run, tmp_path):
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}", process)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         output, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert process.returncode == 128 + signum, output[-3000:]
     assert f"serving tiny/{tiny_run.name} at http://127.0.0.1:" in output
-    assert "terminated; every process it started is stopped" in output
+    assert output.rstrip().endswith(said), output[-3000:]
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 

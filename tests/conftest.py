@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pytest
 import yaml
@@ -70,22 +70,29 @@ def train_bpe(specials: list[str], unk_token: str | None = None):
 
 
 def build_tiny_model(
-    path: Path, *, hidden: int = 64, layers: int = 2, chat_template: bool = True
+    path: Path,
+    *,
+    hidden: int = 64,
+    layers: int = 2,
+    chat_template: bool = True,
+    tokenizer: Any = None,
 ) -> Path:
-    """Save a 2-layer random Llama and a byte-level BPE tokenizer (about 400 tokens) to `path`."""
+    """Save a 2-layer random Llama and a byte-level BPE tokenizer (about 400 tokens) to `path`;
+    or with `tokenizer` (a real model's, say), that one as it is."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    tok = train_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token=None,
-        unk_token=None,
-    )
-    if chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATE
+    if tokenizer is None:
+        tok = train_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            eos_token="<|im_end|>",
+            pad_token="<|endoftext|>",
+            bos_token=None,
+            unk_token=None,
+        )
+        if chat_template:
+            tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -97,7 +104,7 @@ def build_tiny_model(
         max_position_embeddings=1024,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=None,
+        bos_token_id=tokenizer.bos_token_id,
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)

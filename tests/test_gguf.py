@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import yaml
-from conftest import evaluated_run, tiny_recipe_factory, train_from
+from conftest import build_tiny_model, evaluated_run, tiny_recipe_factory, train_from
 
 from finetune.deploy import gguf as export
 from finetune.errors import FinetuneError
@@ -24,29 +24,11 @@ from finetune.recipe import load_recipe
 
 @pytest.fixture(scope="module")
 def smol_tiny_dir(gguf, tmp_path_factory):
-    """A 2-layer random Llama with SmolLM2-135M-Instruct's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    """The tiny random Llama with SmolLM2-135M-Instruct's tokenizer and chat template."""
+    from transformers import AutoTokenizer
 
-    path = tmp_path_factory.mktemp("smol-tiny")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        tie_word_embeddings=True,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return build_tiny_model(tmp_path_factory.mktemp("smol-tiny"), tokenizer=tokenizer)
 
 
 def _recipe(root, model_dir, **train):

@@ -196,3 +196,5 @@ def test_the_export_command_writes_the_card_with_llama_cpp_and_ollama_usage(lora
     assert "llama-server -m model-f16.gguf --port 8080" in card.text
     assert "ollama create tiny -f Modelfile && ollama run tiny" in card.text
     assert "llama-server -m <the base model>.gguf --lora adapter-f16.gguf" in card.text
+    text = (out / "README.md").read_text()
+    assert "[More Information Needed]" not in text and "{{" not in text  # no template left

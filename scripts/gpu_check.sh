@@ -26,6 +26,7 @@ PY=.venv/bin/python
 FT=".venv/bin/finetune"
 TWIN=""
 OFFLINE=""
+QUIET_TRACKING=""
 failed=0
 export WANDB_MODE=offline PYTHONUNBUFFERED=1
 
@@ -79,13 +80,15 @@ EOF
   echo "$dir"
 }
 
+# The newest finished run under $WORK/runs.
+latest_run() { ls -dt "$WORK"/runs/*/*/ | grep -v '\.partial/$' | head -1; }
+
 # Train RECIPE with OVERRIDES into $WORK/runs; print the loss's first and last values.
 train() {
   local recipe=$1; shift
-  local extra=(); [ -n "$OFFLINE" ] && extra=(tracking.wandb.mode=disabled)
   $FT train "$recipe" "tracking.runs_dir=$WORK/runs" "train.max_steps=$STEPS" \
-    train.save_every=1000 train.eval_every=1000 "${extra[@]}" "$@" >>"$LOG" 2>&1 || return 1
-  local run; run=$(ls -dt "$WORK"/runs/*/*/ | grep -v '\.partial/$' | head -1)
+    train.save_every=1000 train.eval_every=1000 ${QUIET_TRACKING:+"$QUIET_TRACKING"} "$@" >>"$LOG" 2>&1 || return 1
+  local run; run=$(latest_run)
   $PY - "$run" <<'EOF'
 import json, sys, pathlib
 run = pathlib.Path(sys.argv[1])
@@ -102,10 +105,9 @@ EOF
 # Evaluate the newest run of RECIPE on 40 test items with OVERRIDES; print each system's score.
 evaluate() {
   local recipe=$1; shift
-  local run; run=$(ls -dt "$WORK"/runs/*/*/ | grep -v '\.partial/$' | head -1)
-  local extra=(); [ -n "$OFFLINE" ] && extra=(tracking.wandb.mode=disabled)
+  local run; run=$(latest_run)
   $FT eval "$recipe" --run "$run" "tracking.runs_dir=$WORK/runs" data.max_test_examples=40 \
-    eval.timing.rounds=6 eval.latency_items=8 eval.tfidf.enabled=false "${extra[@]}" "$@" \
+    eval.timing.rounds=6 eval.latency_items=8 eval.tfidf.enabled=false ${QUIET_TRACKING:+"$QUIET_TRACKING"} "$@" \
     >>"$LOG" 2>&1 || return 1
   $PY - "$run" <<'EOF'
 import json, sys, pathlib
@@ -120,7 +122,7 @@ EOF
 # The adapter's LoRA B matrices start at zero: any non-zero one means 4-bit gradients flowed
 # (on a CPU, bitsandbytes' 4-bit layers give none).
 lora_moved() {
-  local run; run=$(ls -dt "$WORK"/runs/*/*/ | grep -v '\.partial/$' | head -1)
+  local run; run=$(latest_run)
   $PY - "$run/adapter/adapter_model.safetensors" <<'EOF'
 import sys
 from safetensors.torch import load_file
@@ -170,6 +172,7 @@ if [ -d .gpu ] && [ ! -x "$PY" ]; then
   # Offline: this machine's python3 and torch, the bundled packages first on the path.
   OFFLINE=1
   TWIN=" [twin]"
+  QUIET_TRACKING=tracking.wandb.mode=disabled  # wandb is not bundled
   PY=${GPU_CHECK_PYTHON:-python3}
   FT="$PY -m finetune"
   $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .gpu/wheels/*.whl \
@@ -177,8 +180,8 @@ if [ -d .gpu ] && [ ! -x "$PY" ]; then
   export PYTHONPATH="$WORK/site:$PWD/.gpu/site:$PWD"
   echo "offline: $($PY --version) at $(command -v "$PY"), bundled packages from .gpu/; [twin] = the model's architecture with random weights"
 fi
-export -f gpu auto_dtype model train evaluate lora_moved smollm2_lora qwen_qlora llama_cuda
-export STEPS WORK LOG PY FT OFFLINE
+export -f gpu auto_dtype model latest_run train evaluate lora_moved smollm2_lora qwen_qlora llama_cuda
+export STEPS WORK LOG PY FT OFFLINE QUIET_TRACKING
 [ -n "$OFFLINE" ] || [ -f .venv/.installed ] || make setup >>"$LOG" 2>&1 || { say FAIL setup "make setup failed; see $LOG"; exit 1; }
 # GPU_CHECKS="gpu qwen_qlora" runs only those checks (a short lease).
 CHECKS=" ${GPU_CHECKS:-gpu auto_dtype smollm2_lora qwen_qlora} "

@@ -217,7 +217,7 @@ def test_the_specialist_keeps_its_trained_prompt_and_the_base_baseline_gets_the_
 
 def test_an_endpoint_is_asked_with_the_label_list(write_recipe):
     recipe = load_recipe(_recipe(write_recipe, "Topic?"))
-    assert remote._messages(recipe, "Shares fell.", [("Goal!", "sport")]) == [
+    assert remote.chat_messages(recipe, "Shares fell.", [("Goal!", "sport")]) == [
         {"role": "user", "content": f"Topic?\n\n{LISTED}\n\nGoal!"},
         {"role": "assistant", "content": "sport"},
         {"role": "user", "content": f"Topic?\n\n{LISTED}\n\nShares fell."},

@@ -63,7 +63,7 @@ def wait_until_up(url: str, process: subprocess.Popen | None = None) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
+def learned_run(tmp_path_factory, tiny_model_dir) -> Path:
     """The tiny model fully fine-tuned until it tells the two labels apart on 24 test items
     (LoRA on it answers one label throughout, which would prove little here)."""
     root = tmp_path_factory.mktemp("served-run")
@@ -75,11 +75,11 @@ def tiny_run(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_run, tmp_path_factory):
+def server(learned_run, tmp_path_factory):
     """`finetune serve` on the tiny run, as a user starts it; SIGTERM afterwards."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "finetune", "serve", str(tiny_run), "--port", str(port)],
+        [sys.executable, "-m", "finetune", "serve", str(learned_run), "--port", str(port)],
         cwd=tmp_path_factory.mktemp("serve"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -88,7 +88,7 @@ def server(tiny_run, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(url, process)
-        yield url, process, f"tiny/{tiny_run.name}"
+        yield url, process, f"tiny/{learned_run.name}"
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -99,11 +99,11 @@ def server(tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def evaluated(server, tiny_run, tmp_path_factory, keyed_module):
+def evaluated(server, learned_run, tmp_path_factory, keyed_module):
     """A copy of the tiny run evaluated with an endpoint baseline pointed at the served run."""
     url, _, name = server
     root = tmp_path_factory.mktemp("served-eval")
-    run_dir = copy_run(tiny_run, root, keep_eval=False)
+    run_dir = copy_run(learned_run, root, keep_eval=False)
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     endpoint = {"base_url": f"{url}/v1", "model": name, "api_key_env": KEY_ENV}
     recipe["eval"]["baselines"] = [{"name": "served", "endpoint": endpoint}]
@@ -127,14 +127,14 @@ def keyed_module(tmp_path_factory):
         yield
 
 
-def test_health_and_models_list_the_served_run(server, tiny_run):
+def test_health_and_models_list_the_served_run(server, learned_run):
     url, _, name = server
     status, health, _ = call(f"{url}/health")
     assert status == 200 and health["status"] == "ok" and list(health["models"]) == [name]
     _, models, _ = call(f"{url}/v1/models")
     (entry,) = models["data"]
     assert entry["id"] == name and entry["object"] == "model" and entry["chat"] is True
-    assert entry["labels"] == ["fresh", "rotten"] and entry["run"] == str(tiny_run)
+    assert entry["labels"] == ["fresh", "rotten"] and entry["run"] == str(learned_run)
 
 
 def test_predict_answers_as_the_evaluation_did(server, evaluated):
@@ -288,7 +288,7 @@ def test_a_full_queue_refuses_with_a_retry_after_and_a_failure_reaches_each_requ
         batcher.close()
 
 
-def test_a_full_queue_gets_503_with_retry_after_over_http(tiny_run):
+def test_a_full_queue_gets_503_with_retry_after_over_http(learned_run):
     """An in-process server on 127.0.0.1 whose worker the test holds busy."""
     import uvicorn
 
@@ -297,10 +297,10 @@ def test_a_full_queue_gets_503_with_retry_after_over_http(tiny_run):
 
     gate = threading.Event()
     batcher = Batcher(lambda items: (gate.wait(10), _echo(items))[1], max_batch=4, max_queue=2)
-    recipe_path = tiny_run / "recipe.yaml"
+    recipe_path = learned_run / "recipe.yaml"
     from finetune.recipe import load_recipe
 
-    served = {"tiny": Served("tiny", tiny_run, load_recipe(recipe_path), None, batcher)}
+    served = {"tiny": Served("tiny", learned_run, load_recipe(recipe_path), None, batcher)}
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(build_app(served), port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -332,10 +332,10 @@ def test_a_full_queue_gets_503_with_retry_after_over_http(tiny_run):
     # Ctrl-C ends through typer, which exits 130 without a word.
     [(signal.SIGTERM, "terminated; every process it started is stopped"), (signal.SIGINT, None)],
 )
-def test_sigterm_and_sigint_stop_the_server_cleanly(tiny_run, tmp_path, signum, said):
+def test_sigterm_and_sigint_stop_the_server_cleanly(learned_run, tmp_path, signum, said):
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "finetune", "serve", str(tiny_run), "--port", str(port)],
+        [sys.executable, "-m", "finetune", "serve", str(learned_run), "--port", str(port)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -349,7 +349,7 @@ def test_sigterm_and_sigint_stop_the_server_cleanly(tiny_run, tmp_path, signum, 
         if process.poll() is None:
             process.kill()
     assert process.returncode == 128 + signum, output[-3000:]
-    assert f"serving tiny/{tiny_run.name} at http://127.0.0.1:" in output
+    assert f"serving tiny/{learned_run.name} at http://127.0.0.1:" in output
     if said:
         assert output.rstrip().endswith(said), output[-3000:]
     with pytest.raises(OSError):

@@ -202,10 +202,7 @@ def _groups(runs: list[tuple[str, Path, Recipe]], share_base: bool) -> list[list
     for run in runs:
         name, run_dir, recipe = run
         key = kind_of(SPECIALIST, run_dir, recipe).shared_base(recipe, run_dir)
-        shared = share_base and key is not None
-        groups.setdefault(
-            json.dumps(key, sort_keys=True, default=str) if shared else name, []
-        ).append(run)
+        groups.setdefault(key if share_base and key is not None else name, []).append(run)
     return list(groups.values())
 
 

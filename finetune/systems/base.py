@@ -144,7 +144,7 @@ class Kind:
 
     def shared_base(self, recipe: Recipe, run_dir: Path) -> Any:
         """What the run's specialist could share with other runs' when they are served
-        together (a key; equal keys share), or None: most kinds share nothing."""
+        together (a string key; equal keys share), or None: most kinds share nothing."""
         return None
 
     def load_sharing(self, runs: list[tuple[Recipe, Path]]) -> list[Loaded]:

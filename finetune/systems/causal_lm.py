@@ -10,6 +10,7 @@ it, and, with `shots`, in-context examples drawn from train by the recipe's seed
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,8 @@ class CausalLM(Kind):
         if not (run_dir / "adapter").is_dir():
             return None
         m = recipe.model
-        source = resolve(m.base)
-        return (self.name, source.identity, m.dtype, m.quantization, m.trust_remote_code)
+        what = [self.name, resolve(m.base).identity, m.dtype, m.quantization, m.trust_remote_code]
+        return json.dumps(what, sort_keys=True, default=str)
 
     def load_sharing(self, runs: list[tuple[Recipe, Path]]) -> list[Loaded]:
         """One base in memory with each run's adapter on it by name, unmerged (a merge would

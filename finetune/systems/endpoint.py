@@ -173,7 +173,9 @@ def _chat(model: str, messages: list[dict[str, str]], max_tokens: int, top: int 
     return Request("chat", body, sum(len(m["content"]) for m in messages))
 
 
-def _messages(recipe: Recipe, text: str, shots: list[tuple[str, str]]) -> list[dict[str, str]]:
+def chat_messages(recipe: Recipe, text: str, shots: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """The chat turns an endpoint is sent for one item: its shots, then the item."""
+
     def user(t: str) -> dict[str, str]:
         instruction = untrained_instruction(recipe.task)  # an endpoint is never the specialist
         return _turn(f"{instruction}\n\n{t}" if instruction else t)
@@ -206,7 +208,7 @@ def _requests(recipe, e, method, text, shots) -> list[Request]:
             )
             for label in recipe.task.labels
         ]
-    messages = _messages(recipe, text, shots)
+    messages = chat_messages(recipe, text, shots)
     if method == "top_logprobs":
         return [_chat(e.model, messages, 1, top=e.top_logprobs)]
     return [_chat(e.model, messages, recipe.eval.max_new_tokens)]

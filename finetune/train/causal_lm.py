@@ -9,9 +9,8 @@ from typing import Any
 from finetune.data import PreparedData
 from finetune.models.heads import CAUSAL_LM
 from finetune.recipe import Recipe
-from finetune.tasks.prompts import prompt_format
 from finetune.train.dataset import encode_split
-from finetune.train.objective import Splits, checked_splits, common_arguments, explained
+from finetune.train.objective import Splits, common_arguments, explained, prompt_splits
 
 
 class CausalLMObjective:
@@ -20,10 +19,7 @@ class CausalLMObjective:
     head = CAUSAL_LM
 
     def encode(self, recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> Splits:
-        fmt = prompt_format(tokenizer, recipe.task)
-        train = encode_split(recipe, "train", fmt, tokenizer)
-        validation = encode_split(recipe, "validation", fmt, tokenizer)
-        return checked_splits(recipe, prepared, fmt, train, validation)
+        return prompt_splits(recipe, prepared, tokenizer, encode_split)
 
     def build_trainer(self, recipe, output_dir, source, tokenizer, splits, callbacks, fresh_start):
         from transformers import PrinterCallback

@@ -13,6 +13,7 @@ the same training arguments (`common_arguments`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +23,7 @@ from finetune.errors import FinetuneError
 from finetune.hardware import has_cuda, use_bf16_autocast
 from finetune.models import ModelSource
 from finetune.recipe import Recipe
-from finetune.tasks.prompts import PromptFormat
+from finetune.tasks.prompts import PromptFormat, prompt_format
 from finetune.train.dataset import EncodedSplit
 
 
@@ -71,6 +72,17 @@ def checked_splits(
             "train.early_stopping_patience needs a validation split; set data.split.validation above 0"
         )
     return Splits(fmt, train, validation, list(labels))
+
+
+def prompt_splits(
+    recipe: Recipe, prepared: PreparedData, tokenizer: Any, encode: Callable[..., Any]
+) -> Splits:
+    """Train and validation encoded by `encode(recipe, split, fmt, tokenizer)` in the run's
+    prompt format, checked: the prompted heads' (decoder, encoder-decoder) splits."""
+    fmt = prompt_format(tokenizer, recipe.task)
+    train = encode(recipe, "train", fmt, tokenizer)
+    validation = encode(recipe, "validation", fmt, tokenizer)
+    return checked_splits(recipe, prepared, fmt, train, validation)
 
 
 def common_arguments(

@@ -16,9 +16,8 @@ from typing import Any
 from finetune.data import PreparedData
 from finetune.models.heads import SEQ2SEQ_LM
 from finetune.recipe import Recipe
-from finetune.tasks.prompts import prompt_format
 from finetune.train.dataset import encode_seq2seq_split
-from finetune.train.objective import Splits, checked_splits, explained, seeded_trainer
+from finetune.train.objective import Splits, explained, prompt_splits, seeded_trainer
 
 
 class Seq2SeqObjective:
@@ -27,10 +26,7 @@ class Seq2SeqObjective:
     head = SEQ2SEQ_LM
 
     def encode(self, recipe: Recipe, prepared: PreparedData, tokenizer: Any) -> Splits:
-        fmt = prompt_format(tokenizer, recipe.task)
-        train = encode_seq2seq_split(recipe, "train", fmt, tokenizer)
-        validation = encode_seq2seq_split(recipe, "validation", fmt, tokenizer)
-        return checked_splits(recipe, prepared, fmt, train, validation)
+        return prompt_splits(recipe, prepared, tokenizer, encode_seq2seq_split)
 
     def build_trainer(self, recipe, output_dir, source, tokenizer, splits, callbacks, fresh_start):
         from transformers import DataCollatorForSeq2Seq

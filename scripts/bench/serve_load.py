@@ -12,6 +12,7 @@ ratios are specialist over general within the same N.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import socket
 import statistics
@@ -20,6 +21,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +37,11 @@ REQUEST_TIMEOUT = 120
 def load_test(bench: Any, run_dir: str) -> dict[str, Any]:
     from finetune.data import load_split
     from finetune.recipe import load_recipe
-    from finetune.systems.endpoint import _messages
+    from finetune.systems.endpoint import chat_messages
 
     recipe = load_recipe(Path(run_dir) / "recipe.yaml")
     items = load_split(recipe, "test")[: bench.scaled(64, 32)]
-    bodies = [_messages(recipe, item["text"], []) for item in items]
+    bodies = [chat_messages(recipe, item["text"], []) for item in items]
     golds = [item["label"] for item in items]
     logs = bench.work / "logs"
     specialist = f"{recipe.name}/{Path(run_dir).name}"
@@ -58,35 +61,33 @@ def load_test(bench: Any, run_dir: str) -> dict[str, Any]:
     return results
 
 
+@dataclass
 class _Server:
-    def __init__(self, url: str, model: str, process: subprocess.Popen) -> None:
-        self.url, self.model, self.process = url, model, process
+    url: str
+    model: str
+    process: subprocess.Popen
 
 
-class _server:
-    """`finetune <args> --port P` started, waited for, and stopped with SIGTERM afterwards."""
-
-    def __init__(self, args: list[str], model: str, log: Path) -> None:
-        self.args, self.model, self.log = args, model, log
-
-    def __enter__(self) -> _Server:
-        port = _free_port()
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log.open("w", encoding="utf-8")
-        cmd = finetune_cmd(*self.args, "--port", str(port))
+@contextlib.contextmanager
+def _server(args: list[str], model: str, log: Path) -> Iterator[_Server]:
+    """`finetune <args> --port P` started and waited for; SIGTERM afterwards."""
+    port = _free_port()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as out:
+        cmd = finetune_cmd(*args, "--port", str(port))
         process = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT
         )
-        self.server = _Server(f"http://127.0.0.1:{port}/v1", self.model, process)
-        _wait(self.server, self.log)
-        return self.server
-
-    def __exit__(self, *exc: Any) -> None:
-        self.server.process.terminate()
+        server = _Server(f"http://127.0.0.1:{port}/v1", model, process)
         try:
-            self.server.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.server.process.kill()
+            _wait(server, log)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
 
 
 def _free_port() -> int:

@@ -12,6 +12,8 @@ work offline.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -60,8 +62,7 @@ def sdist_for(spec: str) -> Path:
     """The source archive of `dist==version`, from PyPI's simple index, checked against the
     index's sha256 and cached. pip cannot fetch an sdist without building its metadata, which
     needs the package's build backend; these sources are read, not built."""
-    import hashlib
-    import urllib.request
+    import urllib.request  # here, not at the top: every command imports this module
 
     dist, version = spec.split("==")
     name = f"{dist.replace('-', '_')}-{version}.tar.gz"
@@ -88,7 +89,6 @@ def sdist_for(spec: str) -> Path:
 
 def _sdist_link(dist: str, name: str) -> tuple[str, str]:
     """(url, sha256) of file `name` in PyPI's simple index of `dist` (its JSON form, PEP 691)."""
-    import json
     import urllib.request
 
     request = urllib.request.Request(

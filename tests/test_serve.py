@@ -24,18 +24,13 @@ import pytest
 import yaml
 from conftest import copy_run, evaluated_run, tiny_recipe_factory, train_from
 
+from finetune.deploy.llama_server import free_port
 from finetune.deploy.predict import Answers
 from finetune.deploy.serve import MAX_INPUT_CHARS, Batcher, Overloaded
 
 WAIT = 240  # seconds for the server to answer: a fresh interpreter imports the model stack
 NAME = "<the served run>"  # in a parametrized body: the served run's name
 KEY_ENV = "SERVE_TEST_KEY"  # the server checks no key; the endpoint baseline needs one set
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def call(url: str, body: dict | bytes | None = None) -> tuple[int, dict, dict]:

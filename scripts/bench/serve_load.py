@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
-import socket
 import statistics
 import subprocess
 import threading
@@ -71,7 +70,9 @@ class _Server:
 @contextlib.contextmanager
 def _server(args: list[str], model: str, log: Path) -> Iterator[_Server]:
     """`finetune <args> --port P` started and waited for; SIGTERM afterwards."""
-    port = _free_port()
+    from finetune.deploy.llama_server import free_port
+
+    port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w", encoding="utf-8") as out:
         cmd = finetune_cmd(*args, "--port", str(port))
@@ -88,12 +89,6 @@ def _server(args: list[str], model: str, log: Path) -> Iterator[_Server]:
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(server: _Server, log: Path) -> None:

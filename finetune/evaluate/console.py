@@ -41,6 +41,21 @@ def say_floor(console: Any, results: dict[str, Any]) -> None:
         )
 
 
+def say_cascades(console: Any, results: dict[str, Any]) -> None:
+    """Each cascade: its threshold, the share it escalates and its primary metric."""
+    metric = results["metrics"][0]
+    for s in results["systems"]:
+        c = s.get("cascade")
+        if c:
+            say(
+                console,
+                f"cascade {s['name']}: {c['confidence']} below {c['threshold']:.3f} goes to "
+                f"{c['fallback']} ({c['validation']['escalated']:.1%} of validation items, "
+                f"{c['test']['escalated']:.1%} of test items); {metric} "
+                f"{s['metrics'][metric]['value']:.3f}",
+            )
+
+
 def say(console: Any, text: str) -> None:
     if console is not None:
         console.print(text, markup=False, highlight=False)

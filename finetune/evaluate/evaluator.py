@@ -28,7 +28,8 @@ import numpy as np
 from finetune.data import load_split, prepare
 from finetune.errors import FinetuneError
 from finetune.evaluate import memory, reuse, timing
-from finetune.evaluate.console import say, say_floor, say_outcome, say_timing
+from finetune.evaluate.cascade_results import add_cascades
+from finetune.evaluate.console import say, say_cascades, say_floor, say_outcome, say_timing
 from finetune.evaluate.results import Outcome, predictions_jsonl, summarize
 from finetune.files import write_atomic, write_json
 from finetune.hardware import (
@@ -70,56 +71,106 @@ def evaluate(
     check_run(recipe, run_dir)
     items = load_split(recipe, "test")
     golds = task_type(recipe.task).golds(items)
-    context = Context(run_dir, items, load_split(recipe, "train"))
+    train = load_split(recipe, "train")
+    context = Context(run_dir, items, train)
     check_all(recipe, run_dir)
     store = reuse.Store.of(recipe)
+    val = _validation_context(recipe, run_dir, train)
     with progress_for(console) as progress:
-        plans, outcomes, kept = _quality(recipe, context, golds, store, progress, console)
+        plans, outcomes, kept, validation = _quality(
+            recipe, (context, val), golds, store, progress, console
+        )
         _measure_memory(recipe, run_dir, plans, outcomes, kept, progress)
         rounds = _time(recipe, run_dir, plans, kept, progress, observer, console)
     _keep(recipe, store, outcomes, kept, rounds)
     say_timing(console, rounds)
-    results = summarize(recipe, run_dir, items, outcomes, golds, rounds, context.train_rows)
+    results = summarize(recipe, run_dir, items, outcomes, golds, rounds, train)
+    val_golds = task_type(recipe.task).golds(val.items) if val else []
+    routed = add_cascades(recipe, results, outcomes, validation, golds, val_golds, rounds)
     say_floor(console, results)
+    say_cascades(console, results)
     out = run_dir / EVAL_DIR
-    write_atomic(out / PREDICTIONS_FILE, predictions_jsonl(recipe, items, outcomes, golds))
+    write_atomic(
+        out / PREDICTIONS_FILE,
+        predictions_jsonl(recipe, items, outcomes, golds, {r.config.name: r.items for r in routed}),
+    )
     return write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished eval
+
+
+def _validation_context(recipe: Recipe, run_dir: Path, train: list[dict]) -> Context | None:
+    """The validation items the cascades pick their thresholds on; None without cascades."""
+    if not recipe.eval.cascades:
+        return None
+    items = load_split(recipe, "validation")
+    if not items:
+        raise FinetuneError(
+            "eval.cascades: the validation split is empty, and thresholds are never picked on "
+            "test items; give data.split.validation a share (or data.split_files a validation file)"
+        )
+    return Context(run_dir, items, train)
 
 
 def _quality(
     recipe: Recipe,
-    context: Context,
+    contexts: tuple[Context, Context | None],
     golds: list[Any],
     store: reuse.Store | None,
     progress: Any,
     console: Any,
-) -> tuple[list[Plan], list[Outcome], dict[str, reuse.Kept]]:
+) -> tuple[list[Plan], list[Outcome], dict[str, reuse.Kept], dict[str, Outcome]]:
     """Every system's quality pass, in the recipe's order; a system kept from an earlier
-    evaluation (`reuse`) takes its kept outcome instead of running."""
-    plans, outcomes, kept = [], [], {}
-    texts, task = [item["text"] for item in context.items], task_type(recipe.task)
+    evaluation (`reuse`) takes its kept outcome instead of running. The systems a cascade is
+    made of answer the validation items too (`contexts[1]`), while their model is loaded."""
+    context, validation_context = contexts
+    plans, outcomes, kept, validation = [], [], {}, {}
+    needed = {n for c in recipe.eval.cascades for n in (c.first, c.fallback)}
     for key, group in load_groups(recipe, systems_of(recipe)):
         with loaded_model(recipe, context.run_dir, key) as loaded:
             for system in group:
-                plan = loaded.kind.plan(recipe, system, key, loaded, context)
-                entry = store and store.lookup(reuse.system_key(recipe, plan, loaded, context))
-                outcome = _kept_outcome(entry, system)
-                if outcome is None:
-                    outcome = _score(recipe, context.run_dir, plan, loaded, progress)
-                    if entry:  # kept as the system answered, before spans are located
-                        entry.quality, entry.changed = _quality_entry(outcome), True
+                plan, outcome, entry = _answer(
+                    recipe, context, key, loaded, system, store, progress
+                )
                 if entry:
                     kept[system.name] = entry
-                outcome.predictions = task.placed(texts, golds, outcome.predictions)
                 plans.append(plan)
                 outcomes.append(outcome)
                 say_outcome(
                     console, recipe, outcome, golds, reused=bool(entry and not entry.changed)
                 )
+                if system.name in needed and validation_context is not None:
+                    found = _answer(
+                        recipe, validation_context, key, loaded, system, store, progress
+                    )
+                    validation[system.name] = found[1]
+                    if found[2]:
+                        store.save(found[2])
     order = [s.name for s in systems_of(recipe)]
     plans.sort(key=lambda p: order.index(p.system.name))
     outcomes.sort(key=lambda o: order.index(o.system.name))
-    return plans, outcomes, kept
+    return plans, outcomes, kept, validation
+
+
+def _answer(
+    recipe: Recipe,
+    context: Context,
+    key: str,
+    loaded: Loaded,
+    system: System,
+    store: reuse.Store | None,
+    progress: Any,
+) -> tuple[Plan, Outcome, reuse.Kept | None]:
+    """One system's answers to the context's items: kept ones where the store has them."""
+    plan = loaded.kind.plan(recipe, system, key, loaded, context)
+    entry = store and store.lookup(reuse.system_key(recipe, plan, loaded, context))
+    outcome = _kept_outcome(entry, system)
+    if outcome is None:
+        outcome = _score(recipe, context.run_dir, plan, loaded, progress)
+        if entry:  # kept as the system answered, before spans are located
+            entry.quality, entry.changed = _quality_entry(outcome), True
+    texts = [item["text"] for item in context.items]
+    golds = task_type(recipe.task).golds(context.items)
+    outcome.predictions = task_type(recipe.task).placed(texts, golds, outcome.predictions)
+    return plan, outcome, entry or None
 
 
 def _kept_outcome(entry: reuse.Kept | None, system: System) -> Outcome | None:

@@ -135,7 +135,7 @@ def summarize(
     task = recipe.task.type
     names = metric_names(recipe)
     labels = list(recipe.task.labels) or None
-    figures = {o.system.name: _round_figures(recipe, o, rounds) for o in outcomes}
+    figures = {o.system.name: round_figures(recipe, o, rounds) for o in outcomes}
     systems = [_system_entry(recipe, o, golds, names, labels, rounds, figures) for o in outcomes]
     specialist = outcomes[0]
     comparisons = [
@@ -169,7 +169,7 @@ def summarize(
     return document
 
 
-def _round_figures(recipe: Recipe, outcome: Outcome, rounds: timing.Rounds) -> dict[str, list]:
+def round_figures(recipe: Recipe, outcome: Outcome, rounds: timing.Rounds) -> dict[str, list]:
     name = outcome.system.name
     figures = timing.figures_by_round(
         rounds.of(name), lambda thr: cost_per_1k(recipe, name, thr, outcome)["usd"]
@@ -207,7 +207,7 @@ def _timing_header(recipe: Recipe, rounds: timing.Rounds, figures: dict) -> dict
 def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figures):
     task = task_type(recipe.task)
     preds = outcome.predictions
-    metrics = _metric_entries(recipe, golds, preds, names)
+    metrics = metric_entries(recipe, golds, preds, names)
     return {
         "name": outcome.system.name,
         "role": outcome.system.role,
@@ -241,7 +241,7 @@ def _system_entry(recipe, outcome: Outcome, golds, names, labels, rounds, figure
     }
 
 
-def _metric_entries(recipe: Recipe, golds: list, preds: list, names: list[str]) -> dict:
+def metric_entries(recipe: Recipe, golds: list, preds: list, names: list[str]) -> dict:
     """Each metric's value with its bootstrap confidence interval."""
     task, ev = recipe.task.type, recipe.eval
     labels = list(recipe.task.labels) or None
@@ -270,20 +270,20 @@ def _speed_entry(recipe, outcome: Outcome, rounds: timing.Rounds, figures) -> di
             "p50": latency["median"],
             "p95": p95,
             "items": len(records[0].measurement.latencies_ms) if records else 0,
-            **_spread(latency),
+            **spread(latency),
         },
         "throughput_items_per_s": speed["median"],
         "throughput": {
             "items": records[0].measurement.throughput_items if records else 0,
-            **_spread(speed),
+            **spread(speed),
         },
-        "cost_per_1k": {"usd": usd["median"], "basis": basis, **_spread(usd)},
+        "cost_per_1k": {"usd": usd["median"], "basis": basis, **spread(usd)},
         "resident": outcome.system.name in rounds.resident,
         "load": [r.load.as_dict() for r in records],
     }
 
 
-def _spread(summary: dict[str, Any]) -> dict[str, Any]:
+def spread(summary: dict[str, Any]) -> dict[str, Any]:
     return {"low": summary["low"], "high": summary["high"], "rounds": summary["rounds"]}
 
 
@@ -310,7 +310,7 @@ def _compare(recipe, specialist: Outcome, baseline: Outcome, golds, metric, labe
     entry = {
         "baseline": baseline.system.name,
         **paired_quality(recipe, specialist.predictions, baseline.predictions, golds, metric),
-        "timing": _timing_ratios(
+        "timing": timing_ratios(
             figures[specialist.system.name], figures[baseline.system.name], recipe.eval.confidence
         ),
     }
@@ -365,12 +365,12 @@ def _floor(recipe: Recipe, train_rows: list[dict], golds: list, specialist: Outc
         "label": label,
         "train_share": share,
         "train_rows": len(train_rows),
-        "metrics": _metric_entries(recipe, golds, constant, names),
+        "metrics": metric_entries(recipe, golds, constant, names),
         "specialist_vs": paired_quality(recipe, specialist.predictions, constant, golds, names[0]),
     }
 
 
-def _timing_ratios(mine: dict, theirs: dict, confidence: float) -> dict[str, Any]:
+def timing_ratios(mine: dict, theirs: dict, confidence: float) -> dict[str, Any]:
     """Each timing figure as a ratio paired by round, rounds where either was disturbed by a
     busy machine left out (over each one's own quiet rounds where too few are left for both);
     over the two sets of rounds where they were timed in different evaluations (one of them
@@ -392,8 +392,14 @@ def metric_names(recipe: Recipe) -> list[str]:
 
 
 def predictions_jsonl(
-    recipe: Recipe, items: list[dict], outcomes: list[Outcome], golds: list[Any]
+    recipe: Recipe,
+    items: list[dict],
+    outcomes: list[Outcome],
+    golds: list[Any],
+    also: dict[str, list[dict[str, Any]]] | None = None,
 ) -> str:
+    """One line per test item: every system's answer and score; `also` adds answers made from
+    those (a cascade's, with whether the item was escalated), by name."""
     task = recipe.task.type
     scores = {o.system.name: M.item_scores(task, golds, o.predictions) for o in outcomes}
     lines = []
@@ -410,5 +416,7 @@ def predictions_jsonl(
             if o.truncated[index]:
                 entry["truncated"] = True
             record["predictions"][o.system.name] = entry
+        for name, answers in (also or {}).items():
+            record["predictions"][name] = answers[index]
         lines.append(json.dumps(record, ensure_ascii=False))
     return "\n".join(lines) + "\n"

@@ -188,6 +188,10 @@ def _resolve(path: Path, experiment: Experiment) -> tuple[list[Cell], list[Probl
     recipe_path = path.parent / experiment.recipe
     general = [b.model_dump(mode="json", exclude_defaults=True) for b in experiment.general]
     extra = {"eval.baselines": general} if general else {}
+    if experiment.cascades:
+        extra["eval.cascades"] = [
+            c.model_dump(mode="json", exclude_defaults=True) for c in experiment.cascades
+        ]
     extra |= _fixed_split(recipe_path, experiment)
     extra["tracking.wandb.group"] = experiment.name  # the cells' runs, grouped in W&B
     cells, problems = [], {}

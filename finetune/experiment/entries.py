@@ -72,7 +72,7 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
         generals = {
             s["name"]: s
             for s in results["systems"]
-            if s["role"] != "specialist" and registry.kind(s["kind"]).general
+            if s["role"] == "baseline" and registry.kind(s["kind"]).general
         }
         against = {name: correct[name] for name in generals}
         for name, system in generals.items():

@@ -11,7 +11,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from finetune.recipe.schema import BaselineConfig, ConstraintsConfig, PositiveInt, Section, _field
+from finetune.recipe.schema import (
+    BaselineConfig,
+    CascadeConfig,
+    ConstraintsConfig,
+    PositiveInt,
+    Section,
+    _field,
+)
 
 AxisValues = Annotated[list[Any], Field(min_length=1)]
 
@@ -59,6 +66,11 @@ class Experiment(Section):
         [],
         help="The general systems every cell is compared with, written as recipe baselines (`eval.baselines` entries: a model with shots, an `engine`, an `endpoint`); they replace the base recipe's baselines in every cell. Empty: the recipe's own.",
         synonyms=("baselines", "general_systems"),
+    )
+    cascades: list[CascadeConfig] = _field(
+        [],
+        help="Cascades built in every cell (`eval.cascades` entries): the cell's specialist, or another of its systems, answering first and a general system of `general` taking the items it is least sure of; they replace the base recipe's cascades. Each joins the leaderboard, the Pareto fronts and the recommendation, with a curve against training size. Empty: the recipe's own.",
+        synonyms=("cascade", "routing"),
     )
     constraints: ConstraintsConfig = _field(
         ConstraintsConfig(),

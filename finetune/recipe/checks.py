@@ -11,9 +11,10 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+from finetune.errors import did_you_mean
 from finetune.models import gguf_problem, model_role, reference_problem
 from finetune.models.heads import head_problems
-from finetune.recipe.schema import BaselineConfig, Recipe, Section
+from finetune.recipe.schema import BaselineConfig, CascadeConfig, Recipe, Section
 from finetune.stats import rounds_for_interval
 from finetune.tasks.labels import unnamed_labels
 from finetune.tasks.metrics import unknown_metric_message
@@ -127,6 +128,65 @@ def _eval_problems(recipe: Recipe) -> Problems:
     problems += _tfidf_problems(recipe, names)
     for i, b in enumerate(ev.baselines):
         problems += _baseline_problems(i, b)
+    return problems + _cascade_problems(recipe, names)
+
+
+def _cascade_problems(recipe: Recipe, baselines: list[str]) -> Problems:
+    """Cascades read label scores (classification), name systems the recipe evaluates, have
+    names of their own and the setting their `pick` reads."""
+    cascades = recipe.eval.cascades
+    if not cascades:
+        return []
+    if recipe.task.type != "classification":
+        return [
+            (
+                "eval.cascades",
+                f"a cascade reads label scores, which only classification gives; "
+                f"task.type is {recipe.task.type!r} (remove eval.cascades)",
+            )
+        ]
+    systems = ["specialist", *baselines]
+    if recipe.eval.tfidf.enabled:
+        systems.append(recipe.eval.tfidf.name)
+    problems, seen = [], set(systems)
+    for i, c in enumerate(cascades):
+        problems += _one_cascade_problems(f"eval.cascades.{i}", c, systems)
+        if c.name in seen:
+            problems.append((f"eval.cascades.{i}.name", f"{c.name!r} is already a system's name"))
+        seen.add(c.name)
+    if recipe.data.split.validation == 0 and "validation" not in recipe.data.split_files:
+        problems.append(
+            (
+                "data.split.validation",
+                "is 0, but eval.cascades pick their thresholds on validation items; give it a share",
+            )
+        )
+    return problems
+
+
+def _one_cascade_problems(key: str, c: CascadeConfig, systems: list[str]) -> Problems:
+    problems = []
+    for field in ("first", "fallback"):
+        name = getattr(c, field)
+        if name not in systems:
+            problems.append(
+                (
+                    f"{key}.{field}",
+                    f"{name!r} is not a system of this recipe (one of {systems}).{did_you_mean(name, systems)}",
+                )
+            )
+    if c.first == c.fallback:
+        problems.append((f"{key}.fallback", f"is the first system ({c.first!r}); name another"))
+    needs = {"fixed": "threshold", "max_escalated": "max_escalated"}
+    for pick, field in needs.items():
+        if (getattr(c, field) is not None) != (c.pick == pick):
+            problems.append(
+                (
+                    f"{key}.{field}",
+                    f"is read with pick: {pick}, and only then; pick is {c.pick!r}"
+                    + (f" (set {field})" if c.pick == pick else f" (remove {field})"),
+                )
+            )
     return problems
 
 

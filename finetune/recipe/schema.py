@@ -550,6 +550,53 @@ class EvalConstraintsConfig(ConstraintsConfig):
     )
 
 
+class CascadeConfig(Section):
+    """A cascade: the first system answers, and the items it is unsure of go to the fallback."""
+
+    name: str = _field(
+        help="Its label in the report, e.g. `specialist → qwen`.", synonyms=("label",)
+    )
+    first: str = _field(
+        "specialist",
+        help="The system that answers first: `specialist`, or the name of any system that gives label scores (a local model, an engine, an endpoint scored by log-probabilities, the TF-IDF classifier).",
+        synonyms=("primary", "small", "student"),
+    )
+    fallback: str = _field(
+        help="The system the unsure items go to: a baseline's name from `eval.baselines` (an engine, an endpoint, a local model).",
+        synonyms=("large", "escalate_to", "second", "general"),
+    )
+    confidence: Literal["probability", "margin"] = _field(
+        "probability",
+        help="How sure the first system is of an item: `probability`, its top label's probability normalized over the labels; `margin`, that probability minus the runner-up label's.",
+        synonyms=("signal", "score"),
+    )
+    pick: Literal["non_inferior", "max_escalated", "fixed"] = _field(
+        "non_inferior",
+        help="How the threshold is chosen, always on the validation items (never on test items): `non_inferior`, the cheapest threshold (fewest items escalated) whose primary metric on validation is at least the fallback's minus `margin`; `max_escalated`, escalate the least confident `max_escalated` share of validation items; `fixed`, escalate items whose confidence is below `threshold`.",
+        synonyms=("rule", "threshold_rule", "choose"),
+    )
+    threshold: Fraction | None = _field(
+        None,
+        help="`pick: fixed`: items whose confidence is below it go to the fallback.",
+        synonyms=("cutoff", "min_confidence"),
+    )
+    max_escalated: Fraction | None = _field(
+        None,
+        help="`pick: max_escalated`: the largest share of validation items sent to the fallback (fewer when confidences tie at the cut).",
+        synonyms=("max_share", "budget", "escalation_rate"),
+    )
+    margin: Fraction = _field(
+        0.0,
+        help="`pick: non_inferior`: how far below the fallback's the cascade's primary metric on validation may be. The test items' paired test then shows whether it holds there.",
+        synonyms=("non_inferiority_margin", "delta"),
+    )
+    calibrate: bool = _field(
+        True,
+        help="Fit a temperature to the first system's label scores on validation (temperature scaling) before reading its confidence, so that a probability means what it says; `false` reads the scores as they are.",
+        synonyms=("temperature", "temperature_scaling", "calibration"),
+    )
+
+
 class EvalConfig(Section):
     metrics: list[str] = _field(
         [],
@@ -613,6 +660,11 @@ class EvalConfig(Section):
         PriceConfig(),
         help="Price table for the cost-per-1,000-requests estimate.",
         synonyms=("price", "cost"),
+    )
+    cascades: list[CascadeConfig] = _field(
+        [],
+        help="Classification: systems made of two evaluated ones, the first answering and its least confident items going to the fallback. Both also score the validation items, where each cascade's threshold is chosen; its test figures come from the stored answers with no new inference: quality with intervals and paired tests, cost (the first's plus the escalated share of the fallback's) and latency (the per-item mixture). It joins the headline, the Pareto fronts and the verdict.",
+        synonyms=("cascade", "routing", "escalation"),
     )
     constraints: EvalConstraintsConfig = _field(
         EvalConstraintsConfig(),

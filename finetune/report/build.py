@@ -12,6 +12,7 @@ from rich.console import Console
 
 from finetune.files import write_atomic
 from finetune.report import tables
+from finetune.report.cascade_plots import cascade_figures
 from finetune.report.document import report_document
 from finetune.report.html import render_html
 from finetune.report.markdown import render_markdown
@@ -47,6 +48,7 @@ def write_report(run_dir: str | Path, *, console: Console | None = None) -> Repo
     results = load_results(run_dir)
     training, history = load_training(run_dir)
     figures = make_figures(results, run_dir, history, run_dir / FIGURES_DIR)
+    figures += cascade_figures(results, run_dir / FIGURES_DIR)
     blocks = report_document(results, run_dir, training, figures)
     paths = ReportPaths(
         markdown=write_atomic(run_dir / "report.md", render_markdown(blocks, run_dir)),

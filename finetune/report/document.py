@@ -227,6 +227,7 @@ def report_document(
             Heading("Speed and cost against each baseline, paired by round", level=3),
             tables.timing_ratios(results),
         ]
+    blocks += _cascade_blocks(results, by_key)
     per_class = tables.per_class(results)
     if per_class:
         blocks.append(Heading("Per-class precision, recall and F1"))
@@ -248,6 +249,43 @@ def report_document(
         Paragraph(f"Trace any number to items: `{PREDICTIONS_FILE.as_posix()}`."),
     ]
     return blocks
+
+
+CASCADE_TEXT = (
+    "A cascade answers with its first system and sends the items it is least sure of to the "
+    "fallback. Its threshold is chosen on the validation items, never on test items; its test "
+    "figures come from the two systems' stored answers and timing rounds, with no new inference. "
+    "Cost per 1k requests is the first system's plus the escalated share of the fallback's. "
+    "Latency is, in each timing round, the mixture in which an item takes one of the first "
+    "system's timed latencies, or that plus one of the fallback's with the escalated share's "
+    "probability; its p50 is that mixture's median. Throughput assumes the fallback's work "
+    "follows the first system's on the same machine."
+)
+
+
+def _cascade_blocks(results: dict[str, Any], by_key: dict[str, Figure]) -> list[Block]:
+    """The cascades: how each routes, its figures, its curve; then calibration."""
+    blocks: list[Block] = []
+    curves = [f for k, f in by_key.items() if k.startswith("cascade_curve")]
+    if any(s.get("cascade") for s in results["systems"]):
+        blocks += [Heading("Cascades"), Paragraph(CASCADE_TEXT), tables.cascades(results), *curves]
+    if results.get("calibration") and results["calibration"]["systems"]:
+        blocks += [
+            Heading("Calibration", level=3),
+            Paragraph(CALIBRATION_TEXT),
+            tables.calibration(results),
+            *([by_key["reliability"]] if "reliability" in by_key else []),
+        ]
+    return blocks
+
+
+CALIBRATION_TEXT = (
+    "How far each system's top-label probability (its label scores normalized over the labels) "
+    "can be read as the chance it is right, on the test items: the expected calibration error "
+    "weighs each of 10 equal-width confidence bins' gap between accuracy and mean confidence by "
+    "its share of items. A row with a temperature other than 1 is a cascade's first system "
+    "after temperature scaling fitted on validation items (it never changes which label wins)."
+)
 
 
 def remote_notes(results: dict[str, Any]) -> list[str]:

@@ -23,6 +23,8 @@ from finetune.report.results import cost, latency, primary_metric, specialist
 
 SPECIALIST_COLOR = "#d62728"
 BASELINE_COLOR = "#1f77b4"
+CASCADE_COLOR = "#2ca02c"
+_COLORS = {"specialist": SPECIALIST_COLOR, "cascade": CASCADE_COLOR}
 DPI = 120
 
 
@@ -93,9 +95,9 @@ def tradeoff_figure(
             m["value"],
             xerr=xerr,
             yerr=[[m["value"] - m["low"]], [m["high"] - m["value"]]],
-            fmt="*" if is_special else "o",
+            fmt="*" if is_special else "D" if s["role"] == "cascade" else "o",
             markersize=14 if is_special else 8,
-            color=SPECIALIST_COLOR if is_special else BASELINE_COLOR,
+            color=_COLORS.get(s["role"], BASELINE_COLOR),
             capsize=4,
             zorder=3 if is_special else 2,
         )

@@ -161,6 +161,78 @@ def comparisons(results: dict[str, Any]) -> Table:
     return Table("comparisons", "Paired comparisons", columns, rows)
 
 
+def cascades(results: dict[str, Any]) -> Table:
+    """Each cascade: its rule, how many items it escalates, its quality against the two systems
+    it is made of (paired on the same test items) and its cost against the fallback's."""
+    metric = primary_metric(results)
+    columns = [
+        "cascade",
+        "escalates when",
+        "escalated (validation / test)",
+        f"{fmt.metric_label(metric)} [CI]",
+        "vs first (McNemar p)",
+        "vs fallback (McNemar p)",
+        "cost / 1k (share of fallback's)",
+    ]
+    by_name = {s["name"]: s for s in results["systems"]}
+    rows = []
+    for s in results["systems"]:
+        c = s.get("cascade")
+        if not c:
+            continue
+        versus = {v["system"]: v for v in c["versus"]}
+        fallback_cost = cost(by_name[c["fallback"]])
+        share = f" ({cost(s) / fallback_cost:.0%})" if cost(s) is not None and fallback_cost else ""
+        rows.append(
+            [
+                s["name"],
+                rule_text(c),
+                f"{c['validation']['escalated']:.1%} / {c['test']['escalated']:.1%}",
+                fmt.with_ci(s["metrics"][metric]),
+                _versus_cell(versus[c["first"]]),
+                _versus_cell(versus[c["fallback"]]),
+                fmt.usd(cost(s)) + share,
+            ]
+        )
+    return Table("cascades", "Cascades", columns, rows)
+
+
+def rule_text(c: dict[str, Any]) -> str:
+    """`probability < 0.873 (T = 1.42; non-inferior to X on validation)`."""
+    if c["pick"] == "non_inferior":
+        margin = f", margin {c['margin']:g}" if c["margin"] else ""
+        how = f"cheapest non-inferior to {c['fallback']} on validation{margin}"
+    elif c["pick"] == "max_escalated":
+        how = f"at most {c['max_escalated']:.0%} of validation escalated"
+    else:
+        how = "fixed"
+    temperature = f"T = {c['temperature']:.2f}; " if c["calibrated"] else ""
+    return f"{c['first']}'s {c['confidence']} < {c['threshold']:.3f} ({temperature}{how})"
+
+
+def _versus_cell(v: dict[str, Any]) -> str:
+    mc = v["mcnemar"]
+    p = f" (p = {fmt.p_value(mc['p_value'])})" if mc else ""
+    return f"{v['difference']:+.3f}{p}"
+
+
+def calibration(results: dict[str, Any]) -> Table:
+    """How well each system's top-label probability matches its accuracy on the test items."""
+    info = results["calibration"]
+    columns = ["system", "temperature", "expected calibration error", "NLL", "items"]
+    rows = [
+        [
+            e["name"],
+            f"{e['temperature']:.2f}",
+            f"{e['ece']:.3f}",
+            f"{e['nll']:.3f}",
+            str(info["items"]),
+        ]
+        for e in info["systems"]
+    ]
+    return Table("calibration", "Calibration on the test items", columns, rows)
+
+
 def timing(results: dict[str, Any]) -> Table:
     """Per system: each timed figure's median over rounds with its range, and disturbed rounds."""
     disturbed: dict[str, list[str]] = {}

@@ -50,7 +50,13 @@ def verdict(results: dict[str, Any]) -> list[str]:
     floor = [floor_sentence(results["floor"])] if results.get("floor") else []
     return [
         *floor,
-        *(quality_sentence(c) for c in results["comparisons"]),
+        # A cascade's own sentence pairs it with both of its systems.
+        *(
+            quality_sentence(c)
+            for c in results["comparisons"]
+            if c["baseline"] not in _cascades(results)
+        ),
+        *(cascade_sentence(results, s) for s in results["systems"] if s.get("cascade")),
         _latency_sentence(results),
         _memory_sentence(results),
         _size_sentence(results),
@@ -99,6 +105,51 @@ def quality_sentence(c: dict[str, Any]) -> str:
         f"The specialist {verb} {c['baseline']} on {metric}: {fmt.score(c['specialist'])} vs "
         f"{fmt.score(c['baseline_value'])}, {fmt.difference(c)}{p}."
     )
+
+
+def cascade_sentence(results: dict[str, Any], system: System) -> str:
+    """`Cascade X: the specialist answers and escalates 14% of test items to Y (...): accuracy
+    A [CI], against the specialist ..., against Y ..., at B of Y's cost per 1k requests.`"""
+    c, label = system["cascade"], fmt.metric_label(primary_metric(results))
+    by_name = {s["name"]: s for s in results["systems"]}
+    versus = {v["system"]: v for v in c["versus"]}
+    against = "; ".join(
+        f"against {_as_first(results, name)} {_versus_text(versus[name])}"
+        for name in (c["first"], c["fallback"])
+    )
+    fallback_cost, mine = cost(by_name[c["fallback"]]), cost(system)
+    price = (
+        f", at {mine / fallback_cost:.0%} of {c['fallback']}'s cost per 1k requests "
+        f"({fmt.usd(mine)} vs {fmt.usd(fallback_cost)})"
+        if mine is not None and fallback_cost
+        else ""
+    )
+    return (
+        f"Cascade {system['name']}: {_as_first(results, c['first'])} answers and escalates "
+        f"{c['test']['escalated']:.0%} of test items to {c['fallback']} (its {c['confidence']} "
+        f"below {c['threshold']:.3f}, chosen on {c['validation']['items']} validation items, "
+        f"where it escalated {c['validation']['escalated']:.0%}): {label} "
+        f"{fmt.with_ci(system['metrics'][primary_metric(results)])}; {against}{price}, "
+        f"p50 latency {fmt.ms(latency(system))}."
+    )
+
+
+def _cascades(results: dict[str, Any]) -> set[str]:
+    return {s["name"] for s in results["systems"] if s.get("cascade")}
+
+
+def _as_first(results: dict[str, Any], name: str) -> str:
+    return "the specialist" if name == specialist(results)["name"] else name
+
+
+def _versus_text(v: dict[str, Any]) -> str:
+    """`+0.042, significantly better (p = 0.0021)` or `-0.004, no significant difference (...)`."""
+    mc = v["mcnemar"]
+    p = f" (McNemar p = {fmt.p_value(mc['p_value'])})" if mc else ""
+    if not v["significant"]:
+        return f"{v['difference']:+.3f}, no significant difference{p}"
+    word = "better" if v["difference"] > 0 else "worse"
+    return f"{v['difference']:+.3f}, significantly {word}{p}"
 
 
 def _lowest(results: dict[str, Any], value: Callable[[System], float]) -> tuple[System, System]:
@@ -273,7 +324,24 @@ def bottom_line(results: dict[str, Any]) -> str:
     why = _why(results, choice, label)
     runner_up = _runner_up_text(results, choice, label)
     tail = f"; ruled out by eval.constraints: {_and(ruled_out)}" if ruled_out else ""
-    return f"Bottom line: deploy {_called(results, choice.best)}: {why}{runner_up}{tail}."
+    gist = _cascade_gist(results, choice.best.name)
+    return f"Bottom line: deploy {_called(results, choice.best)}: {gist}{why}{runner_up}{tail}."
+
+
+def _cascade_gist(results: dict[str, Any], name: str) -> str:
+    """`accuracy 0.850 [0.80, 0.89] at 27% of X's cost per 1k requests; ` for a cascade."""
+    by_name = {s["name"]: s for s in results["systems"]}
+    info = by_name[name].get("cascade")
+    if not info:
+        return ""
+    metric = primary_metric(results)
+    fallback_cost, mine = cost(by_name[info["fallback"]]), cost(by_name[name])
+    share = (
+        f" at {mine / fallback_cost:.0%} of {info['fallback']}'s cost per 1k requests"
+        if mine is not None and fallback_cost
+        else ""
+    )
+    return f"{fmt.metric_label(metric)} {fmt.with_ci(by_name[name]['metrics'][metric])}{share}; "
 
 
 def _candidate(system: System, metric: str) -> Candidate:
@@ -440,6 +508,15 @@ def _ruled_out(
 
 
 def _called(results: dict[str, Any], c: Candidate) -> str:
+    """`the specialist`, a system's name, or what a cascade does: `the specialist, escalating
+    14% of items to X (cascade Y)`."""
+    system = next((s for s in results["systems"] if s["name"] == c.name), None)
+    if system and system.get("cascade"):
+        info = system["cascade"]
+        return (
+            f"{_as_first(results, info['first'])}, escalating {info['test']['escalated']:.0%} of "
+            f"items to {info['fallback']} (cascade {c.name})"
+        )
     return "the specialist" if c.name == specialist(results)["name"] else c.name
 
 

@@ -408,6 +408,14 @@ def test_the_combined_report_has_the_leaderboard_curve_crossover_and_recommendat
         sections={"eval": fast, "tracking": tracking},
         axes={"data.max_train_examples": [16, 48]},
         constraints={"max_p50_ms": 10_000},
+        cascades=[
+            {
+                "name": "casc",
+                "fallback": "base zero-shot",
+                "pick": "max_escalated",
+                "max_escalated": 0.5,
+            }
+        ],
     )
     code, output = run_cli(monkeypatch, capsys, "experiment", str(path))
     assert code == 0, output
@@ -429,6 +437,9 @@ def test_the_combined_report_has_the_leaderboard_curve_crossover_and_recommendat
             [p["predictions"]["base zero-shot"]["prediction"] == p["gold"] for p in predictions],
         )
         assert f"{size}: {test.a_only} vs {test.b_only}, p = " in text
+        # Each cell's cascade is an entry of its own, at the cell's training size.
+        casc = next(s for s in results["systems"] if s["name"] == "casc")["metrics"]["accuracy"]
+        assert f"| casc @ {size} | {size} | {casc['value']:.3f} [" in text
     assert "- specialist is " in text and "base zero-shot" in text
     assert text.count("| base zero-shot | - |") == 1  # a general system appears once
     assert "## Recommendation\n\nDeploy " in text

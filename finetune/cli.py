@@ -430,15 +430,36 @@ def serve(
         typer.Option(help="LoRA runs of one base share it in memory (adapters by name, unmerged)."),
     ] = True,
     context: Annotated[int, typer.Option(help="A GGUF's context window in tokens.")] = 4096,
+    fallback: Annotated[
+        str | None,
+        typer.Option(
+            help="Serve the run's evaluated cascade: texts the specialist is unsure of go to this "
+            "baseline of its recipe (an endpoint, an engine), which answers them.",
+            show_default=False,
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="With --fallback: escalate below this confidence instead of the threshold the "
+            "evaluation chose.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve runs over HTTP, or a GGUF as shipped on llama.cpp's server.
 
     Runs answer on OpenAI-compatible chat and completions, /v1/predict and /v1/classify, with
     /health and /v1/models."""
     quiet.progress_bars_off()
+    if threshold is not None and fallback is None:
+        raise FinetuneError("--threshold: it is the cascade's; give --fallback NAME with it")
     if all(Path(t).is_dir() for t in targets):
         limits = {"max_batch": max_batch, "max_queue": max_queue, "share_base": share_base}
+        limits |= {"fallback": fallback, "threshold": threshold}
         _serve_runs([Path(t) for t in targets], host, port or 8000, limits)
+    elif len(targets) == 1 and fallback is not None:
+        raise FinetuneError("--fallback: serves a run's cascade; give the run's directory")
     elif len(targets) == 1:
         _serve_gguf(targets[0], port, context)
     else:
@@ -457,6 +478,15 @@ def _serve_runs(runs: list[Path], host: str, port: int, limits: dict[str, Any]) 
 
         def ready() -> None:
             out.print(f"serving {', '.join(served)} at {url}/v1; Ctrl-C stops", markup=False)
+            for s in served.values():
+                if s.escalation:
+                    route = s.escalation.route
+                    out.print(
+                        f"{s.name}: {route.signal} below {route.threshold:.3f} goes to "
+                        f"{route.fallback}"
+                        + (f" (cascade {route.cascade})" if route.cascade else ""),
+                        markup=False,
+                    )
 
         run_server(served, host=host, port=port, ready=ready)
 

@@ -4,11 +4,14 @@ threshold is chosen on validation items alone."""
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
 import yaml
 from conftest import evaluated_run
+from test_endpoint import FAILING, KEY, FakeServer, _sentiment, fake_api
+from test_serve import call, wait_until_up
 
 from finetune.data import load_split
 from finetune.evaluate import cascade as C
@@ -251,8 +254,7 @@ def test_a_failed_item_has_no_confidence_and_is_escalated():
     scores = label_scores(
         [{"label_logprobs": {"a": -0.1, "b": -3.0}}, {"failed": "timeout"}], LABELS
     )
-    config = CascadeConfig(name="c", fallback="big", confidence="margin")
-    conf = C.confidence(config, scores, 1.0)
+    conf = C.confidence("margin", scores, 1.0)
     assert conf[1] == 0.0 and C.escalated(conf, 0.1).tolist() == [False, True]
     assert conf[0] == pytest.approx(1 / (1 + math.exp(-2.9)) - 1 / (1 + math.exp(2.9)))
 
@@ -339,3 +341,77 @@ def test_an_evaluated_cascade_traces_to_stored_answers_and_reaches_the_report(
     assert "Cascade casc: the specialist answers and escalates" in text
     assert (found.run_dir / "report" / "cascade_0.png").is_file()
     assert (found.run_dir / "report" / "reliability.png").is_file()
+
+
+def test_the_served_fallback_answers_the_texts_below_the_threshold(
+    tiny_recipe, tiny_run_copy, monkeypatch, tmp_path
+):
+    """`serve RUN --fallback api` on a real server on 127.0.0.1, the fallback a fake
+    OpenAI-compatible endpoint: a text whose specialist confidence is below the evaluated
+    threshold is answered by the endpoint (and says so), every other by the specialist; a
+    fallback request that fails leaves the specialist's answer, with the reason."""
+    import uvicorn
+
+    from finetune.deploy.api import build_app
+    from finetune.deploy.llama_server import free_port
+    from finetune.deploy.serve import served_runs
+
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TEST_ENDPOINT_KEY", KEY)
+    with FakeServer(fake_api) as api:
+        endpoint = {"base_url": api.url, "model": "m", "api_key_env": "TEST_ENDPOINT_KEY"}
+        path = tiny_recipe(
+            eval={
+                "baselines": [
+                    {
+                        "name": "api",
+                        "endpoint": {**endpoint, "scoring": "generate", "max_retries": 0},
+                    }
+                ],
+                "bootstrap_samples": 100,
+                "cascades": [
+                    {
+                        "name": "casc",
+                        "fallback": "api",
+                        "pick": "max_escalated",
+                        "max_escalated": 0.5,
+                    }
+                ],
+            }
+        )
+        found = evaluated_run(path, tiny_run_copy)
+        info = next(s for s in found.results["systems"] if s["name"] == "casc")["cascade"]
+        texts = [f"a film {w} and {v}" for w in ("good", "dull", "fine") for v in ("fun", "slow")]
+        monkeypatch.setitem(FAILING, "text", texts[0])
+        with served_runs([found.run_dir], fallback="api", max_batch=8) as served:
+            (name, one), port = next(iter(served.items())), free_port()
+            own = one.run([{"id": str(i), "text": t} for i, t in enumerate(texts)]).rows
+            server = uvicorn.Server(
+                uvicorn.Config(build_app(served), port=port, log_level="warning")
+            )
+            thread = threading.Thread(target=server.run, daemon=True)
+            thread.start()
+            url = f"http://127.0.0.1:{port}"
+            try:
+                wait_until_up(url)
+                before = api.count
+                status, body, _ = call(f"{url}/v1/predict", {"model": name, "input": texts})
+                _, health, _ = call(f"{url}/health")
+            finally:
+                server.should_exit = True
+                thread.join(10)
+    assert status == 200, body
+    scores = label_scores(own, LABELS_TINY)
+    conf = probabilities(scores, info["temperature"]).max(axis=1)
+    sent = conf < info["threshold"]
+    assert 0 < sent.sum() < len(texts), conf  # both kinds of answer are exercised
+    for row, mine, c, s, text in zip(body["data"], own, conf, sent, texts, strict=True):
+        assert row["escalated"] == bool(s) and row["confidence"] == pytest.approx(c, abs=1e-6)
+        if s and text != FAILING["text"]:
+            assert row["answered_by"] == "api" and row["label"] == _sentiment(text)
+        else:
+            assert row["answered_by"] == "specialist" and row["label"] == mine["label"]
+        if s and text == FAILING["text"]:
+            assert row["fallback_error"].startswith("api: ")
+    assert api.count - before == sent.sum()  # only the escalated texts reached the endpoint
+    assert health["models"][name]["escalated"] == sent.sum()

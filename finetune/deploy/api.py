@@ -111,9 +111,10 @@ def _info_routes(app: Any, served: dict[str, Served]) -> None:
         return {"object": "list", "data": [_model_entry(s) for s in served.values()]}
 
 
-def _counts(s: Served) -> dict[str, int]:
+def _counts(s: Served) -> dict[str, Any]:
     b = s.batcher
-    return {"requests": b.requests, "batches": b.batches, "pending": b.pending}
+    counts = {"requests": b.requests, "batches": b.batches, "pending": b.pending}
+    return counts | (s.escalation.counts() if s.escalation else {})
 
 
 def _model_entry(s: Served) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def predict(
     start, count, rejected = time.perf_counter(), 0, 0
     with loaded_model(recipe, run_dir, key) as loaded, progress(console, unit="rows") as bar:
         task = bar.add_task(f"predicting with {chosen.name}", total=None)
-        context = _context(recipe, run_dir, chosen)
+        context = context_for(recipe, run_dir, chosen)
         for batch in _chunks(rows, chunk):
             items = [r for r in batch if isinstance(r, dict)]
             rejected += _reject(out, [r for r in batch if isinstance(r, Rejected)])
@@ -133,7 +133,7 @@ def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _context(recipe: Recipe, run_dir: Path, system: System) -> Context:
+def context_for(recipe: Recipe, run_dir: Path, system: System) -> Context:
     """What the system plans with: its in-context examples come from the run's training rows."""
     train = load_split(recipe, "train") if system.shots else []
     return Context(run_dir, [], train)

@@ -15,6 +15,9 @@ served answer is the evaluated one. Routes:
   settings are ignored, and `echo` is refused.
 - `GET /health` (with each run's request and batch counts) and `GET /v1/models`.
 
+With `--fallback NAME` (`fallback`), the run serves its evaluated cascade: texts the
+specialist is unsure of are answered by its baseline NAME, and each answer says who gave it.
+
 Concurrent requests to one run are batched: one worker per run takes every waiting request,
 up to `max_batch` texts, and runs them as one batch (`Batcher`). Texts waiting or running are
 bounded by `max_queue`: past it a request gets 503 with Retry-After, and a request that could
@@ -36,14 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.deploy.predict import Answers, predict_items
+from finetune.deploy.fallback import Escalation, route_for
+from finetune.deploy.predict import Answers, context_for, predict_items
 from finetune.errors import FinetuneError
+from finetune.evaluate import evaluated_recipe
 from finetune.hardware import to_accelerator
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import is_complete
 from finetune.systems.base import SPECIALIST, Context, Loaded, System
 from finetune.systems.pool import loaded_model
-from finetune.systems.registry import kind_of
+from finetune.systems.registry import instance_key, kind_of, systems_of
 from finetune.tasks.prompts import untrained_instruction
 from finetune.tasks.types import task_type
 
@@ -161,6 +166,7 @@ class Served:
     batcher: Batcher | None = None
     prompted: bool = False  # answers chat and completions
     instructions: tuple[str, ...] = field(default=())
+    escalation: Escalation | None = None  # `--fallback`: the unsure texts' second system
 
     def run(self, items: list[dict]) -> Answers:
         """Items through this run's specialist, as `finetune predict` runs them."""
@@ -172,28 +178,63 @@ class Served:
 
     def answer(self, texts: list[str]) -> concurrent.futures.Future:
         items = [{"id": str(i), "text": t, "served": self.name} for i, t in enumerate(texts)]
-        return self.batcher.submit(items)
+        first = self.batcher.submit(items)
+        return self.escalation.follow(first, items) if self.escalation else first
 
 
 def served_runs(
-    run_dirs: list[Path], *, share_base: bool = True, **limits: Any
+    run_dirs: list[Path],
+    *,
+    share_base: bool = True,
+    fallback: str | None = None,
+    threshold: float | None = None,
+    **limits: Any,
 ) -> contextlib.AbstractContextManager:
     """Load each run's specialist, with its worker; `limits` go to each `Batcher`. With
-    `share_base`, LoRA runs of one base share it in memory and one worker."""
-    return _served(run_dirs, share_base, limits)
+    `share_base`, LoRA runs of one base share it in memory and one worker. With `fallback`
+    (one run only), its texts below the cascade's threshold go to that baseline (`fallback`)."""
+    return _served(run_dirs, share_base, (fallback, threshold), limits)
 
 
 @contextlib.contextmanager
 def _served(
-    run_dirs: list[Path], share_base: bool, limits: dict[str, Any]
+    run_dirs: list[Path], share_base: bool, cascade: tuple, limits: dict[str, Any]
 ) -> Iterator[dict[str, Served]]:
     recipes = [_finished(d) for d in run_dirs]
     runs = list(zip(_names(run_dirs, recipes), run_dirs, recipes, strict=True))
+    if cascade[0] is not None and len(runs) > 1:
+        raise FinetuneError("--fallback: serve one run with it; its cascade is that run's own")
     with contextlib.ExitStack() as stack:
         served: dict[str, Served] = {}
         for group in _groups(runs, share_base):
             served.update(_serve_group(group, limits, stack))
+        if cascade[0] is not None:
+            one = served[runs[0][0]]
+            one.escalation = _escalation(one, *cascade, limits, stack)
         yield {name: served[name] for name, _, _ in runs}
+
+
+def _escalation(
+    served: Served, fallback: str, threshold: float | None, limits: dict, stack
+) -> Escalation:
+    """The run's fallback loaded here (or its endpoint's client), with a worker of its own."""
+    # The fallback is a system of the evaluation that chose the threshold.
+    recipe, run_dir = evaluated_recipe(served.run_dir), served.run_dir
+    if recipe.task.type != "classification":
+        raise FinetuneError(
+            f"--fallback: a cascade reads label scores; {served.name} is a {recipe.task.type} run"
+        )
+    route = route_for(run_dir, recipe, fallback, threshold)
+    system = next(s for s in systems_of(recipe) if s.name == fallback)
+    key = instance_key(recipe, system)
+    kind_of(key, run_dir, recipe).check(recipe, key)
+    loaded = stack.enter_context(loaded_model(recipe, run_dir, key))
+    context = context_for(recipe, run_dir, system)
+    batcher = Batcher(
+        lambda items: predict_items(recipe, system, key, loaded, context, items), **limits
+    )
+    stack.callback(batcher.close)
+    return Escalation(route, list(recipe.task.labels), batcher)
 
 
 def _groups(runs: list[tuple[str, Path, Recipe]], share_base: bool) -> list[list[tuple]]:

@@ -3,6 +3,12 @@
 `evaluate(recipe, run_dir)` writes `<run>/eval/results.json` and `predictions.jsonl`.
 """
 
-from finetune.evaluate.evaluator import EVAL_DIR, PREDICTIONS_FILE, RESULTS_FILE, evaluate
+from finetune.evaluate.evaluator import (
+    EVAL_DIR,
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
+    evaluate,
+    evaluated_recipe,
+)
 
-__all__ = ["EVAL_DIR", "PREDICTIONS_FILE", "RESULTS_FILE", "evaluate"]
+__all__ = ["EVAL_DIR", "PREDICTIONS_FILE", "RESULTS_FILE", "evaluate", "evaluated_recipe"]

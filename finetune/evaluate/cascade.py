@@ -46,11 +46,12 @@ def temperature(
     return fit_temperature(first.scores, np.array([labels.index(g) for g in golds]))
 
 
-def confidence(config: CascadeConfig, scores: np.ndarray, temp: float) -> np.ndarray:
-    """Each item's confidence by `config.confidence`; 0 for an item without scores."""
+def confidence(signal: str, scores: np.ndarray, temp: float) -> np.ndarray:
+    """Each item's confidence by `signal` (`CascadeConfig.confidence`); 0 for an item without
+    scores."""
     p = probabilities(scores, temp)
     top = top_confidence(p)
-    if config.confidence == "probability":
+    if signal == "probability":
         return top
     second = np.sort(np.where(np.isnan(p), 0.0, p), axis=1)[:, -2]
     return top - second

@@ -75,7 +75,7 @@ def add_cascades(
         )
         temp = C.temperature(config, C.Answers([], scores), val_golds, list(recipe.task.labels))
         threshold, chosen = _threshold(recipe, config, validation, val_golds, scores, temp)
-        conf = C.confidence(config, test_scores, temp)
+        conf = C.confidence(config.confidence, test_scores, temp)
         sent = C.escalated(conf, threshold)
         predictions = C.combine(first.predictions, fallback.predictions, sent)
         figures = cascade_figures(recipe, first, fallback, float(sent.mean()), rounds)
@@ -94,7 +94,8 @@ def add_cascades(
         routed.append(Routed(config, predictions, sent, _items(conf, sent, predictions, golds)))
         if config.calibrate:
             calibrated.append((first, test_scores, temp))
-    document["calibration"] = _calibration(recipe, outcomes, golds, calibrated)
+    if recipe.task.type == "classification":  # label scores are classification's
+        document["calibration"] = _calibration(recipe, outcomes, golds, calibrated)
     return routed
 
 
@@ -113,7 +114,7 @@ def _threshold(recipe, config, validation, val_golds, scores, temp) -> tuple[flo
     """The threshold `pick` chooses on validation, and the validation figures at it."""
     first, fallback = validation[config.first], validation[config.fallback]
     metric = _metric(recipe, val_golds)
-    conf = C.confidence(config, scores, temp)
+    conf = C.confidence(config.confidence, scores, temp)
     threshold = C.pick_threshold(config, conf, first.predictions, fallback.predictions, metric)
     sent = C.escalated(conf, threshold)
     return threshold, {

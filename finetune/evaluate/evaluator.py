@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from finetune.data import load_split, prepare
 from finetune.errors import FinetuneError
@@ -37,7 +38,7 @@ from finetune.hardware import (
     reset_peak_memory,
 )
 from finetune.progress import progress as progress_for
-from finetune.recipe import Recipe, load_recipe
+from finetune.recipe import Recipe, load_recipe, recipe_to_dict
 from finetune.runs import data_fingerprint, is_complete
 from finetune.systems.base import Context, Inference, Loaded, Plan, System
 from finetune.systems.pool import ModelPool, loaded_model
@@ -55,6 +56,15 @@ RESULTS_FILE = "results.json"
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
+
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def evaluated_recipe(run_dir: Path) -> Recipe:
+    """The recipe the run was last evaluated with (its systems and cascades), else its own."""
+    path = run_dir / EVAL_DIR / RECIPE_FILE
+    return load_recipe(path if path.is_file() else run_dir / "recipe.yaml")
 
 
 def evaluate(
@@ -90,6 +100,8 @@ def evaluate(
     say_floor(console, results)
     say_cascades(console, results)
     out = run_dir / EVAL_DIR
+    # The systems as this evaluation named them: what predict and serve --fallback look up.
+    write_atomic(out / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
     write_atomic(
         out / PREDICTIONS_FILE,
         predictions_jsonl(recipe, items, outcomes, golds, {r.config.name: r.items for r in routed}),

@@ -88,8 +88,8 @@ report: setup ## Write the comparison report for RUN (default: latest run of REC
 predict: setup ## Predict INPUT (default: RUN's held-out test split) with RUN's specialist, or SYSTEM=<baseline name>; resumable
 	$(BIN)/finetune predict "$(RUN)" "$(or $(INPUT),$(shell $(BIN)/python -c '$(TEST_SPLIT)' "$(RUN)"))" $(if $(SYSTEM),--system "$(SYSTEM)")
 
-serve: setup ## Serve RUN (default: RECIPE's latest) over HTTP on 127.0.0.1:$(or $(PORT),8000): OpenAI chat, /v1/classify, /health
-	$(BIN)/finetune serve "$(RUN)" --port $(or $(PORT),8000)
+serve: setup ## Serve RUN (default: RECIPE's latest) over HTTP on 127.0.0.1:$(or $(PORT),8000): OpenAI chat, /v1/classify, /health; FALLBACK=NAME serves its cascade
+	$(BIN)/finetune serve "$(RUN)" --port $(or $(PORT),8000) $(if $(FALLBACK),--fallback "$(FALLBACK)")
 
 export: setup ## Export RUN (default: RECIPE's latest) as GGUF $(or $(QUANT),q8_0) with an Ollama Modelfile and model card, in RUN/gguf/
 	$(BIN)/finetune export "$(RUN)" --gguf --quant $(or $(QUANT),q8_0)

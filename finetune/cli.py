@@ -452,13 +452,17 @@ def serve(
     Runs answer on OpenAI-compatible chat and completions, /v1/predict and /v1/classify, with
     /health and /v1/models."""
     quiet.progress_bars_off()
-    if threshold is not None and fallback is None:
+    limits = {"max_batch": max_batch, "max_queue": max_queue, "share_base": share_base}
+    _serve(targets, host, port, limits | {"fallback": fallback, "threshold": threshold}, context)
+
+
+def _serve(targets: list[str], host: str, port: int | None, limits: dict, context: int) -> None:
+    """Runs (with their cascade's fallback, if asked), or one GGUF on llama.cpp's server."""
+    if limits["threshold"] is not None and limits["fallback"] is None:
         raise FinetuneError("--threshold: it is the cascade's; give --fallback NAME with it")
     if all(Path(t).is_dir() for t in targets):
-        limits = {"max_batch": max_batch, "max_queue": max_queue, "share_base": share_base}
-        limits |= {"fallback": fallback, "threshold": threshold}
         _serve_runs([Path(t) for t in targets], host, port or 8000, limits)
-    elif len(targets) == 1 and fallback is not None:
+    elif len(targets) == 1 and limits["fallback"] is not None:
         raise FinetuneError("--fallback: serves a run's cascade; give the run's directory")
     elif len(targets) == 1:
         _serve_gguf(targets[0], port, context)

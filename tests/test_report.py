@@ -742,3 +742,61 @@ def test_a_runner_up_far_below_the_deployed_system_reads_as_a_fraction():
         "3.91x",
         "0.26x",
     ]
+
+
+def _cascade(results: dict, accuracy: float, cost: float, difference: float, p: float) -> dict:
+    """A cascade from the specialist to Qwen, escalating 14% of test items, added to `results`
+    with the specialist's paired comparison against it."""
+    casc = _system("casc", "cascade", accuracy, (accuracy - 0.03, accuracy + 0.02), 120.0, 10.0,
+                   4.9, 1528, cost)  # fmt: skip
+    versus = [
+        {"system": name, "difference": d, "significant": p < 0.05, "mcnemar": {"p_value": p}}
+        for name, d in (("specialist", -difference), ("qwen2.5-0.5b zero-shot", 0.01))
+    ]
+    casc["cascade"] = {
+        "first": "specialist",
+        "fallback": "qwen2.5-0.5b zero-shot",
+        "confidence": "probability",
+        "threshold": 0.8,
+        "temperature": 1.2,
+        "calibrated": True,
+        "pick": "max_escalated",
+        "max_escalated": 0.15,
+        "margin": 0.0,
+        "validation": {"items": 96, "escalated": 0.15},
+        "test": {"escalated": 0.14, "curve": []},
+        "versus": versus,
+    }
+    results["systems"].append(casc)
+    results["comparisons"].append(
+        _comparison(
+            "casc", accuracy, difference, (difference - 0.02, difference + 0.02), p < 0.05, p
+        )
+    )
+    return retime(results)
+
+
+def test_bottom_line_deploys_a_cascade_better_than_the_specialist_saying_what_it_does():
+    results = _cascade(make_results(), 0.95, 0.0036, -0.04, 0.001)
+    sentences = verdict(results)
+    assert _bottom_line(results).startswith(
+        "Bottom line: deploy the specialist, escalating 14% of items to qwen2.5-0.5b zero-shot "
+        "(cascade casc): accuracy 0.950 [0.920, 0.970] at 40% of qwen2.5-0.5b zero-shot's cost "
+        "per 1k requests; it is significantly better than the specialist on accuracy "
+    )
+    # One sentence says what the cascade does; it is not repeated as a baseline's.
+    assert not any(s.startswith("The specialist loses to casc") for s in sentences)
+    (said,) = [s for s in sentences if s.startswith("Cascade casc: ")]
+    assert said.startswith(
+        "Cascade casc: the specialist answers and escalates 14% of test items to "
+        "qwen2.5-0.5b zero-shot (its probability below 0.800, chosen on 96 validation items, "
+        "where it escalated 15%): accuracy 0.950 [0.920, 0.970]; against the specialist +0.040, "
+        "significantly better (McNemar p = 0.001)"
+    )
+
+
+def test_a_cascade_that_only_ties_the_specialist_is_not_deployed_over_it():
+    results = _cascade(make_results(), 0.92, 0.0036, -0.01, 0.4)
+    line = _bottom_line(results)
+    assert line.startswith("Bottom line: deploy the specialist: ")
+    assert "runner-up: " in line

@@ -14,6 +14,7 @@ from test_endpoint import FAILING, KEY, FakeServer, _sentiment, fake_api
 from test_serve import call, wait_until_up
 
 from finetune.data import load_split
+from finetune.errors import FinetuneError
 from finetune.evaluate import cascade as C
 from finetune.evaluate.calibration import (
     fit_temperature,
@@ -22,7 +23,7 @@ from finetune.evaluate.calibration import (
     probabilities,
     reliability,
 )
-from finetune.evaluate.cascade_results import add_cascades
+from finetune.evaluate.cascade_results import add_cascades, check_first_scores
 from finetune.evaluate.machine_load import LoadSample
 from finetune.evaluate.results import Outcome
 from finetune.evaluate.timing import Measurement, Record, Rounds
@@ -263,6 +264,10 @@ def test_a_first_system_without_label_scores_is_refused_naming_the_key():
     recipe = _recipe(first="big", fallback="specialist", pick="fixed", threshold=0.5)
     with pytest.raises(Exception, match=r"eval.cascades.0.first: 'big' stores no label scores"):
         _evaluate(recipe)
+    # The evaluator asks as soon as the validation answers are in, before timing anything.
+    validation = {"big": _outcome("big", "baseline", VAL_BIG, [{}] * 10)}
+    with pytest.raises(FinetuneError, match=r"eval.cascades.0.first: 'big' stores no label"):
+        check_first_scores(recipe, validation)
 
 
 @pytest.mark.parametrize(

@@ -99,6 +99,13 @@ def add_cascades(
     return routed
 
 
+def check_first_scores(recipe: Recipe, validation: dict[str, Outcome]) -> None:
+    """Each cascade's first system gave label scores: checked on its validation answers, so a
+    system that cannot say how sure it is fails the evaluation before timing, not after."""
+    for i, config in enumerate(recipe.eval.cascades):
+        _scores(recipe, validation[config.first], f"eval.cascades.{i}.first")
+
+
 def _scores(recipe: Recipe, outcome: Outcome, key: str) -> np.ndarray:
     scores = label_scores(outcome.details, list(recipe.task.labels))
     if scores is None:

@@ -29,7 +29,7 @@ import yaml
 from finetune.data import load_split, prepare
 from finetune.errors import FinetuneError
 from finetune.evaluate import memory, reuse, timing
-from finetune.evaluate.cascade_results import add_cascades
+from finetune.evaluate.cascade_results import add_cascades, check_first_scores
 from finetune.evaluate.console import say, say_cascades, say_floor, say_outcome, say_timing
 from finetune.evaluate.results import Outcome, predictions_jsonl, summarize
 from finetune.files import write_atomic, write_json
@@ -90,6 +90,7 @@ def evaluate(
         plans, outcomes, kept, validation = _quality(
             recipe, (context, val), golds, store, progress, console
         )
+        check_first_scores(recipe, validation)
         _measure_memory(recipe, run_dir, plans, outcomes, kept, progress)
         rounds = _time(recipe, run_dir, plans, kept, progress, observer, console)
     _keep(recipe, store, outcomes, kept, rounds)

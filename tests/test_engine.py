@@ -197,3 +197,40 @@ def test_an_engine_baseline_names_its_gguf_in_engine_and_the_name_is_checked(pro
         "qwen2.5-coder-1.5b-instruct, gemma3-270m" in text
     )
     assert "eval.baselines.2.engine.model: 'all-minilm-l6-v2' is neither" in text
+
+
+def _token_by_token(served, prompt: list[int], label_ids: list[list[int]]) -> list[list[float]]:
+    """The engine's scoring before `engine_labels`: each label token after the prompt in its own
+    call of two tokens, the cache past the prompt thrown away between labels."""
+    first = served.next_logprobs(prompt, reuse=False, run=2)
+    return [
+        [float(first[ids[0]])]
+        + [float(served.next_logprobs(prompt + ids[:k], run=2)[ids[k]]) for k in range(1, len(ids))]
+        for ids in label_ids
+    ]
+
+
+def test_each_labels_tokens_in_one_decode_equal_the_token_by_token_scores(served, tokenizer):
+    """Every label token's log-probability, each label in one decode, equals the
+    one-call-per-token scores within 1e-3, for one-token and long labels alike, and whether
+    the prompt's cells are reused from the prompt before or not."""
+    from finetune.models.scoring import label_token_ids
+
+    labels = ["positive", "negative", "very positive indeed", "mixed, leaning to the negative"]
+    fmt, prompts = _prompts(tokenizer, TEXTS)
+    label_ids = label_token_ids(fmt, tokenizer, labels)
+    assert sorted(len(ids) for ids in label_ids)[0] == 1 and max(map(len, label_ids)) > 4
+    context = served.label_context()
+    for reuse in (False, True):
+        for prompt in prompts:
+            got = context.scores(list(prompt), label_ids, reuse)
+            expected = _token_by_token(served, list(prompt), label_ids)
+            for mine, theirs in zip(got, expected, strict=True):
+                assert mine == pytest.approx(theirs, abs=1e-3)
+    # One-token labels alone: the distribution after the prompt from its last two tokens.
+    single = [ids for ids in label_ids if len(ids) == 1]
+    got = context.scores(list(prompts[0]), single, True)
+    expected = _token_by_token(served, list(prompts[0]), single)
+    assert [g[0] for g in got] == pytest.approx([e[0] for e in expected], abs=1e-3)
+    # Sequence 0 kept the last prompt but its final token; the labels' cells are gone.
+    assert context.cached == list(prompts[0][:-1])

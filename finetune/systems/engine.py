@@ -5,7 +5,7 @@ It is prompted exactly as a local transformers model is (`causal_lm.CausalLM`'s 
 tokenizer transformers reads from the same GGUF, its chat template, the recipe's shots), and
 its token ids go to llama.cpp unchanged, so the only difference from the de-quantized model is
 llama.cpp's quantized arithmetic. Classification scores each label's exact log-likelihood from
-the next-token logits (multi-token labels one token at a time after the prompt); QA and
+the logits after the prompt, each label's tokens in one decode (`engine_labels`); QA and
 extraction decode greedily. Prompts run one at a time; the key/value cache keeps the tokens a
 prompt shares with the one before (the system turn, instruction and shots), which is what
 batching would save. Its memory is the process's peak, as for any local system.
@@ -28,6 +28,7 @@ from finetune.recipe import Recipe
 from finetune.systems.base import Inference, Kind, Loaded, System, baseline_config
 from finetune.systems.causal_lm import CausalLM
 from finetune.systems.common import label_predictions, read_answers
+from finetune.systems.engine_labels import LabelContext, shared_prefix
 from finetune.tasks.prompts import PromptFormat
 from finetune.tasks.types import LABELS, task_type
 
@@ -41,9 +42,16 @@ class Served:
     def __init__(self, llm: Any, where: str) -> None:
         self.llm, self.where = llm, where
         self._llama = require("llama_cpp", package=LLAMA_PACKAGE, needed_for="engine baselines")
+        self._labels: LabelContext | None = None
         # Freed with this object, or at exit before the interpreter tears down the modules
         # llama-cpp-python's own __del__ would need.
         weakref.finalize(self, llm.close)
+
+    def label_context(self) -> LabelContext:
+        """The context that scores a label's tokens in one decode (`engine_labels`), made once."""
+        if self._labels is None:
+            self._labels = LabelContext(self._llama, self.llm, self.where)
+        return self._labels
 
     def next_logprobs(self, tokens: list[int], reuse: bool = True, run: int = 1) -> np.ndarray:
         """Log-probabilities of the token after `tokens`: only tokens not already cached run, and
@@ -57,7 +65,7 @@ class Served:
                 f"{self.where}.context: a prompt of {len(tokens)} tokens with its answer does not "
                 f"fit the engine's context of {n_ctx}; raise it, or lower model.max_length"
             )
-        keep = _shared(llm.input_ids[: llm.n_tokens], tokens) if reuse else 0
+        keep = shared_prefix(llm.input_ids[: llm.n_tokens], tokens) if reuse else 0
         llm.n_tokens = max(0, min(keep, len(tokens) - run))
         llm.eval(tokens[llm.n_tokens :])
         logits = np.ctypeslib.as_array(
@@ -65,12 +73,6 @@ class Served:
         ).astype(np.float64)
         shifted = logits - logits.max()
         return shifted - np.log(np.exp(shifted).sum())
-
-
-def _shared(cached: np.ndarray, tokens: list[int]) -> int:
-    n = min(len(cached), len(tokens))
-    differ = np.nonzero(cached[:n] != np.asarray(tokens[:n]))[0]
-    return int(differ[0]) if differ.size else n
 
 
 class Engine(CausalLM):
@@ -157,18 +159,10 @@ def _classifier(recipe: Recipe, label_ids: list[list[int]]):
     normalize = recipe.eval.length_normalize
 
     def classify(served: Served, prompts, batch_size, share_prefix, on_batch=None):
-        rows = []
+        scorer, rows = served.label_context(), []
         for prompt in prompts:
-            prompt = list(prompt)
-            first = served.next_logprobs(prompt, reuse=share_prefix, run=2)
-            row = []
-            for ids in label_ids:
-                total = first[ids[0]] + sum(
-                    served.next_logprobs(prompt + ids[:k], run=2)[ids[k]]
-                    for k in range(1, len(ids))
-                )
-                row.append(float(total / len(ids) if normalize else total))
-            rows.append(row)
+            tokens = scorer.scores(list(prompt), label_ids, share_prefix)
+            rows.append([float(sum(t) / len(t) if normalize else sum(t)) for t in tokens])
             if on_batch:
                 on_batch(1)
         predictions, details, best = label_predictions(recipe.task.labels, rows)

@@ -5,7 +5,7 @@ It is prompted exactly as a local transformers model is (`causal_lm.CausalLM`'s 
 tokenizer transformers reads from the same GGUF, its chat template, the recipe's shots), and
 its token ids go to llama.cpp unchanged, so the only difference from the de-quantized model is
 llama.cpp's quantized arithmetic. Classification scores each label's exact log-likelihood from
-the logits after the prompt, each label's tokens in one decode (`engine_labels`); QA and
+the logits after the prompt, each label's later tokens in one decode (`label_tail`); QA and
 extraction decode greedily. Prompts run one at a time; the key/value cache keeps the tokens a
 prompt shares with the one before (the system turn, instruction and shots), which is what
 batching would save. Its memory is the process's peak, as for any local system.
@@ -28,7 +28,6 @@ from finetune.recipe import Recipe
 from finetune.systems.base import Inference, Kind, Loaded, System, baseline_config
 from finetune.systems.causal_lm import CausalLM
 from finetune.systems.common import label_predictions, read_answers
-from finetune.systems.engine_labels import LabelContext, shared_prefix
 from finetune.tasks.prompts import PromptFormat
 from finetune.tasks.types import LABELS, task_type
 
@@ -42,16 +41,10 @@ class Served:
     def __init__(self, llm: Any, where: str) -> None:
         self.llm, self.where = llm, where
         self._llama = require("llama_cpp", package=LLAMA_PACKAGE, needed_for="engine baselines")
-        self._labels: LabelContext | None = None
+        self._batch = self._llama.llama_batch_init(llm.n_batch, 0, 1)
         # Freed with this object, or at exit before the interpreter tears down the modules
         # llama-cpp-python's own __del__ would need.
-        weakref.finalize(self, llm.close)
-
-    def label_context(self) -> LabelContext:
-        """The context that scores a label's tokens in one decode (`engine_labels`), made once."""
-        if self._labels is None:
-            self._labels = LabelContext(self._llama, self.llm, self.where)
-        return self._labels
+        weakref.finalize(self, _close, self._llama, llm, self._batch)
 
     def next_logprobs(self, tokens: list[int], reuse: bool = True, run: int = 1) -> np.ndarray:
         """Log-probabilities of the token after `tokens`: only tokens not already cached run, and
@@ -68,11 +61,54 @@ class Served:
         keep = shared_prefix(llm.input_ids[: llm.n_tokens], tokens) if reuse else 0
         llm.n_tokens = max(0, min(keep, len(tokens) - run))
         llm.eval(tokens[llm.n_tokens :])
-        logits = np.ctypeslib.as_array(
-            self._llama.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),)
-        ).astype(np.float64)
-        shifted = logits - logits.max()
-        return shifted - np.log(np.exp(shifted).sum())
+        return self._logits(-1)
+
+    def label_tail(self, prompt: list[int], ids: list[int]) -> list[float]:
+        """Log-probabilities of a label's tokens after its first, right after `next_logprobs`
+        ran `prompt`: one decode of the prompt's last token and the label's tokens but its
+        last, each with its logits, where asking token by token took a call of two tokens per
+        label token. For a two-token label this is the very run that call made."""
+        llm, n = self.llm, len(prompt) - 1
+        rows = [prompt[-1], *ids[:-1]]
+        if len(rows) > llm.n_batch:
+            return [
+                float(self.next_logprobs(prompt + ids[:k], run=2)[ids[k]])
+                for k in range(1, len(ids))
+            ]
+        llm.n_tokens = n
+        llm._ctx.kv_cache_seq_rm(-1, n, -1)
+        b = self._batch
+        for i, token in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = token, n + i, 1, 0, 1
+        b.n_tokens = len(rows)
+        if self._llama.llama_decode(llm.ctx, b) != 0:
+            raise FinetuneError(
+                f"{self.where}: llama.cpp could not score a label (llama_decode failed)"
+            )
+        llm.input_ids[n : n + len(rows)] = rows  # what the cache holds, for the next prefix
+        llm.n_tokens = n + len(rows)
+        return [float(self._logits(k)[t]) for k, t in enumerate(ids[1:], start=1)]
+
+    def _logits(self, i: int) -> np.ndarray:
+        pointer = self._llama.llama_get_logits_ith(self.llm.ctx, i)
+        return _log_softmax(np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+def _close(llama_cpp: Any, llm: Any, batch: Any) -> None:
+    llama_cpp.llama_batch_free(batch)
+    llm.close()
+
+
+def shared_prefix(cached: Any, tokens: list[int]) -> int:
+    """How many leading tokens `cached` and `tokens` have in common."""
+    n = min(len(cached), len(tokens))
+    differ = np.nonzero(np.asarray(cached[:n]) != np.asarray(tokens[:n]))[0]
+    return int(differ[0]) if differ.size else n
 
 
 class Engine(CausalLM):
@@ -159,10 +195,17 @@ def _classifier(recipe: Recipe, label_ids: list[list[int]]):
     normalize = recipe.eval.length_normalize
 
     def classify(served: Served, prompts, batch_size, share_prefix, on_batch=None):
-        scorer, rows = served.label_context(), []
+        rows = []
         for prompt in prompts:
-            tokens = scorer.scores(list(prompt), label_ids, share_prefix)
-            rows.append([float(sum(t) / len(t) if normalize else sum(t)) for t in tokens])
+            prompt = list(prompt)
+            first = served.next_logprobs(prompt, reuse=share_prefix, run=2)
+            row = []
+            for ids in label_ids:
+                # The prompt's cells are kept: each label starts from its last token.
+                tail = served.label_tail(prompt, ids) if len(ids) > 1 else []
+                total = first[ids[0]] + sum(tail)
+                row.append(float(total / len(ids) if normalize else total))
+            rows.append(row)
             if on_batch:
                 on_batch(1)
         predictions, details, best = label_predictions(recipe.task.labels, rows)

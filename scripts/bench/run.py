@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
+import engine_labels
 import evaluation
 import serve_load
 import serving
@@ -31,8 +32,8 @@ from rich.table import Table
 from training import Bench
 
 SECTIONS = (
-    "train", "recipe", "dtype", "hardware", "eval", "serving", "serve", "engine", "generate",
-    "memory", "levers", "growth",
+    "train", "recipe", "dtype", "hardware", "eval", "serving", "serve", "engine", "labels",
+    "generate", "memory", "levers", "growth",
 )  # fmt: skip
 GENERAL_NAME = serve_load.GENERAL
 TARGETS = {
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         ("serving", "serving forms of the specialist in bf16", lambda: serving.compare_forms(bench, run_dir)),
         ("serve", "serving under load: the served specialist vs the general model on llama.cpp's server", lambda: serve_load.load_test(bench, run_dir)),
         ("engine", "general model: llama.cpp Q4 vs transformers", lambda: engine.compare_with_transformers(bench)),
+        ("labels", "engine label scoring: one decode per label vs one call per token", lambda: engine_labels.label_scoring(bench)),
         ("generate", "general model answering: llama.cpp Q4 vs transformers", lambda: engine.compare_generation(bench)),
         ("memory", "training memory at sequence length 512", lambda: training.memory(bench)),
         ("levers", "training levers", lambda: training.levers(bench)),
@@ -244,6 +246,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                     )
                 )
     rows += _engine_rows(results.get("engine", {}))
+    rows += _label_rows(results.get("labels", {}))
     rows += _generation_rows(results.get("generate"))
     grown = results.get("growth")
     if grown:
@@ -321,6 +324,25 @@ def _recipe_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return rows  # fmt: skip
+
+
+def _label_rows(tasks: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per task: the engine's items/s scoring each label in one decode, against one call per
+    label token, and how far their log-likelihoods are apart."""
+    return [
+        _row(
+            f"engine labels, {name} ({t['items']} items, {t['labels']} labels of up to "
+            f"{max(t['label_tokens'])} tokens; max |logprob gap| {t['max_abs_logprob_gap']:.3f}, "
+            f"same label {t['same_labels']:.0%}): items/s, one decode per label vs per token",
+            t["after_items_per_s"],
+            t["before_items_per_s"],
+            t["speedup"],
+            "",
+            None,
+        )
+        for name, t in tasks.items()
+        if isinstance(t, dict)
+    ]
 
 
 def _engine_rows(models: dict[str, Any]) -> list[dict[str, Any]]:

@@ -5,6 +5,8 @@
   the two give the same interval (the tests check this).
 - `paired_bootstrap_ci`: the same for the difference between two systems; both are scored on
   the same resampled items, so item difficulty cancels out.
+- `non_inferiority`: whether A keeps B's quality, a one-sided paired bootstrap bound above
+  -margin.
 - `mcnemar_exact`: exact McNemar test on per-item correctness, in integer arithmetic.
 
 A statistic is `statistic(idx) -> float`: the metric on the items at `idx` (with repeats);
@@ -68,6 +70,36 @@ def paired_bootstrap_ci(
     )
     everything = np.arange(n)
     return float(statistic_a(everything) - statistic_b(everything)), low, high
+
+
+@dataclass(frozen=True)
+class NonInferiority:
+    """Whether A keeps B's quality: the one-sided lower confidence bound of A - B is above
+    -margin."""
+
+    difference: float  # A - B on all items
+    lower: float  # one-sided lower bound at the confidence level
+    margin: float
+    non_inferior: bool
+
+
+def non_inferiority(
+    statistic_a: Statistic,
+    statistic_b: Statistic,
+    n: int,
+    *,
+    margin: float,
+    samples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> NonInferiority:
+    """A paired non-inferiority test by the percentile bootstrap: A is non-inferior to B when
+    the (1 - confidence) quantile of the resampled differences A - B is above -margin (the
+    low end of the two-sided interval at 2 * confidence - 1)."""
+    difference, lower, _ = paired_bootstrap_ci(
+        statistic_a, statistic_b, n, samples=samples, confidence=2 * confidence - 1, seed=seed
+    )
+    return NonInferiority(difference, lower, margin, lower > -margin)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,13 @@ import pytest
 from scipy import stats as scipy_stats
 from statsmodels.stats.contingency_tables import mcnemar
 
-from finetune.stats import McNemar, bootstrap_ci, mcnemar_exact, paired_bootstrap_ci
+from finetune.stats import (
+    McNemar,
+    bootstrap_ci,
+    mcnemar_exact,
+    non_inferiority,
+    paired_bootstrap_ci,
+)
 from finetune.tasks.metrics import indexed_metric
 
 
@@ -180,3 +186,29 @@ def test_the_shift_interval_holds_the_shifts_an_exact_mann_whitney_test_accepts(
         assert (p <= 0.05) == rejected, (shift, p)
     # Too few values for any interval at 95%: 2 against 2 can never reach p < 0.05.
     assert shift_interval([1.0, 2.0], [0.0, 0.5], 0.95)[1:] == (None, None)
+
+
+def test_non_inferiority_on_hand_computed_paired_outcomes():
+    """100 items: the student right on 80, the teacher on 82, the two splitting 10 items 4 to
+    6. The lower bound is the 5% quantile of the resampled differences, drawn here again."""
+    student = np.array([1] * 76 + [1] * 4 + [0] * 6 + [0] * 14, dtype=float)
+    teacher = np.array([1] * 76 + [0] * 4 + [1] * 6 + [0] * 14, dtype=float)
+    idx = np.random.default_rng(7).integers(0, 100, size=(2000, 100))
+    lower = float(np.quantile(student[idx].mean(axis=1) - teacher[idx].mean(axis=1), 0.05))
+    call = non_inferiority(
+        lambda i: student[i].mean(), lambda i: teacher[i].mean(), 100, margin=0.02, seed=7
+    )
+    assert call.difference == pytest.approx(-0.02) and call.lower == pytest.approx(lower)
+    assert lower < -0.02 and not call.non_inferior  # two points down, and unsure by more
+    wide = non_inferiority(
+        lambda i: student[i].mean(), lambda i: teacher[i].mean(), 100, margin=0.1, seed=7
+    )
+    assert wide.non_inferior and wide.lower == call.lower
+    # Identical answers: every resample differs by 0, inside any margin but none.
+    same = non_inferiority(
+        lambda i: student[i].mean(), lambda i: student[i].mean(), 100, margin=0.02
+    )
+    assert (same.lower, same.non_inferior) == (0.0, True)
+    assert not non_inferiority(
+        lambda i: student[i].mean(), lambda i: student[i].mean(), 100, margin=0.0
+    ).non_inferior

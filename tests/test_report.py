@@ -800,3 +800,31 @@ def test_a_cascade_that_only_ties_the_specialist_is_not_deployed_over_it():
     line = _bottom_line(results)
     assert line.startswith("Bottom line: deploy the specialist: ")
     assert "runner-up: " in line
+
+
+def test_a_cascades_table_curve_and_calibration_reach_the_report_and_wandb(tmp_path):
+    results = _cascade(make_results(), 0.95, 0.0036, -0.04, 0.001)
+    info = results["systems"][-1]["cascade"]
+    info["test"]["curve"] = [
+        {"threshold": t, "escalated": e, "value": v, "cost": 0.0023 + e * 0.009}
+        for t, e, v in ((0.0, 0.0, 0.91), (0.7, 0.1, 0.94), (0.8, 0.14, 0.95), (1.0, 1.0, 0.90))
+    ]
+    bins = [{"low": 0.9, "high": 1.0, "items": 400, "confidence": 0.95, "accuracy": 0.91}]
+    results["calibration"] = {
+        "bins": 10,
+        "items": 400,
+        "systems": [{"name": "specialist", "system": "specialist", "temperature": 1.0,
+                     "ece": 0.04, "nll": 0.3, "bins": bins}],
+    }  # fmt: skip
+    run = write_run(tmp_path / "run", results, wandb_mode="offline")
+    paths = write_report(run)
+    text = paths.markdown.read_text()
+    assert (
+        "| casc | specialist's probability &lt; 0.800 (T = 1.20; at most 15% of validation escalated) | 15.0% / 14.0% |"
+        in text
+    )
+    assert "| specialist | 1.00 | 0.040 | 0.300 | 400 |" in text
+    assert {f.stem for f in paths.figures} >= {"cascade_0", "reliability"}
+    rows = {k: v for row in read_run(run)["history"] for k, v in row.items()}
+    for key in ("cascades", "calibration", "cascade_curve_0", "reliability"):
+        assert rows[f"report/{key}/_type"] in ("table-file", "image-file")

@@ -113,12 +113,15 @@ def _track(results: dict[str, Any], run_dir: Path, figures: list[Figure]) -> Non
     )
     ok = False
     try:
+        cascaded = any(s.get("cascade") for s in results["systems"])
         for table in (
             tables.headline(results),
             tables.metrics(results),
             tables.comparisons(results),
             tables.timing(results),
             tables.timing_ratios(results),
+            *([tables.cascades(results)] if cascaded else []),
+            *([tables.calibration(results)] if results.get("calibration") else []),
         ):
             tracker.log_table(f"report/{table.key}", table.columns, table.rows)
         for figure in figures:

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,8 @@ class Escalation:
     batcher: Any  # the fallback's `Batcher`
     escalated: int = 0
     failed: int = 0
+    # Both workers count: the specialist's when it routes, the fallback's when it answers.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def follow(
         self, first: concurrent.futures.Future, items: list[dict]
@@ -110,7 +113,8 @@ class Escalation:
             for row, c in zip(answers.rows, conf, strict=True)
         ]
         sent = [i for i, c in enumerate(conf) if c < self.route.threshold]
-        self.escalated += len(sent)
+        with self._lock:
+            self.escalated += len(sent)
         if not sent:
             out.set_result(Answers(rows, answers.input_tokens, answers.output_tokens))
             return
@@ -147,7 +151,8 @@ class Escalation:
         out.set_result(Answers(rows, inputs, outputs))
 
     def _keep_first(self, rows: list, sent: list[int], exc: BaseException | str) -> None:
-        self.failed += len(sent)
+        with self._lock:
+            self.failed += len(sent)
         for i in sent:
             rows[i]["fallback_error"] = f"{self.route.fallback}: {exc}"
 

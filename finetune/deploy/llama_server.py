@@ -76,12 +76,7 @@ def llama_server(
             log.info("llama.cpp server for %s at %s (pid %d)", gguf.name, base_url, process.pid)
             yield base_url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, 15)
 
 
 def _wait_ready(process: subprocess.Popen, base_url: str, seconds: float, output) -> None:
@@ -107,3 +102,13 @@ def _wait_ready(process: subprocess.Popen, base_url: str, seconds: float, output
 def _tail(output, limit: int = 2000) -> str:
     output.seek(0)
     return output.read().decode(errors="replace")[-limit:]
+
+
+def stop(process: subprocess.Popen, seconds: float) -> None:
+    """Ask a child process to end (SIGTERM), and kill it if it has not within `seconds`."""
+    process.terminate()
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

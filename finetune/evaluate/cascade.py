@@ -18,7 +18,6 @@ to the fallback. Everything here is computed from stored answers; nothing is run
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,21 +28,14 @@ from finetune.recipe.schema import CascadeConfig
 Metric = Callable[[list[Any]], float]  # predictions -> the primary metric on one split's golds
 
 
-@dataclass(frozen=True)
-class Answers:
-    """One system's answers to one split's items, and its label scores (items x labels)."""
-
-    predictions: list[Any]
-    scores: np.ndarray
-
-
 def temperature(
-    config: CascadeConfig, first: Answers, golds: list[Any], labels: list[str]
+    config: CascadeConfig, scores: np.ndarray, golds: list[Any], labels: list[str]
 ) -> float:
-    """The first system's temperature: fitted on validation when `calibrate` is on, else 1."""
+    """The first system's temperature: fitted to its validation scores when `calibrate` is on,
+    else 1."""
     if not config.calibrate:
         return 1.0
-    return fit_temperature(first.scores, np.array([labels.index(g) for g in golds]))
+    return fit_temperature(scores, np.array([labels.index(g) for g in golds]))
 
 
 def confidence(signal: str, scores: np.ndarray, temp: float) -> np.ndarray:
@@ -80,15 +72,15 @@ def pick_threshold(
     """The threshold `config.pick` chooses from the validation items' confidences and answers."""
     if config.pick == "fixed":
         return float(config.threshold)
+    thresholds = candidates(conf)
     if config.pick == "max_escalated":
-        ordered = np.sort(conf)
         k = int(np.floor(config.max_escalated * len(conf) + 1e-9))
-        return candidates(conf)[-1] if k >= len(conf) else float(ordered[k]) if k else 0.0
+        return thresholds[-1] if k >= len(conf) else float(np.sort(conf)[k]) if k else 0.0
     target = metric(fallback) - config.margin
-    for t in candidates(conf):
+    for t in thresholds:
         if metric(combine(first, fallback, escalated(conf, t))) >= target - 1e-12:
             return t
-    return candidates(conf)[-1]  # unreachable: escalating all is the fallback itself
+    return thresholds[-1]  # unreachable: escalating all is the fallback itself
 
 
 def curve(
@@ -101,8 +93,9 @@ def curve(
     """The primary metric and cost at every threshold that changes the escalated set."""
     points = []
     for t in candidates(conf):
-        share = float(escalated(conf, t).mean()) if len(conf) else 0.0
-        value = metric(combine(first, fallback, escalated(conf, t)))
+        sent = escalated(conf, t)
+        share = float(sent.mean()) if len(conf) else 0.0
+        value = metric(combine(first, fallback, sent))
         points.append(
             {"threshold": t, "escalated": share, "value": value, "cost": mixed_cost(*costs, share)}
         )

@@ -65,6 +65,7 @@ def add_cascades(
     """Add each cascade to `document` (a system, the specialist's comparison with it) and the
     calibration section; returns the cascades' routing for the predictions file."""
     by_name = {o.system.name: o for o in outcomes}
+    figures = {o.system.name: round_figures(recipe, o, rounds) for o in outcomes}
     routed, calibrated = [], []
     for i, config in enumerate(recipe.eval.cascades):
         first, fallback = by_name[config.first], by_name[config.fallback]
@@ -73,13 +74,13 @@ def add_cascades(
             _scores(recipe, validation[first.system.name], key),
             _scores(recipe, first, key),
         )
-        temp = C.temperature(config, C.Answers([], scores), val_golds, list(recipe.task.labels))
+        temp = C.temperature(config, scores, val_golds, list(recipe.task.labels))
         threshold, chosen = _threshold(recipe, config, validation, val_golds, scores, temp)
         conf = C.confidence(config.confidence, test_scores, temp)
         sent = C.escalated(conf, threshold)
         predictions = C.combine(first.predictions, fallback.predictions, sent)
-        figures = cascade_figures(recipe, first, fallback, float(sent.mean()), rounds)
-        entry = _system(recipe, config, (first, fallback), predictions, sent, golds, figures)
+        mixed = cascade_figures((first, fallback), figures, float(sent.mean()), rounds)
+        entry = _system(recipe, config, (first, fallback), predictions, sent, golds, mixed)
         entry["cascade"] = {
             **_settings(config, threshold, temp),
             "validation": chosen,
@@ -87,9 +88,9 @@ def add_cascades(
             "versus": _versus(recipe, predictions, outcomes, golds),
         }
         document["systems"].append(entry)
-        spec = round_figures(recipe, outcomes[0], rounds)
+        mine = figures[outcomes[0].system.name]
         document["comparisons"].append(
-            _specialist_vs(recipe, outcomes[0], entry, predictions, golds, (spec, figures))
+            _specialist_vs(recipe, outcomes[0], entry, predictions, golds, (mine, mixed))
         )
         routed.append(Routed(config, predictions, sent, _items(conf, sent, predictions, golds)))
         if config.calibrate:
@@ -219,10 +220,12 @@ def _parameters(first: Outcome, fallback: Outcome) -> dict[str, int | None]:
     }
 
 
-def cascade_figures(recipe, first: Outcome, fallback: Outcome, share: float, rounds) -> dict:
-    """The cascade's figures round by round (`cascade`), in `round_figures`' shape, plus p95.
-    Rounds of one evaluation pair by number; otherwise by their order."""
-    a_fig, b_fig = (round_figures(recipe, o, rounds) for o in (first, fallback))
+def cascade_figures(pair: tuple[Outcome, Outcome], figures: dict, share: float, rounds) -> dict:
+    """The cascade's figures round by round (`cascade`), in `round_figures`' shape, plus p95,
+    from the two systems' (`figures`, by name). Rounds of one evaluation pair by number;
+    otherwise by their order."""
+    first, fallback = pair
+    a_fig, b_fig = figures[first.system.name], figures[fallback.system.name]
     a_rec, b_rec = rounds.of(first.system.name), rounds.of(fallback.system.name)
     same = a_fig["evaluation"] == b_fig["evaluation"]
     if same:

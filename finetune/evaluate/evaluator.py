@@ -86,9 +86,10 @@ def evaluate(
     check_all(recipe, run_dir)
     store = reuse.Store.of(recipe)
     val = _validation_context(recipe, run_dir, train)
+    val_golds = task_type(recipe.task).golds(val.items) if val else []
     with progress_for(console) as progress:
         plans, outcomes, kept, validation = _quality(
-            recipe, (context, val), golds, store, progress, console
+            recipe, (context, val), (golds, val_golds), store, progress, console
         )
         check_first_scores(recipe, validation)
         _measure_memory(recipe, run_dir, plans, outcomes, kept, progress)
@@ -96,7 +97,6 @@ def evaluate(
     _keep(recipe, store, outcomes, kept, rounds)
     say_timing(console, rounds)
     results = summarize(recipe, run_dir, items, outcomes, golds, rounds, train)
-    val_golds = task_type(recipe.task).golds(val.items) if val else []
     routed = add_cascades(recipe, results, outcomes, validation, golds, val_golds, rounds)
     say_floor(console, results)
     say_cascades(console, results)
@@ -126,22 +126,23 @@ def _validation_context(recipe: Recipe, run_dir: Path, train: list[dict]) -> Con
 def _quality(
     recipe: Recipe,
     contexts: tuple[Context, Context | None],
-    golds: list[Any],
+    answers: tuple[list[Any], list[Any]],
     store: reuse.Store | None,
     progress: Any,
     console: Any,
 ) -> tuple[list[Plan], list[Outcome], dict[str, reuse.Kept], dict[str, Outcome]]:
     """Every system's quality pass, in the recipe's order; a system kept from an earlier
     evaluation (`reuse`) takes its kept outcome instead of running. The systems a cascade is
-    made of answer the validation items too (`contexts[1]`), while their model is loaded."""
-    context, validation_context = contexts
+    made of answer the validation items too (`contexts[1]`, gold `answers[1]`), while their
+    model is loaded."""
+    (context, validation_context), (golds, val_golds) = contexts, answers
     plans, outcomes, kept, validation = [], [], {}, {}
     needed = {n for c in recipe.eval.cascades for n in (c.first, c.fallback)}
     for key, group in load_groups(recipe, systems_of(recipe)):
         with loaded_model(recipe, context.run_dir, key) as loaded:
             for system in group:
                 plan, outcome, entry = _answer(
-                    recipe, context, key, loaded, system, store, progress
+                    recipe, (context, golds), key, loaded, system, store, progress
                 )
                 if entry:
                     kept[system.name] = entry
@@ -152,7 +153,13 @@ def _quality(
                 )
                 if system.name in needed and validation_context is not None:
                     found = _answer(
-                        recipe, validation_context, key, loaded, system, store, progress
+                        recipe,
+                        (validation_context, val_golds),
+                        key,
+                        loaded,
+                        system,
+                        store,
+                        progress,
                     )
                     validation[system.name] = found[1]
                     if found[2]:
@@ -165,14 +172,16 @@ def _quality(
 
 def _answer(
     recipe: Recipe,
-    context: Context,
+    asked: tuple[Context, list[Any]],
     key: str,
     loaded: Loaded,
     system: System,
     store: reuse.Store | None,
     progress: Any,
 ) -> tuple[Plan, Outcome, reuse.Kept | None]:
-    """One system's answers to the context's items: kept ones where the store has them."""
+    """One system's answers to the context's items (`asked`: the context and its golds): kept
+    ones where the store has them."""
+    context, golds = asked
     plan = loaded.kind.plan(recipe, system, key, loaded, context)
     entry = store and store.lookup(reuse.system_key(recipe, plan, loaded, context))
     outcome = _kept_outcome(entry, system)
@@ -181,7 +190,6 @@ def _answer(
         if entry:  # kept as the system answered, before spans are located
             entry.quality, entry.changed = _quality_entry(outcome), True
     texts = [item["text"] for item in context.items]
-    golds = task_type(recipe.task).golds(context.items)
     outcome.predictions = task_type(recipe.task).placed(texts, golds, outcome.predictions)
     return plan, outcome, entry or None
 

@@ -18,6 +18,7 @@ from finetune.report.html import render_html
 from finetune.report.markdown import render_markdown
 from finetune.report.plots import Figure, make_figures
 from finetune.report.results import (
+    cascades,
     cost,
     disk_total,
     header,
@@ -113,14 +114,13 @@ def _track(results: dict[str, Any], run_dir: Path, figures: list[Figure]) -> Non
     )
     ok = False
     try:
-        cascaded = any(s.get("cascade") for s in results["systems"])
         for table in (
             tables.headline(results),
             tables.metrics(results),
             tables.comparisons(results),
             tables.timing(results),
             tables.timing_ratios(results),
-            *([tables.cascades(results)] if cascaded else []),
+            *([tables.cascades(results)] if cascades(results) else []),
             *([tables.calibration(results)] if results.get("calibration") else []),
         ):
             tracker.log_table(f"report/{table.key}", table.columns, table.rows)

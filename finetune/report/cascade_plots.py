@@ -14,17 +14,12 @@ from finetune.report.plots import (
     BASELINE_COLOR,
     CASCADE_COLOR,
     DPI,
-    SPECIALIST_COLOR,
     Figure,
+    color_of,
     pyplot,
     save_png,
 )
-from finetune.report.results import primary_metric
-
-
-def cascades(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The systems that are cascades, in the results' order."""
-    return [s for s in results["systems"] if s.get("cascade")]
+from finetune.report.results import cascades, primary_metric
 
 
 def cascade_curve(results: dict[str, Any], cascade: dict[str, Any], path: Path) -> Path:
@@ -51,7 +46,7 @@ def cascade_curve_figure(results: dict[str, Any], cascade: dict[str, Any]) -> An
             continue
         ax.plot(xs, [p["value"] for p in points], color=CASCADE_COLOR, drawstyle="steps-post")
         for system, x in zip(ends, end_x or [_cost(s) for s in ends], strict=True):
-            _point(ax, x, system["metrics"][metric], system["name"], _color(system), "o")
+            _point(ax, x, system["metrics"][metric], system["name"], color_of(system), "o")
         chosen = info["test"]["escalated"] if key == "escalated" else _cost(cascade)
         _point(ax, chosen, cascade["metrics"][metric], "chosen threshold", CASCADE_COLOR, "*")
         ax.set_xlabel(label)
@@ -64,10 +59,6 @@ def cascade_curve_figure(results: dict[str, Any], cascade: dict[str, Any]) -> An
 
 def _cost(system: dict[str, Any]) -> float | None:
     return system["cost_per_1k"]["usd"]
-
-
-def _color(system: dict[str, Any]) -> str:
-    return SPECIALIST_COLOR if system["role"] == "specialist" else BASELINE_COLOR
 
 
 def _point(ax: Any, x: float, m: dict[str, float], name: str, color: str, marker: str) -> None:

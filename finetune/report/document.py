@@ -14,7 +14,7 @@ from finetune.report import format as fmt
 from finetune.report import tables
 from finetune.report.decision import constraints_text
 from finetune.report.plots import Figure
-from finetune.report.results import PREDICTIONS_FILE, constraints
+from finetune.report.results import PREDICTIONS_FILE, cascades, constraints
 from finetune.report.verdict import cautions, verdict
 
 
@@ -267,7 +267,7 @@ def _cascade_blocks(results: dict[str, Any], by_key: dict[str, Figure]) -> list[
     """The cascades: how each routes, its figures, its curve; then calibration."""
     blocks: list[Block] = []
     curves = [f for k, f in by_key.items() if k.startswith("cascade_curve")]
-    if any(s.get("cascade") for s in results["systems"]):
+    if cascades(results):
         blocks += [Heading("Cascades"), Paragraph(CASCADE_TEXT), tables.cascades(results), *curves]
     if results.get("calibration") and results["calibration"]["systems"]:
         blocks += [

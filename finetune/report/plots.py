@@ -25,6 +25,13 @@ SPECIALIST_COLOR = "#d62728"
 BASELINE_COLOR = "#1f77b4"
 CASCADE_COLOR = "#2ca02c"
 _COLORS = {"specialist": SPECIALIST_COLOR, "cascade": CASCADE_COLOR}
+
+
+def color_of(system: dict[str, Any]) -> str:
+    """A system's colour in every figure: the specialist's, a cascade's, or a baseline's."""
+    return _COLORS.get(system["role"], BASELINE_COLOR)
+
+
 DPI = 120
 
 
@@ -97,7 +104,7 @@ def tradeoff_figure(
             yerr=[[m["value"] - m["low"]], [m["high"] - m["value"]]],
             fmt="*" if is_special else "D" if s["role"] == "cascade" else "o",
             markersize=14 if is_special else 8,
-            color=_COLORS.get(s["role"], BASELINE_COLOR),
+            color=color_of(s),
             capsize=4,
             zorder=3 if is_special else 2,
         )

@@ -85,3 +85,15 @@ def cost(system: dict[str, Any]) -> float:
 
 def latency(system: dict[str, Any]) -> float:
     return system["latency_ms"]["p50"]
+
+
+def cascades(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The systems that are cascades, in the results' order."""
+    return [s for s in results["systems"] if s.get("cascade")]
+
+
+def fallback_cost_share(results: dict[str, Any], cascade: dict[str, Any]) -> float | None:
+    """A cascade's cost per 1k requests as a share of its fallback's alone; None unmeasured."""
+    fallback = next(s for s in results["systems"] if s["name"] == cascade["cascade"]["fallback"])
+    mine, theirs = cost(cascade), cost(fallback)
+    return mine / theirs if mine is not None and theirs else None

@@ -11,7 +11,15 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from finetune.report import format as fmt
-from finetune.report.results import cost, is_remote, latency, primary_metric, specialist
+from finetune.report.results import cascades as cascade_systems
+from finetune.report.results import (
+    cost,
+    fallback_cost_share,
+    is_remote,
+    latency,
+    primary_metric,
+    specialist,
+)
 
 
 @dataclass(frozen=True)
@@ -174,15 +182,12 @@ def cascades(results: dict[str, Any]) -> Table:
         "vs fallback (McNemar p)",
         "cost / 1k (share of fallback's)",
     ]
-    by_name = {s["name"]: s for s in results["systems"]}
     rows = []
-    for s in results["systems"]:
-        c = s.get("cascade")
-        if not c:
-            continue
+    for s in cascade_systems(results):
+        c = s["cascade"]
         versus = {v["system"]: v for v in c["versus"]}
-        fallback_cost = cost(by_name[c["fallback"]])
-        share = f" ({cost(s) / fallback_cost:.0%})" if cost(s) is not None and fallback_cost else ""
+        share = fallback_cost_share(results, s)
+        share = f" ({share:.0%})" if share is not None else ""
         rows.append(
             [
                 s["name"],

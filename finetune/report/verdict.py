@@ -34,9 +34,11 @@ from finetune.report.decision import (
     recommend,
 )
 from finetune.report.results import (
+    cascades,
     constraints,
     cost,
     disk_total,
+    fallback_cost_share,
     latency,
     primary_metric,
     specialist,
@@ -48,15 +50,13 @@ System = dict[str, Any]
 def verdict(results: dict[str, Any]) -> list[str]:
     """Quality against each baseline, then latency, memory, size, cost, and the bottom line."""
     floor = [floor_sentence(results["floor"])] if results.get("floor") else []
+    routed = cascades(results)
+    named = {s["name"] for s in routed}
     return [
         *floor,
         # A cascade's own sentence pairs it with both of its systems.
-        *(
-            quality_sentence(c)
-            for c in results["comparisons"]
-            if c["baseline"] not in _cascades(results)
-        ),
-        *(cascade_sentence(results, s) for s in results["systems"] if s.get("cascade")),
+        *(quality_sentence(c) for c in results["comparisons"] if c["baseline"] not in named),
+        *(cascade_sentence(results, s) for s in routed),
         _latency_sentence(results),
         _memory_sentence(results),
         _size_sentence(results),
@@ -111,17 +111,17 @@ def cascade_sentence(results: dict[str, Any], system: System) -> str:
     """`Cascade X: the specialist answers and escalates 14% of test items to Y (...): accuracy
     A [CI], against the specialist ..., against Y ..., at B of Y's cost per 1k requests.`"""
     c, label = system["cascade"], fmt.metric_label(primary_metric(results))
-    by_name = {s["name"]: s for s in results["systems"]}
     versus = {v["system"]: v for v in c["versus"]}
     against = "; ".join(
         f"against {_as_first(results, name)} {_versus_text(versus[name])}"
         for name in (c["first"], c["fallback"])
     )
-    fallback_cost, mine = cost(by_name[c["fallback"]]), cost(system)
+    share = fallback_cost_share(results, system)
+    theirs = next(cost(s) for s in results["systems"] if s["name"] == c["fallback"])
     price = (
-        f", at {mine / fallback_cost:.0%} of {c['fallback']}'s cost per 1k requests "
-        f"({fmt.usd(mine)} vs {fmt.usd(fallback_cost)})"
-        if mine is not None and fallback_cost
+        f", at {share:.0%} of {c['fallback']}'s cost per 1k requests ({fmt.usd(cost(system))} "
+        f"vs {fmt.usd(theirs)})"
+        if share
         else ""
     )
     return (
@@ -132,10 +132,6 @@ def cascade_sentence(results: dict[str, Any], system: System) -> str:
         f"{fmt.with_ci(system['metrics'][primary_metric(results)])}; {against}{price}, "
         f"p50 latency {fmt.ms(latency(system))}."
     )
-
-
-def _cascades(results: dict[str, Any]) -> set[str]:
-    return {s["name"] for s in results["systems"] if s.get("cascade")}
 
 
 def _as_first(results: dict[str, Any], name: str) -> str:
@@ -330,18 +326,16 @@ def bottom_line(results: dict[str, Any]) -> str:
 
 def _cascade_gist(results: dict[str, Any], name: str) -> str:
     """`accuracy 0.850 [0.80, 0.89] at 27% of X's cost per 1k requests; ` for a cascade."""
-    by_name = {s["name"]: s for s in results["systems"]}
-    info = by_name[name].get("cascade")
-    if not info:
+    system = next(s for s in results["systems"] if s["name"] == name)
+    if not system.get("cascade"):
         return ""
-    metric = primary_metric(results)
-    fallback_cost, mine = cost(by_name[info["fallback"]]), cost(by_name[name])
-    share = (
-        f" at {mine / fallback_cost:.0%} of {info['fallback']}'s cost per 1k requests"
-        if mine is not None and fallback_cost
+    metric, share = primary_metric(results), fallback_cost_share(results, system)
+    price = (
+        f" at {share:.0%} of {system['cascade']['fallback']}'s cost per 1k requests"
+        if share
         else ""
     )
-    return f"{fmt.metric_label(metric)} {fmt.with_ci(by_name[name]['metrics'][metric])}{share}; "
+    return f"{fmt.metric_label(metric)} {fmt.with_ci(system['metrics'][metric])}{price}; "
 
 
 def _candidate(system: System, metric: str) -> Candidate:

@@ -58,7 +58,7 @@ class Served:
                 f"{self.where}.context: a prompt of {len(tokens)} tokens with its answer does not "
                 f"fit the engine's context of {n_ctx}; raise it, or lower model.max_length"
             )
-        keep = shared_prefix(llm.input_ids[: llm.n_tokens], tokens) if reuse else 0
+        keep = _shared(llm.input_ids[: llm.n_tokens], tokens) if reuse else 0
         llm.n_tokens = max(0, min(keep, len(tokens) - run))
         llm.eval(tokens[llm.n_tokens :])
         return self._logits(-1)
@@ -104,10 +104,9 @@ def _close(llama_cpp: Any, llm: Any, batch: Any) -> None:
     llm.close()
 
 
-def shared_prefix(cached: Any, tokens: list[int]) -> int:
-    """How many leading tokens `cached` and `tokens` have in common."""
+def _shared(cached: np.ndarray, tokens: list[int]) -> int:
     n = min(len(cached), len(tokens))
-    differ = np.nonzero(np.asarray(cached[:n]) != np.asarray(tokens[:n]))[0]
+    differ = np.nonzero(cached[:n] != np.asarray(tokens[:n]))[0]
     return int(differ[0]) if differ.size else n
 
 

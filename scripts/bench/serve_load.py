@@ -70,7 +70,7 @@ class _Server:
 @contextlib.contextmanager
 def _server(args: list[str], model: str, log: Path) -> Iterator[_Server]:
     """`finetune <args> --port P` started and waited for; SIGTERM afterwards."""
-    from finetune.deploy.llama_server import free_port
+    from finetune.deploy.llama_server import free_port, stop
 
     port = free_port()
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +84,7 @@ def _server(args: list[str], model: str, log: Path) -> Iterator[_Server]:
             _wait(server, log)
             yield server
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            stop(process, 60)
 
 
 def _wait(server: _Server, log: Path) -> None:

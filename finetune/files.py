@@ -35,6 +35,31 @@ def write_json(path: str | Path, obj: Any) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def append_jsonl(path: str | Path, rows: list[Any]) -> None:
+    """Rows appended as JSON lines and flushed to disk: a kill after this loses none of them."""
+    if not rows:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def cut_torn_tail(path: str | Path) -> None:
+    """Drop a last line that has no newline (what a kill in the middle of an append leaves),
+    so that the next append starts a line of its own."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        with path.open("r+b") as f:
+            f.truncate(len(whole))
+
+
 def read_jsonl(path: str | Path, *, torn_tail_ok: bool = False) -> list[Any]:
     """Records of a JSONL file. Lines end at "\\n" only: str.splitlines() would also break
     at U+2028 and other separators that JSON strings written with ensure_ascii=False contain.

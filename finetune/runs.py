@@ -83,8 +83,13 @@ class Run:
             self._log_handler = None
 
 
-def record_inputs(run: Run, prepared: PreparedData, model: ModelSource) -> None:
-    """Pin what a run was made from: the prepared data's fingerprint and the base model's identity."""
+def record_inputs(
+    run: Run, prepared: PreparedData, model: ModelSource, teacher: dict | None = None
+) -> None:
+    """Pin what a run was made from: the prepared data's fingerprint, the base model's identity
+    and, when a teacher labelled the training rows, its card (`data.teacher.teacher_card`)."""
+    if teacher is not None:
+        run.record(teacher=teacher)
     run.record(
         data={
             "name": prepared.card["name"],

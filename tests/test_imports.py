@@ -22,6 +22,7 @@ FLOORS = [
     {"runs", "tracking"},
     {"train"},
     {"systems"},
+    {"teach"},
     {"evaluate"},
     {"report"},
     {"experiment"},

@@ -25,8 +25,8 @@ import yaml
 from conftest import copy_run, evaluated_run, tiny_recipe_factory, train_from
 
 from finetune.deploy.llama_server import free_port
-from finetune.deploy.predict import Answers
 from finetune.deploy.serve import MAX_INPUT_CHARS, Batcher, Overloaded
+from finetune.systems.answers import Answers
 
 WAIT = 240  # seconds for the server to answer: a fresh interpreter imports the model stack
 NAME = "<the served run>"  # in a parametrized body: the served run's name

@@ -31,6 +31,7 @@ from finetune.data.split import (
     split_seed,
     stratified_split,
 )
+from finetune.data.teacher import teacher_split
 from finetune.files import read_jsonl, write_atomic, write_json
 from finetune.recipe import Recipe
 from finetune.tasks.types import task_type
@@ -88,9 +89,18 @@ def prepare(recipe: Recipe, *, force: bool = False) -> PreparedData:
     return PreparedData(out, fp, card)
 
 
-def load_split(recipe: Recipe, split: str) -> list[dict]:
-    """Examples of one prepared split (preparing first if needed), capped by the recipe's limits."""
+def load_split(recipe: Recipe, split: str, *, human: bool = False) -> list[dict]:
+    """Examples of one prepared split (preparing first if needed), capped by the recipe's
+    limits. With `data.teacher`, the training split is what the teacher labelled and kept
+    (`teacher.teacher_split`), unless `human` asks for the human-labelled rows it starts from."""
     prepared = prepare(recipe)
+    rows = _capped(recipe, prepared, split)
+    if split != "train" or human or recipe.data.teacher is None:
+        return rows
+    return teacher_split(recipe, prepared.path, rows)
+
+
+def _capped(recipe: Recipe, prepared: PreparedData, split: str) -> list[dict]:
     rows = read_jsonl(prepared.path / f"{split}.jsonl")
     caps = {
         "train": recipe.data.max_train_examples,
@@ -183,6 +193,8 @@ def _inputs_key(recipe: Recipe) -> str:
                 "max_validation_examples",
                 "max_test_examples",
                 "split_seed",
+                "teacher",  # read after preparation: a teacher labels the prepared rows
+                "unlabelled",
             }
         ),
         "task": recipe.task.model_dump(include={"type", "labels"}),

@@ -17,9 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from finetune.deploy.predict import Answers
 from finetune.deploy.serve import MAX_INPUT_CHARS, Overloaded, Served, answer_text, new_id
 from finetune.deps import require
+from finetune.systems.answers import Answers
 
 
 class ApiError(Exception):

@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.deploy.predict import Answers
 from finetune.errors import FinetuneError, did_you_mean
 from finetune.evaluate import EVAL_DIR, RESULTS_FILE
 from finetune.evaluate.calibration import label_scores
 from finetune.evaluate.cascade import confidence
 from finetune.recipe import Recipe
+from finetune.systems.answers import Answers
 from finetune.systems.base import SPECIALIST
 
 

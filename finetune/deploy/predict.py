@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.data import load_split
 from finetune.data.read import Rejected, raise_for_rejects, read_file, unlabelled
 from finetune.errors import FinetuneError, did_you_mean
+from finetune.files import append_jsonl, cut_torn_tail, read_jsonl
 from finetune.progress import progress
 from finetune.recipe import Recipe
 from finetune.runs import is_complete
-from finetune.systems.base import SPECIALIST, Context, Loaded, System
+from finetune.systems.answers import answer_items, chunks, context_for
+from finetune.systems.base import SPECIALIST, System
 from finetune.systems.pool import loaded_model
 from finetune.systems.registry import instance_key, kind_of, systems_of
-from finetune.tasks.types import task_type
 
 CHUNK = 256  # rows per chunk: what a kill can lose, and how often the output is flushed
 
@@ -81,11 +79,13 @@ def predict(
     with loaded_model(recipe, run_dir, key) as loaded, progress(console, unit="rows") as bar:
         task = bar.add_task(f"predicting with {chosen.name}", total=None)
         context = context_for(recipe, run_dir, chosen)
-        for batch in _chunks(rows, chunk):
+        for batch in chunks(rows, chunk):
             items = [r for r in batch if isinstance(r, dict)]
             rejected += _reject(out, [r for r in batch if isinstance(r, Rejected)])
             advance = functools.partial(bar.advance, task)
-            _append(out, predict_items(recipe, chosen, key, loaded, context, items, advance).rows)
+            append_jsonl(
+                out, answer_items(recipe, chosen, key, loaded, context, items, advance).rows
+            )
             count += len(items)
     return Predicted(out, count, len(done), rejected, time.perf_counter() - start)
 
@@ -112,13 +112,8 @@ def _resume(path: Path, keys: tuple[str, ...] = ("id",)) -> set[tuple]:
     """The rows a file already holds, by `keys`; a last line cut short by a kill is dropped."""
     if not path.is_file():
         return set()
-    data = path.read_bytes()
-    whole = data[: data.rfind(b"\n") + 1]
-    if len(whole) != len(data):
-        with path.open("r+b") as f:
-            f.truncate(len(whole))
-    rows = (json.loads(line) for line in whole.decode("utf-8").splitlines() if line)
-    return {tuple(row[k] for k in keys) for row in rows}
+    cut_torn_tail(path)
+    return {tuple(row[k] for k in keys) for row in read_jsonl(path)}
 
 
 def _todo(row: dict | Rejected, done: set[tuple], skipped: set[tuple]) -> bool:
@@ -128,71 +123,10 @@ def _todo(row: dict | Rejected, done: set[tuple], skipped: set[tuple]) -> bool:
     return (row["id"],) not in done
 
 
-def _chunks(rows: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    while batch := list(itertools.islice(rows, size)):
-        yield batch
-
-
-def context_for(recipe: Recipe, run_dir: Path, system: System) -> Context:
-    """What the system plans with: its in-context examples come from the run's training rows."""
-    train = load_split(recipe, "train") if system.shots else []
-    return Context(run_dir, [], train)
-
-
-@dataclass
-class Answers:
-    rows: list[dict[str, Any]]  # as `finetune predict` writes them, with each item's id
-    input_tokens: list[int]
-    output_tokens: list[int]
-
-
-def predict_items(
-    recipe: Recipe,
-    system: System,
-    key: str,
-    loaded: Loaded,
-    context: Context,
-    items: list[dict],
-    on_batch: Any = None,
-) -> Answers:
-    """Items ({id, text}) through a loaded system, planned and run as the evaluation runs its
-    items: `finetune predict`'s rows, and `finetune serve`'s answers."""
-    if not items:
-        return Answers([], [], [])
-    here = Context(context.run_dir, items, context.train_rows)
-    plan = loaded.kind.plan(recipe, system, key, loaded, here)
-    # A shared prompt prefix is scored once for many items; for one item it is a pass more
-    # (single items are timed without it too).
-    share = len(items) > 1
-    predictions, details, out_tokens = plan.infer.run(
-        loaded.model, plan.inputs, recipe.eval.batch_size, share, on_batch
-    )
-    kind = task_type(recipe.task)
-    texts = [item["text"] for item in items]
-    placed = kind.placed(texts, [kind.empty() for _ in items], predictions)
-    cut = [{"truncated": True} if t else {} for t in plan.truncated]
-    rows = [
-        {"id": item["id"], **kind.output(p, d), **c}
-        for item, p, d, c in zip(items, placed, details, cut, strict=True)
-    ]
-    return Answers(rows, list(plan.input_tokens), list(out_tokens))
-
-
-def _append(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Rows appended and flushed to disk: a kill after this loses none of them."""
-    if not rows:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _reject(out: Path, rejected: list[Rejected]) -> int:
     """Bad rows skipped (`data.on_bad_row: skip`), written beside the output and counted."""
     rows = [{"file": r.file, "line": r.line, "reason": r.reason, "row": r.row} for r in rejected]
-    _append(rejects_path(out), rows)
+    append_jsonl(rejects_path(out), rows)
     return len(rows)
 
 

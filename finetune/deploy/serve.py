@@ -40,12 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from finetune.deploy.fallback import Escalation, route_for
-from finetune.deploy.predict import Answers, context_for, predict_items
 from finetune.errors import FinetuneError
 from finetune.evaluate import evaluated_recipe
 from finetune.hardware import to_accelerator
 from finetune.recipe import Recipe, load_recipe
 from finetune.runs import is_complete
+from finetune.systems.answers import Answers, answer_items, context_for
 from finetune.systems.base import SPECIALIST, Context, Loaded, System
 from finetune.systems.pool import loaded_model
 from finetune.systems.registry import instance_key, kind_of, systems_of
@@ -174,7 +174,7 @@ class Served:
             self.loaded.activate()
         system = System(SPECIALIST, "specialist", "run")
         context = Context(self.run_dir, [], [])
-        return predict_items(self.recipe, system, SPECIALIST, self.loaded, context, items)
+        return answer_items(self.recipe, system, SPECIALIST, self.loaded, context, items)
 
     def answer(self, texts: list[str]) -> concurrent.futures.Future:
         items = [{"id": str(i), "text": t, "served": self.name} for i, t in enumerate(texts)]
@@ -231,7 +231,7 @@ def _escalation(
     loaded = stack.enter_context(loaded_model(recipe, run_dir, key))
     context = context_for(recipe, run_dir, system)
     batcher = Batcher(
-        lambda items: predict_items(recipe, system, key, loaded, context, items), **limits
+        lambda items: answer_items(recipe, system, key, loaded, context, items), **limits
     )
     stack.callback(batcher.close)
     return Escalation(route, list(recipe.task.labels), batcher)

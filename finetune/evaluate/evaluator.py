@@ -32,6 +32,7 @@ from finetune.evaluate import memory, reuse, timing
 from finetune.evaluate.cascade_results import add_cascades, check_first_scores
 from finetune.evaluate.console import say, say_cascades, say_floor, say_outcome, say_timing
 from finetune.evaluate.results import Outcome, predictions_jsonl, summarize
+from finetune.evaluate.teacher import student_vs_teacher
 from finetune.files import write_atomic, write_json
 from finetune.hardware import (
     peak_memory_bytes,
@@ -81,11 +82,13 @@ def evaluate(
     check_run(recipe, run_dir)
     items = load_split(recipe, "test")
     golds = task_type(recipe.task).golds(items)
-    train = load_split(recipe, "train")
-    context = Context(run_dir, items, train)
+    train = load_split(recipe, "train")  # what the run learned from: a teacher's labels, if any
+    # In-context examples come from the human labels (never a teacher's), as in `teach`.
+    shots_from = load_split(recipe, "train", human=True)
+    context = Context(run_dir, items, shots_from)
     check_all(recipe, run_dir)
     store = reuse.Store.of(recipe)
-    val = _validation_context(recipe, run_dir, train)
+    val = _validation_context(recipe, run_dir, shots_from)
     val_golds = task_type(recipe.task).golds(val.items) if val else []
     with progress_for(console) as progress:
         plans, outcomes, kept, validation = _quality(
@@ -98,6 +101,7 @@ def evaluate(
     say_timing(console, rounds)
     results = summarize(recipe, run_dir, items, outcomes, golds, rounds, train)
     routed = add_cascades(recipe, results, outcomes, validation, golds, val_golds, rounds)
+    results["teacher"] = student_vs_teacher(recipe, run_dir, outcomes, golds)
     say_floor(console, results)
     say_cascades(console, results)
     out = run_dir / EVAL_DIR

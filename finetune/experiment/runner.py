@@ -45,12 +45,15 @@ def run_cell(cell: Cell, recipe_path: Path, console: Any = None) -> Outcome:
     """Train and evaluate one cell, doing only what its run does not already hold."""
     quiet.apply()  # a Ray worker starts here, not in the CLI
     from finetune.evaluate import evaluate
+    from finetune.teach import teach
     from finetune.train import train
 
     plan, worker = state(cell), f"{socket.gethostname()}:{os.getpid()}"
     run = cell.run_dir()
     overrides = [f"{k}={json.dumps(v)}" for k, v in cell.values.items()]
     try:
+        if cell.recipe.data.teacher is not None:  # asks only what it has not answered yet
+            teach(cell.recipe, console=console)
         if plan["train"] == "train":
             train(
                 cell.recipe,
@@ -100,11 +103,15 @@ def _on_ray(cells: list[Cell], recipe_path: Path, executor: ExecutorConfig) -> l
 
 
 def _build_shared_inputs(cells: list[Cell]) -> None:
-    """Prepare each cell's data and materialize its base model once, before tasks share them."""
+    """Prepare each cell's data, have its teacher label it, and materialize its base model
+    once, before tasks share them."""
     from finetune.data import prepare
     from finetune.models import resolve
+    from finetune.teach import teach
 
     for cell in cells:
+        if cell.recipe.data.teacher is not None:
+            teach(cell.recipe)
         if state(cell)["train"] != "reuse":
             prepare(cell.recipe)
             resolve(cell.recipe.model.base)

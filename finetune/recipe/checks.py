@@ -30,6 +30,7 @@ def consistency_problems(recipe: Recipe) -> Problems:
         *_model_problems(recipe),
         *_train_problems(recipe),
         *_eval_problems(recipe),
+        *_teacher_problems(recipe),
     ]
 
 
@@ -67,6 +68,62 @@ def _data_problems(recipe: Recipe) -> Problems:
     if split.train == 0 or split.test == 0:
         problems.append(("data.split", "train and test fractions must both be above 0"))
     return problems
+
+
+def _teacher_problems(recipe: Recipe) -> Problems:
+    """The teacher is one of the recipe's general baselines, has rows to label, and is given
+    only the settings its task reads; `data.unlabelled` is read only by a teacher."""
+    data, teacher = recipe.data, recipe.data.teacher
+    if teacher is None and data.unlabelled:
+        return [("data.unlabelled", "is read only by data.teacher; set one, or remove it")]
+    if teacher is None:
+        return []
+    problems = _teacher_system_problems(recipe, teacher.system)
+    if teacher.rows == "unlabelled" and not data.unlabelled:
+        problems.append(
+            (
+                "data.teacher.rows",
+                "is `unlabelled`, but data.unlabelled names no file; give it one, or set "
+                "data.teacher.rows: train to label the training split with its labels hidden",
+            )
+        )
+    if data.unlabelled and not Path(data.unlabelled).is_file():
+        problems.append(("data.unlabelled", f"file '{data.unlabelled}' does not exist"))
+    if teacher.rows == "train" and teacher.max_rows is not None:
+        problems.append(("data.teacher.max_rows", "is read only with rows: unlabelled; remove it"))
+    if recipe.task.type != "classification":
+        extra = _not_default(teacher, ("min_confidence", "balance", "targets", "temperature"))
+        problems += [
+            (f"data.teacher.{n}", "reads label scores, which only classification gives; remove it")
+            for n in extra
+        ]
+    return problems
+
+
+def _teacher_system_problems(recipe: Recipe, name: str) -> Problems:
+    baselines = {b.name: b for b in recipe.eval.baselines}
+    if name not in baselines:
+        return [
+            (
+                "data.teacher.system",
+                f"{name!r} is not one of eval.baselines ({', '.join(baselines) or 'none'}); "
+                f"the teacher is a baseline, evaluated like one.{did_you_mean(name, baselines)}",
+            )
+        ]
+    b = baselines[name]
+    if b.run is not None:
+        return [
+            ("data.teacher.system", f"{name!r} is another run's specialist; name a general model")
+        ]
+    if b.shots and recipe.data.teacher.rows == "train":
+        return [
+            (
+                f"eval.baselines.{list(baselines).index(name)}.shots",
+                f"the teacher {name!r} would be shown human labels of the training split it "
+                "labels with its labels hidden; set shots: 0",
+            )
+        ]
+    return []
 
 
 def _model_problems(recipe: Recipe) -> Problems:

@@ -69,6 +69,48 @@ class SplitConfig(Section):
     )
 
 
+class TeacherConfig(Section):
+    system: str = _field(
+        help="The `eval.baselines` entry, by name, that labels the rows: any general system a baseline can be (an engine, an endpoint, a local model), prompted and scored as that baseline is. It is evaluated as a baseline too, so the report sets the student against its teacher.",
+        synonyms=("baseline", "model", "name"),
+    )
+    rows: Literal["unlabelled", "train"] = _field(
+        "unlabelled",
+        help="What the teacher labels. `unlabelled`: the rows of `data.unlabelled`, added to the training split's human-labelled rows. `train`: the training split's own rows (after `max_train_examples`), their human labels hidden from the teacher and kept only to score it, so that the student learns from the teacher alone.",
+        synonyms=("label", "source"),
+    )
+    max_rows: PositiveInt | None = _field(
+        None,
+        help="With `rows: unlabelled`, label only the first this many rows of `data.unlabelled` (null: all).",
+        synonyms=("max_unlabelled", "limit"),
+    )
+    min_confidence: Fraction = _field(
+        0.0,
+        help="Classification: keep a row only when the teacher's probability for its label (its label scores normalized over the labels) is at least this. A teacher that generates its answer gives no probability, so it needs 0.",
+        synonyms=("confidence", "threshold"),
+    )
+    balance: bool = _field(
+        False,
+        help="Classification: keep as many rows of each label as the teacher gave the rarest label, the most confident first.",
+        synonyms=("balanced",),
+    )
+    targets: Literal["hard", "soft"] = _field(
+        "hard",
+        help="`hard`: the student learns the teacher's label. `soft`: it learns the teacher's label distribution (its label scores over `temperature`), for classifier heads and for a decoder's label tokens.",
+        synonyms=("target", "labels"),
+    )
+    temperature: Annotated[float, Field(gt=0)] = _field(
+        1.0,
+        help="With `targets: soft`: the teacher's label scores are divided by this before normalizing; above 1 flattens the distribution.",
+        synonyms=("T", "temp"),
+    )
+    margin: Fraction = _field(
+        0.02,
+        help="The student keeps the teacher's quality when the paired lower confidence bound of (student - teacher) on the primary metric is above minus this.",
+        synonyms=("non_inferiority_margin",),
+    )
+
+
 class DataConfig(Section):
     source: str | None = _field(
         None,
@@ -126,6 +168,16 @@ class DataConfig(Section):
         False,
         help="Remove train rows that duplicate (or nearly duplicate) validation or test rows.",
         synonyms=("deduplicate",),
+    )
+    unlabelled: str | None = _field(
+        None,
+        help="A local JSONL/CSV/Parquet file of rows without labels, read with `fields`, for `teacher` to label (rows that repeat a validation or test text are dropped).",
+        synonyms=("unlabeled", "unlabelled_file"),
+    )
+    teacher: TeacherConfig | None = _field(
+        None,
+        help="A general system that labels training rows for the specialist (null: human labels only). `finetune teach` labels, and `finetune train` and experiments run it first; its answers are kept, so a repeated or killed labelling never asks twice.",
+        synonyms=("labeller", "labeler", "distill"),
     )
 
 

@@ -22,7 +22,8 @@ from typing import Any
 
 from rich.console import Console
 
-from finetune.data import PreparedData, prepare
+from finetune.data import PreparedData, load_split, prepare
+from finetune.data.teacher import teacher_card
 from finetune.errors import FinetuneError
 from finetune.files import write_json
 from finetune.hardware import has_cuda, peak_memory_bytes, weight_dtype
@@ -119,7 +120,7 @@ def train(
     )
     run_dir = _shared_path(run)
     if run is not None:
-        record_inputs(run, prepared, source)
+        record_inputs(run, prepared, source, _teacher_card(recipe, prepared))
     try:
         job = _Job(recipe, run_dir, run, console, state.is_main_process, objective_for(head))
         summary = _train_in(job, prepared, source, resume is not None, callbacks)
@@ -387,3 +388,10 @@ def _stop_reason(state: Any, budget: BudgetCallback) -> str:
     if state.global_step < state.max_steps:
         return "early stopping (train.early_stopping_patience)"
     return "completed"
+
+
+def _teacher_card(recipe: Recipe, prepared: PreparedData) -> dict | None:
+    """What the teacher that labelled the training rows did, for the run's provenance."""
+    if recipe.data.teacher is None:
+        return None
+    return teacher_card(recipe, prepared.path, load_split(recipe, "train", human=True))

@@ -1,0 +1,219 @@
+"""The general model as teacher (`data.teacher`): which rows it labels and which are kept, its
+answers kept so that nothing is asked twice, failures dropped and counted, the spend cap, the
+recipe checks, and the student set against its teacher in the evaluation.
+
+Endpoint teachers talk to the fake OpenAI-compatible server of `test_endpoint` on 127.0.0.1
+(it counts requests, and fails the requests it is told to); the engine teacher is a real
+llama.cpp running SmolLM2-135M's GGUF."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+from conftest import run_cli
+from test_endpoint import FAILING, FakeServer, _logprob, _sentiment, fake_api
+
+from finetune.data import load_split
+from finetune.data.read import DataError
+from finetune.data.teacher import BALANCE, FAILED, INVALID, UNSURE, select, text_digest
+from finetune.fetch import cache_dir
+from finetune.recipe import load_recipe
+from finetune.systems.endpoint import CACHE_FILE
+from finetune.systems.endpoint_client import SpendCapReached
+from finetune.tasks.types import probabilities
+from finetune.teach import teach
+
+
+def endpoint_teacher(url: str, **endpoint) -> dict:
+    return {
+        "name": "api",
+        "endpoint": {
+            "base_url": url,
+            "model": "m",
+            "api_key_env": "TEST_ENDPOINT_KEY",
+            "scoring": "top_logprobs",
+            "max_retries": 0,
+            "timeout_seconds": 5,
+            "concurrency": 1,
+            **endpoint,
+        },
+    }
+
+
+@pytest.fixture
+def api_teacher(tiny_recipe, monkeypatch, tmp_path):
+    """A tiny recipe whose training rows are labelled, their labels hidden, by an endpoint
+    baseline on a fake server: (recipe path factory, server)."""
+    monkeypatch.setenv("TEST_ENDPOINT_KEY", "sk-test")
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    with FakeServer(fake_api) as server:
+
+        def make(teacher: dict | None = None, prices: dict | None = None, **endpoint):
+            return tiny_recipe(
+                data={"teacher": {"system": "api", "rows": "train", **(teacher or {})}},
+                eval={
+                    "baselines": [endpoint_teacher(server.url, **endpoint)],
+                    "prices": prices or {},
+                },
+            )
+
+        yield make, server
+
+
+def test_the_teacher_labels_the_training_rows_once_and_a_second_labelling_asks_nothing(
+    api_teacher,
+):
+    make, server = api_teacher
+    recipe = load_recipe(make())
+    human = load_split(recipe, "train", human=True)
+    with pytest.raises(DataError, match=r"rows are not labelled yet .*run `finetune teach"):
+        load_split(recipe, "train")
+    taught = teach(recipe)
+    # One top_logprobs request per row, and the live check before the first.
+    assert server.count == len(human) + 1 == taught.asked + 1
+    again = teach(recipe)
+    assert server.count == len(human) + 1 and again.asked == 0
+    rows = load_split(recipe, "train")
+    assert [r["id"] for r in rows] == [r["id"] for r in human]
+    for row, before in zip(rows, human, strict=True):
+        assert row["label"] == _sentiment(row["text"])
+        scores = {label: _logprob(label, row["text"]) for label in ("fresh", "rotten")}
+        assert row["teacher"] == {
+            "confidence": probabilities(scores)[row["label"]],
+            "human": before["label"],
+        }
+    right = sum(_sentiment(r["text"]) == r["label"] for r in human)
+    assert taught.card["quality"] == {
+        "metric": "accuracy",
+        "value": pytest.approx(right / len(human)),
+        "rows": len(human),
+    }
+    assert taught.card["asked"] == taught.card["kept"] == len(human)
+    assert taught.card["dropped"] == {}
+
+
+def test_a_killed_labelling_resumes_asking_only_the_rows_it_had_not_kept(api_teacher):
+    make, server = api_teacher
+    recipe = load_recipe(make())
+    first = teach(recipe, chunk=8)
+    answers = first.card["answers_file"]
+    with open(answers) as f:
+        lines = f.readlines()
+    # A kill in the middle of the third chunk's write: two chunks whole, a line torn.
+    with open(answers, "w") as f:
+        f.write("".join(lines[:16]) + lines[16][:20])
+    sent = server.count
+    # The endpoint's cache would answer them for free; without it they are asked again.
+    for path in cache_dir().glob(CACHE_FILE + "*"):
+        path.unlink()
+    resumed = teach(recipe, chunk=8)
+    assert resumed.asked == len(lines) - 16
+    assert server.count == sent + 1 + resumed.asked
+    assert resumed.card["kept"] == first.card["kept"]
+
+
+def test_a_failing_request_is_counted_and_its_row_dropped_never_guessed(api_teacher, monkeypatch):
+    make, server = api_teacher
+    recipe = load_recipe(make())
+    human = load_split(recipe, "train", human=True)
+    monkeypatch.setitem(FAILING, "text", human[3]["text"])
+    taught = teach(recipe)
+    assert taught.card["dropped"] == {FAILED: 1}
+    assert taught.card["kept"] == len(human) - 1
+    kept = load_split(recipe, "train")
+    assert [r["id"] for r in kept] == [r["id"] for i, r in enumerate(human) if i != 3]
+    # A failed request was not an answer: the next labelling asks it again, and only it.
+    sent = server.count
+    teach(recipe)
+    assert server.count == sent + 1 + 1
+
+
+def test_the_spend_cap_stops_labelling_before_it_is_exceeded_and_nothing_is_paid_twice(
+    api_teacher,
+):
+    make, server = api_teacher
+    # fake_api's top_logprobs answers bill 10 prompt + 1 completion tokens: $0.0001 + $0.0001.
+    prices = {
+        "per_million_input_tokens": {"api": 10.0},
+        "per_million_output_tokens": {"api": 100.0},
+    }
+    recipe = load_recipe(make(prices=prices, max_usd=0.0015))
+    with pytest.raises(SpendCapReached, match=r"max_usd: stopped before spending more than"):
+        teach(recipe, chunk=4)
+    paid = server.count - 1  # the live check is answered, but by the models route: not billed
+    assert paid > 0 and paid * 0.0002 <= 0.0015
+    with open(next(recipe_dir(recipe).glob("*.jsonl"))) as f:
+        assert len(f.readlines()) == paid // 4 * 4  # whole chunks; the cut one is in the cache
+    more = load_recipe(make(prices=prices, max_usd=1.0))
+    human = load_split(more, "train", human=True)
+    teach(more, chunk=4)
+    assert server.count == 1 + len(human) + 1  # each row paid once, and a second live check
+
+
+def recipe_dir(recipe):
+    from finetune.data import prepared_path
+
+    return prepared_path(recipe) / "teacher"
+
+
+def answer(label: str, confidence: float | None, **extra) -> dict:
+    return {"answer": label, "confidence": confidence, **extra}
+
+
+def test_min_confidence_and_balance_keep_exactly_the_expected_rows(tiny_recipe):
+    rows = [{"id": f"r{i}", "text": f"text {i}"} for i in range(9)]
+    given = {
+        "r0": answer("fresh", 0.95),
+        "r1": answer("fresh", 0.55),  # below 0.6
+        "r2": answer("rotten", 0.70),
+        "r3": answer("fresh", 0.80),
+        "r4": {"failed": "InternalServerError 500"},
+        "r5": answer("", None, invalid=True),
+        "r6": answer("fresh", 0.61),
+        "r7": answer("rotten", 0.99),
+        # r8: not answered yet
+    }
+    answers = {
+        i: {"id": i, "text_sha": text_digest(f"text {i[1:]}"), **a} for i, a in given.items()
+    }
+    recipe = load_recipe(
+        tiny_recipe(
+            data={"teacher": {"system": "x", "rows": "train", "min_confidence": 0.6}},
+            eval={"baselines": [{"name": "x", "model": "base"}]},
+        )
+    )
+    plain = select(recipe, rows, answers)
+    assert [r["id"] for r in plain.kept] == ["r0", "r2", "r3", "r6", "r7"]
+    assert plain.dropped == collections.Counter({UNSURE: 1, FAILED: 1, INVALID: 1})
+    assert plain.missing == ["r8"]
+    balanced = load_recipe(
+        tiny_recipe(
+            data={
+                "teacher": {"system": "x", "rows": "train", "min_confidence": 0.6, "balance": True}
+            },
+            eval={"baselines": [{"name": "x", "model": "base"}]},
+        )
+    )
+    # fresh: r0 .95, r3 .80, r6 .61; rotten: r7 .99, r2 .70 -> two of each, the surest fresh.
+    chosen = select(balanced, rows, answers)
+    assert [r["id"] for r in chosen.kept] == ["r0", "r2", "r3", "r7"]
+    assert chosen.dropped[BALANCE] == 1
+    # A row whose text changed under its id is not answered: it is asked again.
+    rows[0] = {"id": "r0", "text": "another text"}
+    assert select(recipe, rows, answers).missing == ["r0", "r8"]
+
+
+def test_a_teacher_must_be_a_general_baseline_with_rows_to_label(problems_with):
+    assert problems_with(("data.teacher", {"system": "gpt"})) == [
+        "data.teacher.system: 'gpt' is not one of eval.baselines (base zero-shot); the teacher "
+        "is a baseline, evaluated like one.",
+        "data.teacher.rows: is `unlabelled`, but data.unlabelled names no file; give it one, or "
+        "set data.teacher.rows: train to label the training split with its labels hidden",
+    ]
+
+
+def test_teach_without_a_teacher_says_how_to_name_one(tiny_recipe, monkeypatch, capsys):
+    code, output = run_cli(monkeypatch, capsys, "teach", str(tiny_recipe()))
+    assert code == 2  # a usage error, as every FinetuneError
+    assert "data.teacher is not set; name one of eval.baselines as the teacher" in output

@@ -9,6 +9,7 @@ llama.cpp running SmolLM2-135M's GGUF."""
 from __future__ import annotations
 
 import collections
+import json
 
 import pytest
 from conftest import run_cli
@@ -217,3 +218,96 @@ def test_teach_without_a_teacher_says_how_to_name_one(tiny_recipe, monkeypatch, 
     code, output = run_cli(monkeypatch, capsys, "teach", str(tiny_recipe()))
     assert code == 2  # a usage error, as every FinetuneError
     assert "data.teacher is not set; name one of eval.baselines as the teacher" in output
+
+
+def write_unseen_reviews(path, n: int = 16) -> None:
+    """Reviews that are in no split of `write_reviews`' data, with no label."""
+    words = ["a joy from start to end", "a tedious slog", "sharp and moving", "flat and dull"]
+    with path.open("w") as f:
+        for i in range(n):
+            f.write(json.dumps({"id": f"u{i}", "text": f"{words[i % 4]}, take {i}"}) + "\n")
+
+
+def test_a_student_taught_by_an_engine_is_set_against_it_and_its_labels_are_its_predictions(
+    tiny_recipe, gguf, tmp_path
+):
+    """The engine (a real llama.cpp) labels unseen reviews; a run trained on them is evaluated
+    with the teacher as a baseline. A second run, tested on those same reviews, shows the
+    teacher's labels are exactly its evaluation predictions."""
+    from conftest import train_and_evaluate
+
+    from finetune.data.teacher import read_answers
+    from finetune.stats import non_inferiority
+    from finetune.tasks import metrics as M
+
+    unseen = tmp_path / "unseen.jsonl"
+    write_unseen_reviews(unseen)
+    make = tiny_recipe
+    engine = {"name": "smol", "engine": {"model": str(gguf), "context": 512}}
+    quick = {"tfidf": {"enabled": False}, "bootstrap_samples": 200, "timing": {"rounds": 6}}
+    taught = make(
+        "taught",
+        data={"unlabelled": str(unseen), "teacher": {"system": "smol", "margin": 0.1}},
+        eval={"baselines": [engine], **quick},
+    )
+    recipe = load_recipe(taught)
+    labelled = teach(recipe)
+    assert labelled.card["asked"] == 16 and labelled.asked == 16
+    answers = read_answers(next(recipe_dir(recipe).glob("*.jsonl")))
+    rows = load_split(recipe, "train")
+    human = load_split(recipe, "train", human=True)
+    assert rows[: len(human)] == human  # the human rows first, then the teacher's
+    assert {r["id"]: r["label"] for r in rows[len(human) :]} == {
+        i: a["answer"] for i, a in answers.items()
+    }
+    evaluated = train_and_evaluate(taught)
+    preds = {p["id"]: p for p in evaluated.predictions}
+    student = [
+        preds[p["id"]]["predictions"]["specialist"]["prediction"] for p in evaluated.predictions
+    ]
+    teacher = [preds[p["id"]]["predictions"]["smol"]["prediction"] for p in evaluated.predictions]
+    golds = [p["gold"] for p in evaluated.predictions]
+    labels = ["fresh", "rotten"]
+    call = non_inferiority(
+        M.indexed_metric("classification", "accuracy", golds, student, labels),
+        M.indexed_metric("classification", "accuracy", golds, teacher, labels),
+        len(golds),
+        margin=0.1,
+        samples=200,
+        confidence=0.95,
+        seed=3,
+    )
+    section = evaluated.results["teacher"]
+    assert section["agreement"] == sum(a == b for a, b in zip(student, teacher, strict=True)) / len(
+        golds
+    )
+    assert (section["difference"], section["lower"]) == (call.difference, call.lower)
+    assert section["non_inferior"] == call.non_inferior
+    assert section["labelling"]["kept"] == 16 and section["labelling"]["teacher"] == "smol"
+    provenance = json.loads((evaluated.run_dir / "provenance.json").read_text())
+    assert provenance["teacher"]["answers_file"] == labelled.card["answers_file"]
+    # The same system evaluated on those reviews as its test items.
+    tested = make(
+        "tested-on-unseen",
+        data={
+            "source": None,
+            "split_files": {
+                "train": str(tmp_path / "reviews.jsonl"),
+                "test": str(unseen_as_test(unseen, answers)),
+            },
+        },
+        eval={"baselines": [engine], **quick},
+    )
+    on_unseen = train_and_evaluate(tested)
+    for p in on_unseen.predictions:
+        mine = p["predictions"]["smol"]
+        assert mine["prediction"] == answers[p["id"]]["answer"], p["id"]
+        assert mine["label_logprobs"] == answers[p["id"]]["label_logprobs"], p["id"]
+
+
+def unseen_as_test(unseen, answers):
+    """The unseen reviews as a test file (a test item needs a label: any will do here)."""
+    out = unseen.with_name("unseen-test.jsonl")
+    rows = [json.loads(line) for line in unseen.open()]
+    out.write_text("".join(json.dumps({**r, "label": "fresh"}) + "\n" for r in rows))
+    return out

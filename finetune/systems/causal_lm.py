@@ -42,6 +42,7 @@ from finetune.systems.common import (
     shown_label_list,
 )
 from finetune.tasks.prompts import (
+    PROMPT_FILE,
     PromptFormat,
     encode,
     prompt_format,
@@ -143,7 +144,7 @@ class CausalLM(Kind):
     def plan(
         self, recipe: Recipe, system: System, key: str, loaded: Loaded, context: Context
     ) -> Plan:
-        run_format = PromptFormat.load(context.run_dir)
+        run_format = _run_format(recipe, key, loaded, context.run_dir)
         if key == SPECIALIST:
             _check_chat_template(context.run_dir, run_format, loaded)
         fmt = system_format(system, loaded, run_format, recipe, self.prompted)
@@ -215,6 +216,14 @@ def _fits_float32(source: ModelSource, head: str) -> bool:
     import torch
 
     return weights_bytes_needed(source, dtype=torch.float32, head=head) <= free_memory()[0]
+
+
+def _run_format(recipe: Recipe, key: str, loaded: Loaded, run_dir: Path) -> PromptFormat:
+    """The run's stored prompt format; where no run is behind the system (a teacher labelling
+    before any training), the one training would store, from the tokenizer and the task."""
+    if key != SPECIALIST and not (run_dir / PROMPT_FILE).is_file():
+        return prompt_format(loaded.tokenizer, recipe.task)
+    return PromptFormat.load(run_dir)
 
 
 def system_format(

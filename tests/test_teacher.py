@@ -237,6 +237,7 @@ def test_a_student_taught_by_an_engine_is_set_against_it_and_its_labels_are_its_
     from conftest import train_and_evaluate
 
     from finetune.data.teacher import read_answers
+    from finetune.report import write_report
     from finetune.stats import non_inferiority
     from finetune.tasks import metrics as M
 
@@ -286,6 +287,16 @@ def test_a_student_taught_by_an_engine_is_set_against_it_and_its_labels_are_its_
     assert section["labelling"]["kept"] == 16 and section["labelling"]["teacher"] == "smol"
     provenance = json.loads((evaluated.run_dir / "provenance.json").read_text())
     assert provenance["teacher"]["answers_file"] == labelled.card["answers_file"]
+    markdown = write_report(evaluated.run_dir).markdown.read_text()
+    keeps = "keeps" if call.non_inferior else "does not keep"
+    assert (
+        f"Taught by smol, the student {keeps} its quality: accuracy "
+        f"{section['student_value']:.3f} vs {section['teacher_value']:.3f}, the one-sided 95% "
+        f"lower bound of the difference {call.lower:+.3f}" in markdown
+    )
+    assert "## Student and teacher" in markdown
+    assert f"| same answer as the teacher | {section['agreement']:.1%} of test items |" in markdown
+    assert "| rows labelled | unlabelled rows: 16 asked, 16 kept (dropped: none) |" in markdown
     # The same system evaluated on those reviews as its test items.
     tested = make(
         "tested-on-unseen",

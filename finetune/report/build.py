@@ -122,6 +122,7 @@ def _track(results: dict[str, Any], run_dir: Path, figures: list[Figure]) -> Non
             tables.timing_ratios(results),
             *([tables.cascades(results)] if cascades(results) else []),
             *([tables.calibration(results)] if results.get("calibration") else []),
+            *([tables.teacher(results)] if results.get("teacher") else []),
         ):
             tracker.log_table(f"report/{table.key}", table.columns, table.rows)
         for figure in figures:

@@ -228,6 +228,8 @@ def report_document(
             tables.timing_ratios(results),
         ]
     blocks += _cascade_blocks(results, by_key)
+    if results.get("teacher"):
+        blocks += [Heading("Student and teacher"), Paragraph(TEACHER_TEXT), tables.teacher(results)]
     per_class = tables.per_class(results)
     if per_class:
         blocks.append(Heading("Per-class precision, recall and F1"))
@@ -249,6 +251,14 @@ def report_document(
         Paragraph(f"Trace any number to items: `{PREDICTIONS_FILE.as_posix()}`."),
     ]
     return blocks
+
+
+TEACHER_TEXT = (
+    "The specialist learned from labels a general model gave (`data.teacher`); everything is "
+    "still scored on the human-labelled test items. The student keeps the teacher's quality "
+    "when the one-sided lower confidence bound of (student - teacher), paired on the same "
+    "items by the bootstrap, is above minus the recipe's margin (`data.teacher.margin`)."
+)
 
 
 CASCADE_TEXT = (

@@ -202,6 +202,62 @@ def cascades(results: dict[str, Any]) -> Table:
     return Table("cascades", "Cascades", columns, rows)
 
 
+def teacher(results: dict[str, Any]) -> Table:
+    """The student against the teacher that labelled its training rows: what the labelling
+    did and cost, and whether the student keeps the teacher's quality."""
+    t, label = results["teacher"], fmt.metric_label(results["teacher"]["metric"])
+    rows = [["teacher", t["teacher"]]]
+    if (card := t.get("labelling")) is not None:
+        rows += labelling_rows(card)
+    margin = f"{-t['margin']:+.3f}"
+    rows += [
+        [
+            f"{label}: student vs teacher",
+            f"{fmt.score(t['student_value'])} vs "
+            f"{fmt.score(t['teacher_value'])} ({t['difference']:+.3f})",
+        ],
+        [
+            f"one-sided {results['confidence']:.0%} lower bound of the difference",
+            f"{t['lower']:+.3f}, {'above' if t['non_inferior'] else 'not above'} {margin}: "
+            f"the student {'keeps' if t['non_inferior'] else 'does not keep'} the teacher's quality",
+        ],
+        ["same answer as the teacher", f"{t['agreement']:.1%} of test items"],
+    ]
+    return Table("teacher", "Student and teacher", ["", ""], rows)
+
+
+def labelling_rows(card: dict[str, Any]) -> list[list[str]]:
+    """What a teacher's labelling did (its card): rows, drops, time and cost, its quality."""
+    which = (
+        "the training split, its labels hidden" if card["rows"] == "train" else "unlabelled rows"
+    )
+    dropped = ", ".join(f"{k} {v}" for k, v in card["dropped"].items()) or "none"
+    cost = card["cost"]
+    rows = [
+        [
+            "rows labelled",
+            f"{which}: {fmt.count(card['asked'])} asked, "
+            f"{fmt.count(card['kept'])} kept (dropped: {dropped})",
+        ],
+        [
+            "labelling time and cost",
+            f"{_duration(cost['seconds'])}, {fmt.usd(cost['usd'])} ({cost['basis']})",
+        ],
+    ]
+    if (q := card.get("quality")) is not None:
+        rows.append(
+            [
+                f"teacher's {fmt.metric_label(q['metric'])} on the human labels",
+                f"{fmt.score(q['value'])} on {fmt.count(q['rows'])} rows",
+            ]
+        )
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def rule_text(c: dict[str, Any]) -> str:
     """`probability < 0.873 (T = 1.42; non-inferior to X on validation)`."""
     if c["pick"] == "non_inferior":

@@ -57,6 +57,7 @@ def verdict(results: dict[str, Any]) -> list[str]:
         # A cascade's own sentence pairs it with both of its systems.
         *(quality_sentence(c) for c in results["comparisons"] if c["baseline"] not in named),
         *(cascade_sentence(results, s) for s in routed),
+        *([teacher_sentence(results)] if results.get("teacher") else []),
         _latency_sentence(results),
         _memory_sentence(results),
         _size_sentence(results),
@@ -132,6 +133,28 @@ def cascade_sentence(results: dict[str, Any], system: System) -> str:
         f"{fmt.with_ci(system['metrics'][primary_metric(results)])}; {against}{price}, "
         f"p50 latency {fmt.ms(latency(system))}."
     )
+
+
+def teacher_sentence(results: dict[str, Any]) -> str:
+    """`Taught by X, the student keeps its quality: accuracy A vs B, lower bound L above -M;
+    it gives X's answer on 91% of test items. X labelled 800 rows (780 kept) in 12 min, $0.01.`"""
+    t, label = results["teacher"], fmt.metric_label(results["teacher"]["metric"])
+    keeps = "keeps" if t["non_inferior"] else "does not keep"
+    where = "above" if t["non_inferior"] else "not above"
+    text = (
+        f"Taught by {t['teacher']}, the student {keeps} its quality: {label} "
+        f"{fmt.score(t['student_value'])} vs {fmt.score(t['teacher_value'])}, the one-sided "
+        f"{results['confidence']:.0%} lower bound of the difference {t['lower']:+.3f} {where} "
+        f"{-t['margin']:+.3f}; it gives {t['teacher']}'s answer on {t['agreement']:.0%} of test "
+        "items."
+    )
+    if (card := t.get("labelling")) is not None:
+        cost = card["cost"]
+        text += (
+            f" {t['teacher']} labelled {fmt.count(card['asked'])} rows ({fmt.count(card['kept'])} "
+            f"kept) in {cost['seconds'] / 60:.1f} min, {fmt.usd(cost['usd'])}."
+        )
+    return text
 
 
 def _as_first(results: dict[str, Any], name: str) -> str:

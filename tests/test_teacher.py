@@ -322,3 +322,148 @@ def unseen_as_test(unseen, answers):
     rows = [json.loads(line) for line in unseen.open()]
     out.write_text("".join(json.dumps({**r, "label": "fresh"}) + "\n" for r in rows))
     return out
+
+
+def test_the_soft_target_losses_equal_a_hand_computation():
+    import math
+
+    import torch
+
+    from finetune.train.loss import IGNORE, soft_cross_entropy, weighted_nll
+
+    def log_softmax(row):
+        top = max(row)
+        total = math.log(sum(math.exp(x - top) for x in row)) + top
+        return [x - total for x in row]
+
+    logits = [[2.0, 0.0], [0.5, 1.5]]
+    q = [[0.8, 0.2], [0.3, 0.7]]
+    by_hand = (
+        -sum(
+            sum(qi * li for qi, li in zip(qs, log_softmax(row), strict=True))
+            for qs, row in zip(q, logits, strict=True)
+        )
+        / 2
+    )
+    assert soft_cross_entropy(torch.tensor(logits), torch.tensor(q)).item() == pytest.approx(
+        by_hand, rel=1e-6
+    )
+    # A decoder's rows, one per label, weighted by the teacher (0.75 and 0.25), two supervised
+    # tokens each (the label's, the end of turn), one position not supervised.
+    vocab = [[1.0, 0.0, -1.0], [0.2, 0.4, 0.1], [0.0, 2.0, 0.5]]
+    logits = torch.tensor([[vocab[0], vocab[1], vocab[2]], [vocab[2], vocab[0], vocab[1]]])
+    targets = torch.tensor([[0, 2, IGNORE], [1, 2, IGNORE]])
+    weights = torch.tensor([[0.75, 0.75, 0.75], [0.25, 0.25, 0.25]])
+    ce = [[-log_softmax(vocab[0])[0], -log_softmax(vocab[1])[2]]]
+    ce += [[-log_softmax(vocab[2])[1], -log_softmax(vocab[0])[2]]]
+    weighted = 0.75 * sum(ce[0]) + 0.25 * sum(ce[1])
+    # Weighted tokens: 2 x 0.75 + 2 x 0.25 = 2 of the 4 supervised: the sum counts twice.
+    assert weighted_nll(logits, targets, weights, None).item() == pytest.approx(
+        weighted * 4 / 2 / 4, rel=1e-6
+    )
+    assert weighted_nll(logits, targets, None, None).item() == pytest.approx(
+        (sum(ce[0]) + sum(ce[1])) / 4, rel=1e-6
+    )
+    assert weighted_nll(logits, targets, None, 8).item() == pytest.approx(
+        (sum(ce[0]) + sum(ce[1])) / 8, rel=1e-6
+    )
+
+
+def test_soft_targets_give_a_decoder_a_row_per_label_weighted_by_the_teacher(api_teacher):
+    from transformers import AutoTokenizer
+
+    from finetune.tasks.prompts import prompt_format
+    from finetune.train.dataset import encode_split
+    from finetune.train.loss import TOKEN_WEIGHTS, WeightedCollator
+
+    make, _ = api_teacher
+    recipe = load_recipe(make({"targets": "soft", "temperature": 2.0}))
+    teach(recipe)
+    rows = load_split(recipe, "train")
+    tokenizer = AutoTokenizer.from_pretrained(recipe.model.base)
+    fmt = prompt_format(tokenizer, recipe.task)
+    data = encode_split(recipe, "train", fmt, tokenizer).dataset
+    assert len(data) == 2 * len(rows)
+    for i, row in enumerate(rows):
+        scores = {label: _logprob(label, row["text"]) / 2.0 for label in ("fresh", "rotten")}
+        expected = probabilities(scores)
+        assert row["soft_targets"] == expected
+        assert data[2 * i]["weight"] == pytest.approx(expected["fresh"])
+        assert data[2 * i + 1]["weight"] == pytest.approx(expected["rotten"])
+    # Each token of a row carries its row's weight, padded with 0, laid out as the labels are.
+    examples = [{**data[i]} for i in range(2)]
+
+    def inner(batch):
+        width = max(len(e["input_ids"]) for e in batch)
+        return {"labels": torch_zeros(len(batch), width)}
+
+    batch = WeightedCollator(inner, padding_free=False)(examples)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        assert batch[TOKEN_WEIGHTS][i, :n].tolist() == pytest.approx([e["weight"]] * n)
+        assert batch[TOKEN_WEIGHTS][i, n:].sum() == 0
+
+
+def torch_zeros(*shape):
+    import torch
+
+    return torch.zeros(*shape, dtype=torch.long)
+
+
+def test_a_decoder_student_trains_on_the_teachers_weights(api_teacher, monkeypatch):
+    from conftest import train_from
+
+    import finetune.train.loss as loss
+
+    make, _ = api_teacher
+    path = make({"targets": "soft"})
+    teach(load_recipe(path))
+    seen, plain = set(), loss.weighted_nll
+
+    def recording(logits, targets, weights, num_items):
+        if weights is not None:  # the weights of the supervised tokens, by row
+            seen.update(round(w, 6) for w in weights.max(dim=1).values.tolist())
+        return plain(logits, targets, weights, num_items)
+
+    monkeypatch.setattr(loss, "weighted_nll", recording)
+    run = train_from(path).run_dir
+    rows = load_split(load_recipe(path), "train")
+    taught = {round(p, 6) for r in rows for p in r["soft_targets"].values()}
+    assert seen and seen <= taught
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["teacher"]["settings"]["targets"] == "soft"
+
+
+def test_a_classifier_student_trains_on_the_teachers_distribution(api_teacher, tmp_path, monkeypatch):
+    from conftest import train_from
+    from test_encoder import build_tiny_bert
+
+    from finetune.train.dataset import encode_text_split
+
+    make, _ = api_teacher
+    bert = build_tiny_bert(tmp_path / "bert")
+    path = make({"targets": "soft"})
+    text = path.read_text().replace(f"base: {load_recipe(path).model.base}", f"base: {bert}")
+    path.write_text(text)
+    recipe = load_recipe(path)
+    teach(recipe)
+    rows = load_split(recipe, "train")
+    from transformers import AutoTokenizer
+
+    data = encode_text_split(recipe, "train", AutoTokenizer.from_pretrained(bert)).dataset
+    flat = [p for row in data["soft_labels"] for p in row]
+    assert flat == pytest.approx(
+        [p for r in rows for p in (r["soft_targets"]["fresh"], r["soft_targets"]["rotten"])]
+    )
+    import finetune.train.loss as loss
+
+    calls, plain = [], loss.soft_cross_entropy
+    monkeypatch.setattr(loss, "soft_cross_entropy", lambda a, b: calls.append(b) or plain(a, b))
+    train_from(path)
+    assert calls and all(c.shape[1] == 2 for c in calls)
+
+
+def math_finite(x: float) -> bool:
+    import math
+
+    return math.isfinite(x)

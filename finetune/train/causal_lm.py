@@ -9,7 +9,7 @@ from typing import Any
 from finetune.data import PreparedData
 from finetune.models.heads import CAUSAL_LM
 from finetune.recipe import Recipe
-from finetune.train.dataset import encode_split
+from finetune.train.dataset import WEIGHT, encode_split
 from finetune.train.objective import Splits, common_arguments, explained, prompt_splits
 
 
@@ -24,7 +24,7 @@ class CausalLMObjective:
     def build_trainer(self, recipe, output_dir, source, tokenizer, splits, callbacks, fresh_start):
         from transformers import PrinterCallback
 
-        from finetune.train.loss import SupervisedSFTTrainer
+        from finetune.train.loss import SupervisedSFTTrainer, WeightedCollator
         from finetune.train.model import load_base_for_training, lora_config
 
         has_eval = splits.validation is not None
@@ -44,6 +44,8 @@ class CausalLMObjective:
         except ValueError as exc:
             raise explained(exc) from exc
         trainer.remove_callback(PrinterCallback)  # our progress display replaces its dict dumps
+        if WEIGHT in splits.train.dataset.column_names:  # a teacher's soft targets
+            trainer.data_collator = WeightedCollator(trainer.data_collator, args.padding_free)
         return trainer
 
 

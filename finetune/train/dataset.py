@@ -19,11 +19,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.data import load_split
+from finetune.errors import FinetuneError
 from finetune.recipe import Recipe
 from finetune.tasks.prompts import PromptFormat, encode, encode_target, encode_text, target_text
 from finetune.tasks.tagging import encode_tagged, word_tags, words
 
 log = logging.getLogger(__name__)
+
+WEIGHT = "weight"  # a decoder row's weight in the loss (`loss.weighted_nll`)
+SOFT_LABELS = "soft_labels"  # a classifier row's target distribution over `task.labels`
 
 
 @dataclass(frozen=True)
@@ -42,21 +46,34 @@ def encode_split(
     rows = load_split(recipe, split)
     if not rows:
         return None
-    columns: dict[str, list] = {"input_ids": [], "completion_mask": []}
+    columns: dict[str, list] = {"input_ids": [], "completion_mask": [], WEIGHT: []}
     truncated = 0
     for row in rows:
-        enc = encode(
-            fmt,
-            tokenizer,
-            row["text"],
-            target_text(recipe.task.type, row),
-            max_length=recipe.model.max_length,
-            truncation=recipe.model.truncation,
-        )
-        columns["input_ids"].append(enc.input_ids)
-        columns["completion_mask"].append(enc.completion_mask)
-        truncated += enc.truncated
+        for answer, weight in _answers(recipe, row):
+            enc = encode(
+                fmt,
+                tokenizer,
+                row["text"],
+                answer,
+                max_length=recipe.model.max_length,
+                truncation=recipe.model.truncation,
+            )
+            columns["input_ids"].append(enc.input_ids)
+            columns["completion_mask"].append(enc.completion_mask)
+            columns[WEIGHT].append(weight)
+            truncated += enc.truncated
+    if not any("soft_targets" in row for row in rows):
+        del columns[WEIGHT]
     return _as_split(recipe, split, columns, truncated)
+
+
+def _answers(recipe: Recipe, row: dict) -> list[tuple[str, float]]:
+    """The answers a decoder learns for a row, each with its weight: its one answer, or with a
+    teacher's soft targets every label, weighted by the teacher's probability of it."""
+    soft = row.get("soft_targets")
+    if soft is None:
+        return [(target_text(recipe.task.type, row), 1.0)]
+    return [(label, soft[label]) for label in recipe.task.labels]
 
 
 def encode_seq2seq_split(
@@ -67,6 +84,11 @@ def encode_seq2seq_split(
     rows = load_split(recipe, split)
     if not rows:
         return None
+    if any("soft_targets" in row for row in rows):
+        raise FinetuneError(
+            "data.teacher.targets: soft targets train classifier heads and decoders; an "
+            "encoder-decoder learns the teacher's label itself: set targets: hard"
+        )
     columns: dict[str, list] = {"input_ids": [], "labels": []}
     truncated = 0
     for row in rows:
@@ -101,10 +123,17 @@ def encode_text_split(recipe: Recipe, split: str, tokenizer: Any) -> EncodedSpli
         )
         for row in rows
     ]
+    labels = list(recipe.task.labels)
     columns = {
         "input_ids": [e.input_ids for e in encoded],
-        "labels": [recipe.task.labels.index(row["label"]) for row in rows],
+        "labels": [labels.index(row["label"]) for row in rows],
     }
+    if any("soft_targets" in row for row in rows):
+        # Every row's target distribution: a teacher's, or its human label's (one-hot).
+        columns[SOFT_LABELS] = [
+            [row.get("soft_targets", {row["label"]: 1.0}).get(label, 0.0) for label in labels]
+            for row in rows
+        ]
     return _as_split(recipe, split, columns, sum(e.truncated for e in encoded))
 
 

@@ -24,10 +24,59 @@ from typing import Any
 
 from trl import SFTTrainer
 
+from finetune.errors import FinetuneError
 from finetune.models.scoring import expanded_cache, shared_prefix_length
-from finetune.train.sampler import SeededSampling
+from finetune.train.dataset import SOFT_LABELS, WEIGHT
+from finetune.train.sampler import SeededSampling, SeededTrainer
 
 IGNORE = -100
+TOKEN_WEIGHTS = "token_weights"  # the batch's weight of every token (`WeightedCollator`)
+
+
+def weighted_nll(logits: Any, targets: Any, weights: Any, num_items: Any) -> Any:
+    """TRL's loss, the token-summed cross-entropy over `num_items` supervised tokens (those of
+    the batch if None), with each token weighted by its row's weight and the sum scaled by
+    (tokens / weighted tokens): a row per label weighted by the teacher's probabilities, which
+    sum to 1, then weighs as much as one hard label. Unweighted (None), it is TRL's loss."""
+    import torch
+    import torch.nn.functional as F
+
+    per_token = F.cross_entropy(
+        logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none"
+    )
+    supervised = (targets.flatten() != IGNORE).float()
+    summed = per_token.sum()
+    if weights is not None:
+        w = weights.flatten().float() * supervised
+        summed = (per_token * w).sum() * supervised.sum() / w.sum().clamp(min=1e-12)
+    count = supervised.sum() if num_items is None else num_items
+    return summed / torch.as_tensor(count, device=summed.device).clamp(min=1)
+
+
+class WeightedCollator:
+    """A collator whose batches also carry each token's weight (its row's `weight`), laid out
+    as the labels are: per padded row, or one flat row when batches are padding-free."""
+
+    def __init__(self, inner: Any, padding_free: bool) -> None:
+        self.inner, self.padding_free = inner, padding_free
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        weights = [float(e.get(WEIGHT, 1.0)) for e in examples]
+        batch = self.inner([{k: v for k, v in e.items() if k != WEIGHT} for e in examples])
+        if not any(WEIGHT in e for e in examples):
+            return batch
+        out = torch.zeros(batch["labels"].shape, dtype=torch.float32)
+        start = 0
+        for i, (e, w) in enumerate(zip(examples, weights, strict=True)):
+            n = len(e["input_ids"])
+            if self.padding_free:
+                out[0, start : start + n], start = w, start + n
+            else:
+                out[i, :n] = w
+        batch[TOKEN_WEIGHTS] = out
+        return batch
 
 
 def supervised_positions(labels: Any) -> Any:
@@ -69,10 +118,15 @@ class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
             self._eval_prefix, self._eval_cache = [], None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        weights = inputs.pop(TOKEN_WEIGHTS, None)
         if not self._plain_nll(model):
+            if weights is not None:
+                raise FinetuneError(
+                    "data.teacher.targets: soft targets weigh each label's tokens in the loss "
+                    "computed here, which this model or these settings do not take (TRL's own "
+                    "loss does); set targets: hard"
+                )
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        import torch
-        import torch.nn.functional as F
 
         labels = inputs["labels"]
         positions = supervised_positions(labels)
@@ -82,18 +136,20 @@ class SupervisedSFTTrainer(SeededSampling, SFTTrainer):
             forward = self._suffix_inputs(model, inputs, shared)
         # Through `model(...)` (not its backbone) so DDP's gradient hooks see the forward pass.
         outputs = model(**forward, use_cache=False, logits_to_keep=positions - shared)
-        logits = outputs.logits
         targets = labels[:, positions + 1]
-        summed = F.cross_entropy(
-            logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum"
-        )
-        count = (targets != IGNORE).sum() if num_items_in_batch is None else num_items_in_batch
-        loss = summed / torch.as_tensor(count, device=summed.device).clamp(min=1)
+        if weights is not None:
+            weights = weights[:, positions + 1]
+        loss = weighted_nll(outputs.logits, targets, weights, num_items_in_batch)
         # As TRL does: `num_items_in_batch` counts every rank's tokens and DDP averages gradients.
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         # Validation asks for the outputs too; only the loss is used (prediction_loss_only).
         return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if WEIGHT not in self._signature_columns:  # soft targets' rows carry their weight
+            self._signature_columns = [*self._signature_columns, WEIGHT]
 
     def _shared_validation_prefix(self, data: Any) -> list[int]:
         """The tokens every validation example starts with, short of the first supervised one."""
@@ -166,3 +222,29 @@ def _sequence_parallel(accelerator: Any) -> bool:
     """Sequence or context parallelism splits positions across ranks: leave those to TRL."""
     config = getattr(accelerator, "parallelism_config", None)
     return config is not None and (config.sp_enabled or config.cp_enabled)
+
+
+def soft_cross_entropy(logits: Any, targets: Any) -> Any:
+    """The cross-entropy of a classifier's logits against target distributions over its
+    labels (a teacher's soft targets), averaged over the batch: mean of -sum(q log softmax)."""
+    import torch.nn.functional as F
+
+    return -(targets.float() * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+class SoftLabelTrainer(SeededTrainer):
+    """A classifier's Trainer whose training loss is the cross-entropy against each row's
+    target distribution (`soft_labels`); validation rows, human-labelled, keep the hard loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        soft = inputs.pop(SOFT_LABELS, None)
+        if soft is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+        loss = soft_cross_entropy(outputs.logits, soft)
+        return (loss, outputs) if return_outputs else loss
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if SOFT_LABELS not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, SOFT_LABELS]

@@ -24,7 +24,7 @@ from finetune.hardware import has_cuda, use_bf16_autocast
 from finetune.models import ModelSource
 from finetune.recipe import Recipe
 from finetune.tasks.prompts import PromptFormat, prompt_format
-from finetune.train.dataset import EncodedSplit
+from finetune.train.dataset import SOFT_LABELS, EncodedSplit
 
 
 @dataclass(frozen=True)
@@ -143,11 +143,13 @@ def seeded_trainer(
     not train: `model` on the splits, batched by `collator`, with the common arguments."""
     from transformers import PrinterCallback, TrainingArguments
 
+    from finetune.train.loss import SoftLabelTrainer
     from finetune.train.sampler import SeededTrainer
 
     has_eval = splits.validation is not None
     args = common_arguments(recipe, output_dir, has_eval=has_eval, eval_on_start=fresh_start)
-    trainer = SeededTrainer(
+    soft = SOFT_LABELS in splits.train.dataset.column_names  # a teacher's soft targets
+    trainer = (SoftLabelTrainer if soft else SeededTrainer)(
         model=model,
         args=TrainingArguments(**args),
         train_dataset=splits.train.dataset,

@@ -434,7 +434,9 @@ def test_a_decoder_student_trains_on_the_teachers_weights(api_teacher, monkeypat
     assert provenance["teacher"]["settings"]["targets"] == "soft"
 
 
-def test_a_classifier_student_trains_on_the_teachers_distribution(api_teacher, tmp_path, monkeypatch):
+def test_a_classifier_student_trains_on_the_teachers_distribution(
+    api_teacher, tmp_path, monkeypatch
+):
     from conftest import train_from
     from test_encoder import build_tiny_bert
 
@@ -467,3 +469,130 @@ def math_finite(x: float) -> bool:
     import math
 
     return math.isfinite(x)
+
+
+def test_an_experiment_crosses_human_and_teacher_labels_with_sizes(
+    tiny_recipe, monkeypatch, capsys, tmp_path
+):
+    """`labels` makes a human and a teacher curve; the report has both, each taught run's call
+    against the teacher, the fewest teacher labels it keeps the teacher's quality from, and a
+    recommendation that weighs labelling against serving at the recipe's request volume."""
+    import yaml
+    from conftest import run_cli
+
+    from finetune.experiment import load_experiment
+    from finetune.experiment.entries import entries
+    from finetune.experiment.labelling import keeps_from, taught
+
+    monkeypatch.setenv("TEST_ENDPOINT_KEY", "sk-test")
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    fast = {
+        "tfidf": {"enabled": False},
+        "latency_items": 2,
+        "bootstrap_samples": 100,
+        "timing": {"rounds": 6, "throughput_items": 4},
+        "prices": {"per_human_label": 0.5, "requests": 1000},
+    }
+    recipe = tiny_recipe(eval=fast)
+    with FakeServer(fake_api) as server:
+        path = tmp_path / "exp.yaml"
+        experiment = {
+            "name": "exp",
+            "recipe": recipe.name,
+            "general": [endpoint_teacher(server.url)],
+            "teacher": {"system": "api", "rows": "train", "margin": 0.6},
+            "labels": {"human": [16], "teacher": [16, 48]},
+        }
+        path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+        code, output = run_cli(monkeypatch, capsys, "experiment", str(path))
+        assert code == 0, output
+    spec, cells = load_experiment(path)
+    assert [c.label for c in cells] == [
+        "data.max_train_examples=16, labels=human",
+        "data.max_train_examples=16, labels=teacher api",
+        "data.max_train_examples=48, labels=teacher api",
+    ]
+    text = (tmp_path / "runs" / "experiments" / "exp" / "report.md").read_text()
+    _, found = entries(spec, cells)
+    curves = taught(found)
+    assert list(curves) == ["specialist (labels=teacher)"]
+    assert {e.kind for e in found if e.kind.startswith("specialist")} == {
+        "specialist (labels=human)",
+        "specialist (labels=teacher)",
+    }
+    for cell in cells[1:]:
+        t = json.loads((cell.run_dir() / "eval" / "results.json").read_text())["teacher"]
+        n = cell.values["data.max_train_examples"]
+        call = "keeps" if t["non_inferior"] else "does not keep"
+        assert (
+            f"| specialist (labels=teacher) | {n} | 3 | {t['student_value']:.3f} vs "
+            f"{t['teacher_value']:.3f} | {t['difference']:+.3f} | {t['lower']:+.3f} (margin "
+            f"-0.600) | {t['agreement']:.0%} | {call} |" in text
+        )
+    smallest = keeps_from(curves["specialist (labels=teacher)"])
+    if smallest is None:
+        assert "specialist (labels=teacher) does not keep api's accuracy" in text
+    else:
+        assert (
+            f"specialist (labels=teacher) keeps api's accuracy (non-inferior within 0.6) from {smallest} teacher labels on."
+            in text
+        )
+    # Human labels at $0.50 each; the teacher's at what its labelling cost (no token prices:
+    # the machine's time).
+    assert "| specialist (labels=human) @ 16 | " in text and "| $8.00 |" in text
+    # The best (api, interval [1, 1]) is the only system within its interval; the runner-up
+    # is the cheapest of the rest in all: labelling 16 rows, not 48, and no human labels.
+    assert "## Recommendation\n\nDeploy api (accuracy 1.000). The runner-up, specialist " in text
+    assert "The runner-up, specialist (labels=teacher) @ 16, scores 0.500 less" in text
+    assert "At that volume, api costs $" in text and " in all over 1,000 requests (" in text
+
+
+def test_with_a_request_volume_the_cheapest_system_within_the_bests_interval_is_chosen():
+    from finetune.experiment.entries import Entry
+    from finetune.experiment.labelling import decide
+    from finetune.recipe.schema import ConstraintsConfig
+    from finetune.report.decision import Candidate
+
+    def entry(name, value, low, labelling, per_1k):
+        candidate = Candidate(name, value, usd_per_1k=per_1k, labelling_usd=labelling)
+        metric = {"value": value, "low": low, "high": value + 0.05}
+        return Entry(name, "k", 100, 0, metric, candidate, {}, labelling_usd=labelling)
+
+    systems = [
+        entry("taught", 0.90, 0.85, 100.0, 1.0),  # $100 to label, $1 per 1k to serve
+        entry("general", 0.88, 0.83, 0.0, 10.0),  # within taught's interval, no labels
+        entry("cheap", 0.80, 0.75, 0.0, 0.1),  # cheapest, but below the interval
+    ]
+    none = ConstraintsConfig()
+    # 1,000,000 requests: taught $1,100 in all, general $10,000.
+    assert decide(systems, none, 1_000_000).best.name == "taught"
+    # 1,000 requests: taught $101, general $10: labelling no longer pays for itself.
+    few = decide(systems, none, 1_000)
+    assert (few.best.name, few.runner_up.name) == ("general", "taught")
+    assert decide(systems, none, None).best.name == "taught"  # by quality alone
+
+
+def test_an_experiments_labels_axis_is_checked(tiny_recipe, tmp_path):
+    import yaml
+
+    from finetune.experiment import load_experiment
+    from finetune.recipe import RecipeError
+
+    recipe = tiny_recipe()
+    path = tmp_path / "exp.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "exp",
+                "recipe": recipe.name,
+                "axes": {"data.max_train_examples": [8]},
+                "labels": {"teacher": [16]},
+            }
+        )
+    )
+    with pytest.raises(RecipeError) as info:
+        load_experiment(path)
+    assert [f"{p.key}: {p.message}" for p in info.value.problems] == [
+        "axes.data.max_train_examples: labels sets it in every cell; remove it from the axes",
+        "teacher: labels.teacher has sizes, but no teacher is named; add one",
+    ]

@@ -36,7 +36,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={_short(v)}" for k, v in self.values.items()) or "(the recipe)"
+        return label_of(self.values) or "(the recipe)"
 
     def run_dir(self) -> Path:
         return Path(self.recipe.tracking.runs_dir) / self.recipe.name / f"cell-{self.key}"
@@ -79,10 +79,31 @@ def grid(experiment: Experiment) -> list[dict[str, Any]]:
         dimensions.append(
             [dict(zip(group, row, strict=True)) for row in zip(*group.values(), strict=True)]
         )
+    if experiment.labels is not None:
+        dimensions.append(label_sources(experiment))
     return [
         {k: v for part in combination for k, v in part.items()}
         for combination in itertools.product(*dimensions)
     ]
+
+
+TEACHER_KEY, SIZE_KEY = "data.teacher", "data.max_train_examples"
+
+
+def label_sources(experiment: Experiment) -> list[dict[str, Any]]:
+    """The `labels` axis: each human size with no teacher, then each teacher size with the
+    experiment's teacher, written out in full (so a cell's hash names its teacher)."""
+    labels = experiment.labels
+    teacher = experiment.teacher.model_dump(mode="json") if experiment.teacher else None
+    human = [{TEACHER_KEY: None, SIZE_KEY: n} for n in labels.human]
+    return human + [{TEACHER_KEY: teacher, SIZE_KEY: n} for n in labels.teacher]
+
+
+def source(values: dict[str, Any]) -> str | None:
+    """`human` or `teacher` for a cell of the `labels` axis, else None."""
+    if TEACHER_KEY not in values:
+        return None
+    return "human" if values[TEACHER_KEY] is None else "teacher"
 
 
 def cell_key(recipe: Recipe) -> str:
@@ -169,7 +190,8 @@ def _shape_problems(path: Path, experiment: Experiment) -> list[Problem]:
                     )
                 )
             seen.add(key)
-    size = 1
+    problems += _labels_problems(where, experiment, seen)
+    size = len(label_sources(experiment)) if experiment.labels is not None else 1
     for values in [*experiment.axes.values(), *(next(iter(g.values())) for g in experiment.paired)]:
         size *= len(values)
     if size > experiment.max_cells:
@@ -178,6 +200,36 @@ def _shape_problems(path: Path, experiment: Experiment) -> list[Problem]:
                 where,
                 "axes",
                 f"the grid has {size} cells, more than max_cells ({experiment.max_cells}); raise max_cells if that is meant",
+            )
+        )
+    return problems
+
+
+def _labels_problems(where: str, experiment: Experiment, varied: set[str]) -> list[Problem]:
+    """`labels` sets the training size and the teacher itself, has a teacher for its teacher
+    sizes, and that teacher labels the training rows the size caps."""
+    labels, teacher, problems = experiment.labels, experiment.teacher, []
+    if labels is None:
+        if teacher is not None:
+            problems.append(Problem(where, "teacher", "is read only by labels.teacher; add it"))
+        return problems
+    problems += [
+        Problem(where, f"axes.{key}", "labels sets it in every cell; remove it from the axes")
+        for key in (SIZE_KEY, TEACHER_KEY)
+        if key in varied
+    ]
+    if not labels.human and not labels.teacher:
+        problems.append(Problem(where, "labels", "give training sizes to human, teacher or both"))
+    if labels.teacher and teacher is None:
+        problems.append(
+            Problem(where, "teacher", "labels.teacher has sizes, but no teacher is named; add one")
+        )
+    if teacher is not None and teacher.rows != "train":
+        problems.append(
+            Problem(
+                where,
+                "teacher.rows",
+                "must be `train`: a teacher cell's size caps the training rows it labels",
             )
         )
     return problems
@@ -196,7 +248,7 @@ def _resolve(path: Path, experiment: Experiment) -> tuple[list[Cell], list[Probl
     extra["tracking.wandb.group"] = experiment.name  # the cells' runs, grouped in W&B
     cells, problems = [], {}
     for index, values in enumerate(grid(experiment)):
-        label = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+        label = label_of(values)
         origin = f"{path} (cell {index}: {label})" if label else str(path)
         try:
             recipe = load_recipe(recipe_path, values={**values, **extra}, origin=origin)
@@ -229,6 +281,16 @@ def _fixed_split(recipe_path: Path, experiment: Experiment) -> dict[str, Any]:
     return {
         "data.split_seed": base.data.split_seed if base.data.split_seed is not None else base.seed
     }
+
+
+def label_of(values: dict[str, Any]) -> str:
+    """`lora.r=4, labels=teacher qwen`: a cell's values, its teacher by its system's name."""
+    shown = {k: v for k, v in values.items() if k != TEACHER_KEY}
+    parts = [f"{k}={_short(v)}" for k, v in shown.items()]
+    if TEACHER_KEY in values:
+        teacher = values[TEACHER_KEY]
+        parts.append("labels=" + ("human" if teacher is None else f"teacher {teacher['system']}"))
+    return ", ".join(parts)
 
 
 def _short(value: Any) -> str:

@@ -9,6 +9,7 @@ taken once."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from collections import defaultdict
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.experiment.cells import Cell
+from finetune.experiment.cells import Cell, source
 from finetune.experiment.schema import Experiment
 from finetune.report.decision import Candidate
 from finetune.systems import registry
@@ -51,6 +52,8 @@ class Entry:
     # Each general system's correctness in the cell this entry comes from, by name: what the
     # entry is paired with (a few-shot system's examples are drawn by the cell's seed).
     against: dict[str, dict[str, bool]] = field(default_factory=dict)
+    labelling_usd: float | None = None  # what its training labels cost; 0 for a general system
+    teacher: dict | None = None  # a taught specialist against its teacher (results' `teacher`)
 
 
 def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]]:
@@ -85,10 +88,8 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
             # The same rows give the same TF-IDF classifier in every cell that trains on them.
             curve = _kind(experiment, cell) if system["role"] == "specialist" else name
             key = (curve, size, seed)
-            found.setdefault(
-                key,
-                _entry(curve + at, curve, size, seed, metric, system, correct[name], against),
-            )
+            entry = _entry(curve + at, curve, size, seed, metric, system, correct[name], against)
+            found.setdefault(key, _with_labelling(entry, cell, results, system))
     general = [
         _entry(
             name if len(vs) == 1 else f"{name} [seed {seed}]",
@@ -99,11 +100,29 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
             system,
             right,
             {},
+            labelling_usd=0.0,  # a general system is used as it comes
         )
         for name, vs in variants.items()
         for seed, right, system in vs
     ]
     return metric, [*found.values(), *general]
+
+
+def _with_labelling(entry: Entry, cell: Cell, results: dict, system: dict) -> Entry:
+    """The entry with what its training labels cost, the teacher's labelling (from the cell's
+    evaluation) or the human labels at the recipe's price, and its candidate likewise; a
+    taught specialist also with its call against the teacher."""
+    taught = results.get("teacher")
+    if taught is not None and taught.get("labelling"):
+        usd = taught["labelling"]["cost"]["usd"]
+    else:
+        usd = entry.train_examples * cell.recipe.eval.prices.per_human_label
+    return dataclasses.replace(
+        entry,
+        labelling_usd=usd,
+        teacher=taught if system["role"] == "specialist" else None,
+        candidate=dataclasses.replace(entry.candidate, labelling_usd=usd),
+    )
 
 
 def _varied(experiment: Experiment) -> set[str]:
@@ -128,12 +147,23 @@ def per_size(found: list[Entry]) -> list[Entry]:
             name,
             statistics.mean(values),
             **{a: _median(getattr(e.candidate, a) for e in runs) for a, _, _ in FRONTS},
+            labelling_usd=_median(e.labelling_usd for e in runs),
         )
         metric = {"value": candidate.value, "low": min(values), "high": max(values)}
         metric["seeds"] = len(runs)  # low and high: the range over seeds, not an interval
         short = f"{first.kind} @ {first.train_examples}"
         out.append(
-            Entry(name, first.kind, first.train_examples, None, metric, candidate, {}, short)
+            Entry(
+                name,
+                first.kind,
+                first.train_examples,
+                None,
+                metric,
+                candidate,
+                {},
+                short,
+                labelling_usd=candidate.labelling_usd,
+            )
         )
     return out
 
@@ -154,7 +184,7 @@ def missing_cells(cells: list[Cell]) -> list[str]:
     ]
 
 
-def _entry(name, kind, size, seed, metric, system, correct, against) -> Entry:
+def _entry(name, kind, size, seed, metric, system, correct, against, labelling_usd=None):
     peak = system.get("peak_memory_bytes")
     candidate = Candidate(
         name,
@@ -162,10 +192,10 @@ def _entry(name, kind, size, seed, metric, system, correct, against) -> Entry:
         p50_ms=(system.get("latency_ms") or {}).get("p50"),
         usd_per_1k=(system.get("cost_per_1k") or {}).get("usd"),
         memory_gb=peak / 1e9 if peak else None,
+        labelling_usd=labelling_usd,
     )
-    return Entry(
-        name, kind, size, seed, system["metrics"][metric], candidate, correct, name, against
-    )
+    metrics = system["metrics"][metric]
+    return Entry(name, kind, size, seed, metrics, candidate, correct, name, against, labelling_usd)
 
 
 def _correct(predictions: Path) -> dict[str, dict[str, bool]]:
@@ -196,6 +226,8 @@ def _kind(experiment: Experiment, cell: Cell) -> str:
             continue
         seen |= set(group)
         parts.append(f"{first.rsplit('.', 1)[-1]}={cell.values[first]}")
+    if (labels := source(cell.values)) is not None:
+        parts.append(f"labels={labels}")
     return "specialist" + (f" ({', '.join(parts)})" if parts else "")
 
 

@@ -26,10 +26,18 @@ from finetune.experiment.entries import (
     per_size,
 )
 from finetune.experiment.figures import curve_figure, pareto_figure, shown
+from finetune.experiment.labelling import (
+    cost_table,
+    decide,
+    taught,
+    teacher_findings,
+    teacher_table,
+    volume_text,
+)
 from finetune.experiment.schema import Experiment
 from finetune.files import write_atomic
 from finetune.report import format as F
-from finetune.report.decision import constraints_text, recommend
+from finetune.report.decision import constraints_text
 from finetune.report.document import Block, Bullets, Heading, Paragraph, Verdict
 from finetune.report.html import render_html
 from finetune.report.markdown import render_markdown
@@ -74,15 +82,18 @@ def document(
     answer, and every run last."""
     name, systems = F.metric_label(metric), per_size(found)
     crossings = _crossings(found)
-    recommendation = recommend([e.candidate for e in systems], experiment.constraints)
+    requests = cells[0].recipe.eval.prices.requests
+    recommendation = decide(systems, experiment.constraints, requests)
+    advice = recommendation.describe(name) + volume_text(recommendation, requests)
     by_key = {f.key: f for f in figures}
     blocks: list[Block] = [Heading(experiment.name, 1)]
     blocks += [Paragraph(experiment.description)] if experiment.description else []
+    findings = [f"{kind} is {c.describe(g)}." for kind, g, c in crossings]
     blocks += [
         Paragraph(_setup(experiment, cells, found, metric)),
         Verdict(
-            [f"{kind} is {c.describe(g)}." for kind, g, c in crossings] or ["No curve to cross."],
-            recommendation.describe(name),
+            [*findings, *teacher_findings(found)] or ["No curve to cross."],
+            advice,
             tuple(missing_cells(cells)),
         ),
     ]
@@ -94,14 +105,34 @@ def document(
         _crossover_table(found, crossings),
         Bullets(_crossover_lines(crossings)),
     ]
+    if taught(found):
+        blocks += [Heading("Students and their teacher", 3), Paragraph(TEACHER_TEXT)]
+        blocks += [teacher_table(found), Bullets(teacher_findings(found))]
     if "pareto" in by_key:
         blocks += [Heading("Pareto fronts"), by_key["pareto"], _front_table(systems, metric)]
-    blocks += [Heading("Recommendation"), Paragraph(recommendation.describe(name))]
+    blocks += [Heading("Recommendation"), Paragraph(advice)]
+    if requests is not None:
+        blocks += [Paragraph(VOLUME_TEXT), cost_table(systems, requests)]
     blocks += [Bullets(_constraint_lines(experiment, recommendation.excluded))]
     if len(systems) < len(found):  # several seeds: each run's own figures
         blocks += [Heading("Every run"), _leaderboard(found, name, key="runs")]
     blocks += [Heading("Cells"), _cells_table(cells)]
     return blocks
+
+
+TEACHER_TEXT = (
+    "Each taught cell's evaluation calls whether its student keeps the teacher's quality: the "
+    "one-sided lower confidence bound of (student - teacher) on the primary metric, paired on "
+    "the same test items by the bootstrap, above minus the margin (`data.teacher.margin`). A "
+    "size counts only when every seed's run keeps it."
+)
+
+VOLUME_TEXT = (
+    "With a request volume (`eval.prices.requests`), the recommendation is the cheapest system "
+    "in all (its labelling, paid once, plus serving that many requests) among those scoring "
+    "within the best one's confidence interval. A teacher's labels cost what its labelling "
+    "cost; human labels, `eval.prices.per_human_label` each."
+)
 
 
 def _cells_table(cells: list[Cell]) -> Table:

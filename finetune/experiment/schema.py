@@ -17,6 +17,7 @@ from finetune.recipe.schema import (
     ConstraintsConfig,
     PositiveInt,
     Section,
+    TeacherConfig,
     _field,
 )
 
@@ -34,6 +35,19 @@ class ExecutorConfig(Section):
     )
     gpus_per_cell: Annotated[float, Field(ge=0)] = _field(
         0.0, help="GPUs Ray reserves for each cell.", synonyms=("gpus", "num_gpus")
+    )
+
+
+class LabelsConfig(Section):
+    human: list[PositiveInt] = _field(
+        [],
+        help="Training sizes (`data.max_train_examples`) whose cells learn from the human labels.",
+        synonyms=("human_sizes",),
+    )
+    teacher: list[PositiveInt] = _field(
+        [],
+        help="Training sizes whose cells learn from the experiment's `teacher`: that many training rows, their human labels hidden, labelled by it.",
+        synonyms=("teacher_sizes", "distilled"),
     )
 
 
@@ -61,6 +75,16 @@ class Experiment(Section):
         [],
         help="Groups of keys that vary together instead of in a grid: in each group every list has the same length and the n-th values go into one cell, e.g. `[{model.base: [smollm2-135m-instruct, all-minilm-l6-v2], train.method: [lora, full]}]`. Each group is one more axis of the grid.",
         synonyms=("zipped", "together", "zip"),
+    )
+    labels: LabelsConfig | None = _field(
+        None,
+        help="Where the cells' training labels come from, each source with its own training sizes: one more axis of the grid, whose cells set `data.max_train_examples` (and, for `teacher`, `data.teacher`). The learning curve draws a line per source; the report adds where the teacher's students keep its quality. Leave `data.max_train_examples` out of `axes` with it.",
+        synonyms=("label_sources", "sources"),
+    )
+    teacher: TeacherConfig | None = _field(
+        None,
+        help="The `data.teacher` of the cells `labels.teacher` makes: its `system` is one of `general` (or of the recipe's baselines), and its `rows` must be `train`.",
+        synonyms=("distill",),
     )
     general: list[BaselineConfig] = _field(
         [],

@@ -546,6 +546,16 @@ class PriceConfig(Section):
     per_million_output_tokens: dict[str, Annotated[float, Field(ge=0)]] = _field(
         {}, help="API price per million output tokens, by system name."
     )
+    per_human_label: Annotated[float, Field(ge=0)] = _field(
+        0.0,
+        help="What one human label costs (USD): an experiment weighs each specialist's training labels at this price, and a teacher's at what its labelling cost.",
+        synonyms=("human_label", "per_label"),
+    )
+    requests: PositiveInt | None = _field(
+        None,
+        help="How many requests the deployed system will serve: with it, an experiment weighs one-off labelling against serving cost over this many requests (cost per 1k x requests / 1000). Null: serving cost per 1k requests alone.",
+        synonyms=("volume", "request_volume"),
+    )
 
 
 class TimingConfig(Section):

@@ -27,6 +27,13 @@ class Candidate:
     p50_ms: float | None = None
     usd_per_1k: float | None = None
     memory_gb: float | None = None
+    labelling_usd: float | None = None  # what its training labels cost, once (an experiment's)
+
+    def total_usd(self, requests: int) -> float | None:
+        """Labelling once, then serving `requests` requests; None without a serving cost."""
+        if self.usd_per_1k is None:
+            return None
+        return (self.labelling_usd or 0.0) + self.usd_per_1k * requests / 1000
 
 
 def _gb(value: float) -> str:
@@ -79,6 +86,28 @@ def _known(value: float | None) -> float:
 def by_quality(c: Candidate) -> tuple[float, float, float]:
     """Higher primary metric first; equal ones by cost, then p50 latency."""
     return (-c.value, _known(c.usd_per_1k), _known(c.p50_ms))
+
+
+def by_total(requests: int, floor: float) -> Callable[[Candidate], tuple[bool, float, float]]:
+    """The systems scoring at least `floor` (the best one's lower confidence bound) first, the
+    cheapest of them to label once and serve `requests` requests first; then the rest."""
+
+    def rank(c: Candidate) -> tuple[bool, float, float]:
+        return (c.value < floor, _known(c.total_usd(requests)), -c.value)
+
+    return rank
+
+
+def total_text(c: Candidate, requests: int) -> str:
+    """`$93 in all over 1,000,000 requests ($12 to label, $81 to serve)`."""
+    total = c.total_usd(requests)
+    if total is None:
+        return "no measured serving cost"
+    serving = total - (c.labelling_usd or 0.0)
+    return (
+        f"{fmt.usd(total)} in all over {fmt.count(requests)} requests "
+        f"({fmt.usd(c.labelling_usd or 0.0)} to label, {fmt.usd(serving)} to serve)"
+    )
 
 
 def by_cost(c: Candidate) -> tuple[float, float, float]:

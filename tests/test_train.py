@@ -185,7 +185,7 @@ def _trainer_pair(recipe_path: Path, tiny_model_dir: Path, out: Path):
     recipe = load_recipe(recipe_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     split = encode_split(recipe, "train", prompt_format(tokenizer, recipe.task), tokenizer)
-    args = sft_config(recipe, out, has_eval=False)
+    args = sft_config(recipe, out, has_eval=False, examples=split.examples)
     trainers = []
     for cls in (SFTTrainer, SupervisedSFTTrainer):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -683,3 +683,20 @@ def test_lora_inputs_stay_bf16_under_autocast_same_numbers_fewer_saved_bytes(tin
     with adapter_inputs_kept(model, load_recipe(tiny_recipe(model={"dtype": "float32"}))):
         layers = [m for m in model.modules() if hasattr(m, "cast_input_dtype_enabled")]
         assert layers and all(m.cast_input_dtype_enabled for m in layers)  # no autocast: left on
+
+
+def test_min_steps_gives_a_small_training_set_more_passes(tiny_recipe):
+    from conftest import train_from
+
+    from finetune.recipe import load_recipe
+    from finetune.train.callbacks import read_log
+    from finetune.train.objective import epochs_for
+
+    steps = {"max_steps": None, "epochs": 1, "batch_size": 16, "eval_every": 100}
+    path = tiny_recipe(train={**steps, "save_every": 100, "min_steps": 20})
+    recipe = load_recipe(path)
+    # 64 training rows in batches of 16: 4 steps a pass, so 5 passes make the 20 steps.
+    assert epochs_for(recipe, 64) == 5.0
+    assert epochs_for(recipe, 640) == 1.0  # 40 steps in one pass: epochs as given
+    run = train_from(path).run_dir
+    assert max(r["step"] for r in read_log(run) if "train/loss" in r) == 20

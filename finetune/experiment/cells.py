@@ -25,6 +25,9 @@ from finetune.runs import PARTIAL_SUFFIX, is_complete
 
 # What a cell's training depends on: everything but how it is named, evaluated and tracked.
 UNTRAINED_KEYS = ("name", "description", "eval", "tracking")
+# Training settings added since cells were first hashed: left unset (None), a cell keeps the
+# hash, and so the finished run, it had before they existed.
+LATER_KEYS = (("data", "unlabelled"), ("data", "teacher"), ("train", "min_steps"))
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,9 @@ def cell_key(recipe: Recipe) -> str:
     trained = {k: v for k, v in recipe_to_dict(recipe).items() if k not in UNTRAINED_KEYS}
     if trained["data"]["split_seed"] == trained["seed"]:
         trained["data"] = {**trained["data"], "split_seed": None}
+    for section, key in LATER_KEYS:  # at their default, they hash as before they existed
+        if trained[section].get(key) is None:
+            trained[section] = {k: v for k, v in trained[section].items() if k != key}
     text = json.dumps(trained, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

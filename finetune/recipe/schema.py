@@ -284,6 +284,11 @@ class TrainConfig(Section):
     max_steps: PositiveInt | None = _field(
         None, help="Stop after this many optimizer steps (null: use `epochs`).", synonyms=("steps",)
     )
+    min_steps: PositiveInt | None = _field(
+        None,
+        help="Train at least this many optimizer steps: a small training set gets more passes (`epochs` raised to reach it), so every size of a learning curve learns from as many updates at least. Null: `epochs` as given.",
+        synonyms=("least_steps",),
+    )
     batch_size: PositiveInt = _field(
         8,
         help="Examples per device per forward pass.",

@@ -13,6 +13,7 @@ the same training arguments (`common_arguments`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from finetune.models import ModelSource
 from finetune.recipe import Recipe
 from finetune.tasks.prompts import PromptFormat, prompt_format
 from finetune.train.dataset import SOFT_LABELS, EncodedSplit
+from finetune.train.distributed import world_size
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,27 @@ def prompt_splits(
     return checked_splits(recipe, prepared, fmt, train, validation)
 
 
+def epochs_for(recipe: Recipe, examples: int) -> float:
+    """`train.epochs`, raised so that `examples` rows give `train.min_steps` optimizer steps."""
+    t = recipe.train
+    if t.min_steps is None or t.max_steps is not None or examples == 0:
+        return t.epochs
+    per_step = t.batch_size * t.gradient_accumulation_steps * world_size()
+    steps_per_epoch = math.ceil(examples / per_step)
+    return max(t.epochs, t.min_steps / steps_per_epoch)
+
+
 def common_arguments(
-    recipe: Recipe, output_dir: Path, *, has_eval: bool, eval_on_start: bool
+    recipe: Recipe, output_dir: Path, *, has_eval: bool, eval_on_start: bool, examples: int
 ) -> dict[str, Any]:
-    """The training arguments every head's Trainer takes (transformers' `TrainingArguments`)."""
+    """The training arguments every head's Trainer takes (transformers' `TrainingArguments`)
+    for `examples` training rows."""
     t = recipe.train
     return dict(
         output_dir=str(output_dir),
         seed=recipe.seed,
         data_seed=recipe.seed,
-        num_train_epochs=t.epochs,
+        num_train_epochs=epochs_for(recipe, examples),
         max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
@@ -147,7 +160,13 @@ def seeded_trainer(
     from finetune.train.sampler import SeededTrainer
 
     has_eval = splits.validation is not None
-    args = common_arguments(recipe, output_dir, has_eval=has_eval, eval_on_start=fresh_start)
+    args = common_arguments(
+        recipe,
+        output_dir,
+        has_eval=has_eval,
+        eval_on_start=fresh_start,
+        examples=splits.train.examples,
+    )
     soft = SOFT_LABELS in splits.train.dataset.column_names  # a teacher's soft targets
     trainer = (SoftLabelTrainer if soft else SeededTrainer)(
         model=model,

@@ -491,7 +491,6 @@ def test_an_experiment_crosses_human_and_teacher_labels_with_sizes(
         "latency_items": 2,
         "bootstrap_samples": 100,
         "timing": {"rounds": 6, "throughput_items": 4},
-        "prices": {"per_human_label": 0.5, "requests": 1000},
     }
     recipe = tiny_recipe(eval=fast)
     with FakeServer(fake_api) as server:
@@ -502,6 +501,8 @@ def test_an_experiment_crosses_human_and_teacher_labels_with_sizes(
             "general": [endpoint_teacher(server.url)],
             "teacher": {"system": "api", "rows": "train", "margin": 0.6},
             "labels": {"human": [16], "teacher": [16, 48]},
+            # Set in every cell, not an axis: the cells are not named by it.
+            "set": {"eval.prices.per_human_label": 0.5, "eval.prices.requests": 1000},
         }
         path.write_text(yaml.safe_dump(experiment, sort_keys=False))
         code, output = run_cli(monkeypatch, capsys, "experiment", str(path))

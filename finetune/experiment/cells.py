@@ -197,6 +197,11 @@ def _shape_problems(path: Path, experiment: Experiment) -> list[Problem]:
                 )
             seen.add(key)
     problems += _labels_problems(where, experiment, seen)
+    problems += [
+        Problem(where, f"set.{key}", "this key varies in an axis; give it in one place")
+        for key in experiment.set
+        if key in seen or (experiment.labels is not None and key in (SIZE_KEY, TEACHER_KEY))
+    ]
     size = len(label_sources(experiment)) if experiment.labels is not None else 1
     for values in [*experiment.axes.values(), *(next(iter(g.values())) for g in experiment.paired)]:
         size *= len(values)
@@ -250,6 +255,7 @@ def _resolve(path: Path, experiment: Experiment) -> tuple[list[Cell], list[Probl
         extra["eval.cascades"] = [
             c.model_dump(mode="json", exclude_defaults=True) for c in experiment.cascades
         ]
+    extra |= experiment.set
     extra |= _fixed_split(recipe_path, experiment)
     extra["tracking.wandb.group"] = experiment.name  # the cells' runs, grouped in W&B
     cells, problems = [], {}

@@ -76,6 +76,11 @@ class Experiment(Section):
         help="Groups of keys that vary together instead of in a grid: in each group every list has the same length and the n-th values go into one cell, e.g. `[{model.base: [smollm2-135m-instruct, all-minilm-l6-v2], train.method: [lora, full]}]`. Each group is one more axis of the grid.",
         synonyms=("zipped", "together", "zip"),
     )
+    set: dict[str, Any] = _field(
+        {},
+        help="Dotted recipe keys given one value in every cell, e.g. `{train.budget_minutes: 30, eval.prices.requests: 1000000}`: a change to the base recipe for this experiment, not an axis (the cells are not named by it).",
+        synonyms=("overrides", "fixed", "constants"),
+    )
     labels: LabelsConfig | None = _field(
         None,
         help="Where the cells' training labels come from, each source with its own training sizes: one more axis of the grid, whose cells set `data.max_train_examples` (and, for `teacher`, `data.teacher`). The learning curve draws a line per source; the report adds where the teacher's students keep its quality. Leave `data.max_train_examples` out of `axes` with it.",

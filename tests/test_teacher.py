@@ -597,3 +597,24 @@ def test_an_experiments_labels_axis_is_checked(tiny_recipe, tmp_path):
         "axes.data.max_train_examples: labels sets it in every cell; remove it from the axes",
         "teacher: labels.teacher has sizes, but no teacher is named; add one",
     ]
+
+
+def test_the_shipped_api_teacher_stops_before_any_request_when_its_key_is_unset(
+    monkeypatch, capsys, tmp_path
+):
+    from conftest import REPO
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    recipe = REPO / "recipes" / "rt-sentiment-gpt4o-mini-teacher.yaml"
+    prepared = f"data.prepared_dir={tmp_path / 'data'}"
+    code, output = run_cli(monkeypatch, capsys, "teach", str(recipe), prepared)
+    assert code == 2
+    assert (
+        "eval.baselines.2.endpoint.api_key_env: the environment variable OPENAI_API_KEY that "
+        "should hold the key for https://api.openai.com/v1 is not set" in output
+    )
+    assert not list((tmp_path / "data").glob("*/teacher/*.jsonl"))
+    spec = load_recipe(recipe)
+    assert spec.data.teacher.system == "gpt-4o-mini zero-shot"
+    assert spec.eval.baselines[2].endpoint.max_usd == 1.0
+    assert spec.eval.prices.per_million_input_tokens["gpt-4o-mini zero-shot"] == 0.15

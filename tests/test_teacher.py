@@ -297,6 +297,11 @@ def test_a_student_taught_by_an_engine_is_set_against_it_and_its_labels_are_its_
     assert "## Student and teacher" in markdown
     assert f"| same answer as the teacher | {section['agreement']:.1%} of test items |" in markdown
     assert "| rows labelled | unlabelled rows: 16 asked, 16 kept (dropped: none) |" in markdown
+    # The model card names the teacher its training labels came from.
+    from finetune.deploy.card import write_run_cards
+
+    (card,) = [p for p in write_run_cards(recipe, evaluated.run_dir) if p.parent.name == "adapter"]
+    assert f"Taught by smol, the student {keeps} its quality" in card.read_text()
     # The same system evaluated on those reviews as its test items.
     tested = make(
         "tested-on-unseen",
@@ -618,3 +623,36 @@ def test_the_shipped_api_teacher_stops_before_any_request_when_its_key_is_unset(
     assert spec.data.teacher.system == "gpt-4o-mini zero-shot"
     assert spec.eval.baselines[2].endpoint.max_usd == 1.0
     assert spec.eval.prices.per_million_input_tokens["gpt-4o-mini zero-shot"] == 0.15
+
+
+def test_an_unparsable_generated_answer_is_marked_invalid_and_not_taught(tiny_recipe):
+    from finetune.tasks.types import task_type
+
+    extraction = {"type": "extraction", "labels": [], "instruction": "Entities?"}
+    recipe = load_recipe(
+        tiny_recipe(
+            task=extraction,
+            data={"teacher": {"system": "x", "rows": "train"}},
+            eval={"baselines": [{"name": "x", "model": "base"}], "metrics": ["micro_f1"]},
+        )
+    )
+    kind = task_type(recipe.task)
+    assert kind.read("Sure! Here they are.", []) == (
+        [],
+        {"raw": "Sure! Here they are.", "invalid": True},
+    )
+    assert kind.read("[]", []) == ([], {"raw": "[]"})  # no entities is an answer
+    rows = [{"id": f"r{i}", "text": f"Ann met Bob {i}"} for i in range(3)]
+    ann = [{"text": "Ann", "type": "PER"}]
+    answers = {
+        "r0": {"answer": ann, "confidence": None},
+        "r1": {"answer": [], "confidence": None, "invalid": True},
+        "r2": {"answer": [], "confidence": None},
+    }
+    answers = {
+        i: {"id": i, "text_sha": text_digest(f"Ann met Bob {i[1:]}"), **a}
+        for i, a in answers.items()
+    }
+    chosen = select(recipe, rows, answers)
+    assert [(r["id"], r["entities"]) for r in chosen.kept] == [("r0", ann), ("r2", [])]
+    assert chosen.dropped == collections.Counter({INVALID: 1})

@@ -29,7 +29,7 @@ from finetune.models.heads import (
 from finetune.recipe import Recipe
 from finetune.report import format as F
 from finetune.report.results import load_results, primary_metric
-from finetune.report.verdict import bottom_line, quality_sentence
+from finetune.report.verdict import bottom_line, quality_sentence, teacher_sentence
 from finetune.tasks.types import task_type
 
 CARD = "README.md"
@@ -144,7 +144,7 @@ def _body(
         _summary(recipe, form),
         _comparison(results),
         _costs(results),
-        _data(recipe),
+        _data(recipe, results),
         _use_and_limits(recipe, results),
         _usage(recipe, run_dir, form, directory),
         f"## Recipe\n\n```yaml\n{(run_dir / 'recipe.yaml').read_text().strip()}\n```",
@@ -205,10 +205,11 @@ def _costs(results: dict | None) -> str:
     return "## Latency, memory and cost\n\n" + where + "\n\n" + "\n".join(rows)
 
 
-def _data(recipe: Recipe) -> str:
+def _data(recipe: Recipe, results: dict | None) -> str:
     path = prepared_path(recipe) / "card.json"
     if not path.is_file():
         return ""
+    taught = f"\n\n{teacher_sentence(results)}" if results and results.get("teacher") else ""
     card = json.loads(path.read_text())
     leakage = card.get("leakage", {}).get("test", {})
     leaks = len(leakage.get("exact", [])) + len(leakage.get("near", []))
@@ -219,7 +220,7 @@ def _data(recipe: Recipe) -> str:
     return (
         f"## Data\n\n{card.get('description', '').rstrip('.')}. Source: {card.get('source')}. "
         f"Rows: {counts}. Licence: {card.get('licence')}. Test items that repeat or nearly repeat "
-        f"a training item: {leaks}."
+        f"a training item: {leaks}.{taught}"
     )
 
 

@@ -100,6 +100,11 @@ def _is_entity(entry: Any) -> bool:
     )
 
 
+def parsable(text: str) -> bool:
+    """Whether the answer holds a JSON list at all (an empty one included)."""
+    return isinstance(text, str) and next(_json_lists(text), None) is not None
+
+
 def parse_entities(text: str) -> list[Entity]:
     """Entities from a model's answer: a JSON list of `{"text", "type"}` objects.
 

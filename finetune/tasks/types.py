@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.tasks import metrics as M
-from finetune.tasks.entities import locate, parse_entities
+from finetune.tasks.entities import locate, parsable, parse_entities
 from finetune.tasks.labels import label_of
 
 LABELS = "labels"
@@ -37,8 +37,10 @@ class TaskType:
         return ""
 
     def read(self, text: str, labels: list[str]) -> tuple[Any, dict[str, Any]]:
-        """A generated answer as a prediction, with the details kept beside it."""
-        return text.strip(), {}
+        """A generated answer as a prediction, with the details kept beside it (an empty
+        answer is marked invalid: counted, scored as it is, never taught)."""
+        answer = text.strip()
+        return answer, ({} if answer else {"invalid": True})
 
     def target_text(self, example: dict[str, Any]) -> str:
         """The answer a model should write for an example."""
@@ -95,7 +97,10 @@ class Extraction(TaskType):
         return []
 
     def read(self, text: str, labels: list[str]) -> tuple[Any, dict[str, Any]]:
-        return parse_entities(text), {"raw": text}
+        """The entities of a JSON list; an answer with no JSON list in it is marked invalid
+        (`[]` is a valid answer: no entities)."""
+        details = {"raw": text} if parsable(text) else {"raw": text, "invalid": True}
+        return parse_entities(text), details
 
     def target_text(self, example: dict[str, Any]) -> str:
         # Character offsets, where a dataset has them, are for span-level scoring; the model is

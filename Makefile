@@ -33,7 +33,7 @@ EXTRAS := dev,api,engine,ray
 PIP_TOOLS_SPEC ?= pip-tools==7.7.0
 NUMPY_SPEC = $(shell grep -o '^numpy==[0-9.]*' $(LOCK))
 
-.PHONY: help setup lock demo data models train eval report serve export screenshot validate experiment test test-fast lint format bench clean
+.PHONY: help setup lock demo data models teach train eval report serve export screenshot validate experiment test test-fast lint format bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ models: setup ## List the model registry; materialize the default base model (Sm
 
 validate: setup ## Validate every shipped recipe
 	$(BIN)/finetune validate recipes/*.yaml
+
+teach: setup ## Label RECIPE's training rows with its data.teacher (e.g. RECIPE=recipes/rt-sentiment-gpt4o-mini-teacher.yaml); train does it too
+	$(BIN)/finetune teach $(RECIPE)
 
 train: setup ## Train RECIPE (default: the sentiment recipe)
 	$(BIN)/finetune train $(RECIPE)

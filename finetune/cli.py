@@ -166,6 +166,42 @@ def _load(recipe: Path, overrides: list[str] | None):
 
 
 @app.command()
+def teach(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
+    """Label the training rows with the recipe's data.teacher (a baseline); answers are kept,
+    so a repeated or interrupted labelling asks only what is still unanswered."""
+    loaded = _load(recipe, overrides)
+    if loaded.data.teacher is None:
+        raise FinetuneError(
+            f"{recipe}: data.teacher is not set; name one of eval.baselines as the teacher, "
+            "e.g. `data.teacher.system=qwen`"
+        )
+    _teach(loaded)
+
+
+def _teach(recipe: Any) -> None:
+    quiet.progress_bars_off()
+    from finetune.teach import teach as run_teacher
+
+    taught = run_teacher(recipe, console=err)
+    card = taught.card
+    dropped = ", ".join(f"{k} {v}" for k, v in card["dropped"].items()) or "none dropped"
+    cost = card["cost"]
+    out.print(
+        f"teacher {card['teacher']}: {card['kept']} of {card['asked']} rows kept ({dropped}); "
+        f"asked {taught.asked} now; labelling {cost['seconds']:.0f} s, ${cost['usd']:.4f} "
+        f"({cost['basis']})",
+        markup=False,
+    )
+    if card["quality"]:
+        q = card["quality"]
+        out.print(
+            f"  teacher {q['metric']} against the human labels: {q['value']:.3f} on {q['rows']} rows",
+            markup=False,
+        )
+    out.print(f"  card: {taught.card_path}", markup=False)
+
+
+@app.command()
 def train(
     recipe: Annotated[
         Path | None,
@@ -205,42 +241,6 @@ def train(
     from finetune.train import train as run_training
 
     run_training(loaded, recipe_path=recipe, overrides=overrides or [], resume=resume, console=err)
-
-
-@app.command()
-def teach(recipe: RecipeArg, overrides: OverridesArg = None) -> None:
-    """Label the training rows with the recipe's data.teacher (a baseline); answers are kept,
-    so a repeated or interrupted labelling asks only what is still unanswered."""
-    loaded = _load(recipe, overrides)
-    if loaded.data.teacher is None:
-        raise FinetuneError(
-            f"{recipe}: data.teacher is not set; name one of eval.baselines as the teacher, "
-            "e.g. `data.teacher.system=qwen`"
-        )
-    _teach(loaded)
-
-
-def _teach(recipe: Any) -> None:
-    quiet.progress_bars_off()
-    from finetune.teach import teach as run_teacher
-
-    taught = run_teacher(recipe, console=err)
-    card = taught.card
-    dropped = ", ".join(f"{k} {v}" for k, v in card["dropped"].items()) or "none dropped"
-    cost = card["cost"]
-    out.print(
-        f"teacher {card['teacher']}: {card['kept']} of {card['asked']} rows kept ({dropped}); "
-        f"asked {taught.asked} now; labelling {cost['seconds']:.0f} s, ${cost['usd']:.4f} "
-        f"({cost['basis']})",
-        markup=False,
-    )
-    if card["quality"]:
-        q = card["quality"]
-        out.print(
-            f"  teacher {q['metric']} against the human labels: {q['value']:.3f} on {q['rows']} rows",
-            markup=False,
-        )
-    out.print(f"  card: {taught.card_path}", markup=False)
 
 
 @app.command()

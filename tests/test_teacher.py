@@ -575,6 +575,9 @@ def test_with_a_request_volume_the_cheapest_system_within_the_bests_interval_is_
     # 1,000 requests: taught $101, general $10: labelling no longer pays for itself.
     few = decide(systems, none, 1_000)
     assert (few.best.name, few.runner_up.name) == ("general", "taught")
+    assert few.describe("accuracy").startswith(
+        "Deploy general (accuracy 0.880). The runner-up, taught, scores 0.020 more accuracy;"
+    )
     assert decide(systems, none, None).best.name == "taught"  # by quality alone
 
 

@@ -146,7 +146,9 @@ def recommend(
 
 def _trade(best: Candidate, other: Candidate, metric: str) -> str:
     """What choosing `other` instead of `best` gives up, and what it costs relative to it."""
-    parts = [f"scores {best.value - other.value:.3f} less {metric}"]
+    # Ranked by cost at a request volume, the runner-up may score more than the choice.
+    gap = best.value - other.value
+    parts = [f"scores {abs(gap):.3f} {'less' if gap >= 0 else 'more'} {metric}"]
     for label, attr, show in (
         ("p50 latency", "p50_ms", fmt.ms),
         ("cost per 1k", "usd_per_1k", fmt.usd),

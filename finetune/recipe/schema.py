@@ -286,7 +286,7 @@ class TrainConfig(Section):
     )
     min_steps: PositiveInt | None = _field(
         None,
-        help="Train at least this many optimizer steps: a small training set gets more passes (`epochs` raised to reach it), so every size of a learning curve learns from as many updates at least. Null: `epochs` as given.",
+        help="Train at least this many optimizer steps: a small training set gets more passes (`epochs` raised to reach it), so every size of a learning curve learns from as many updates at least (ignored when `max_steps` is set). Null: `epochs` as given.",
         synonyms=("least_steps",),
     )
     batch_size: PositiveInt = _field(

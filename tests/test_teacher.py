@@ -437,6 +437,9 @@ def test_a_decoder_student_trains_on_the_teachers_weights(api_teacher, monkeypat
     assert seen and seen <= taught
     provenance = json.loads((run / "provenance.json").read_text())
     assert provenance["teacher"]["settings"]["targets"] == "soft"
+    # A review trained as one row per label is still one training example.
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["train_examples"] == len(rows)
 
 
 def test_a_classifier_student_trains_on_the_teachers_distribution(

@@ -33,7 +33,7 @@ class CausalLMObjective:
             output_dir,
             has_eval=has_eval,
             eval_on_start=fresh_start,
-            examples=splits.train.examples,
+            examples=len(splits.train.dataset),  # the rows a pass iterates
         )
         try:
             trainer = SupervisedSFTTrainer(

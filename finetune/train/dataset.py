@@ -33,7 +33,7 @@ SOFT_LABELS = "soft_labels"  # a classifier row's target distribution over `task
 @dataclass(frozen=True)
 class EncodedSplit:
     dataset: Any  # datasets.Dataset: input_ids with completion_mask (causal LM) or labels
-    examples: int
+    examples: int  # the split's rows (a soft-target row's labels, one row per label, count once)
     tokens: int
     truncated: int
     typical_length: int = 0  # the 90th percentile of the examples' lengths, in tokens
@@ -181,4 +181,6 @@ def _as_split(recipe: Recipe, split: str, columns: dict[str, list], truncated: i
         # Padded to the longest in each batch: similar lengths together cut a third of the work.
         order = sorted(range(count), key=lambda i: -len(columns["input_ids"][i]))
         dataset = dataset.select(order)
-    return EncodedSplit(dataset, count, sum(lengths), truncated, typical)
+    # A row per label (soft targets) is a share of one example: its weights sum to 1.
+    examples = round(sum(columns[WEIGHT])) if WEIGHT in columns else count
+    return EncodedSplit(dataset, examples, sum(lengths), truncated, typical)

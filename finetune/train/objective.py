@@ -165,7 +165,7 @@ def seeded_trainer(
         output_dir,
         has_eval=has_eval,
         eval_on_start=fresh_start,
-        examples=splits.train.examples,
+        examples=len(splits.train.dataset),  # the rows a pass iterates
     )
     soft = SOFT_LABELS in splits.train.dataset.column_names  # a teacher's soft targets
     trainer = (SoftLabelTrainer if soft else SeededTrainer)(

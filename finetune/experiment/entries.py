@@ -85,8 +85,7 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
             name = system["name"]
             if name in generals:
                 continue
-            # The same rows give the same TF-IDF classifier in every cell that trains on them.
-            curve = _kind(experiment, cell) if system["role"] == "specialist" else name
+            curve = _curve(experiment, cell, system)
             key = (curve, size, seed)
             entry = _entry(curve + at, curve, size, seed, metric, system, correct[name], against)
             found.setdefault(key, _with_labelling(entry, cell, results, system))
@@ -216,9 +215,25 @@ def size_keys(experiment: Experiment) -> set[str]:
     return keys
 
 
-def _kind(experiment: Experiment, cell: Cell) -> str:
-    """`specialist (r=4, base=all-minilm-l6-v2)`: one value per axis other than size and seed
-    (a paired group by its first key), each key by its last part."""
+def _curve(experiment: Experiment, cell: Cell, system: dict) -> str:
+    """The curve a cell's system belongs to. The specialist's is its kind; a cascade's, its
+    name with its specialist's kind; the TF-IDF classifier's, its name with where its labels
+    came from: the same rows give the same classifier in every cell that trains on them."""
+    parts = _parts(experiment, cell)
+    if system["role"] == "specialist":
+        return "specialist" + _listed(parts)
+    if system["role"] == "cascade":
+        return system["name"] + _listed(parts)
+    return system["name"] + _listed([p for p in parts if p.startswith("labels=")])
+
+
+def _listed(parts: list[str]) -> str:
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _parts(experiment: Experiment, cell: Cell) -> list[str]:
+    """`r=4, base=all-minilm-l6-v2, labels=teacher`: one value per axis other than size and
+    seed (a paired group by its first key), each key by its last part, then the labels' source."""
     sizing, seen, parts = size_keys(experiment) | set(SEED_KEYS), set(), []
     for group in [{k: None} for k in experiment.axes] + list(experiment.paired):
         first = next(iter(group))
@@ -228,7 +243,7 @@ def _kind(experiment: Experiment, cell: Cell) -> str:
         parts.append(f"{first.rsplit('.', 1)[-1]}={cell.values[first]}")
     if (labels := source(cell.values)) is not None:
         parts.append(f"labels={labels}")
-    return "specialist" + (f" ({', '.join(parts)})" if parts else "")
+    return parts
 
 
 def _sizing(experiment: Experiment, cell: Cell) -> str:

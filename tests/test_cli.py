@@ -21,9 +21,9 @@ def test_validate_all_shipped_recipes():
 def test_shipped_experiments_validate_and_list_their_cells():
     result = finetune("validate", *EXPERIMENTS)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count(": ok (experiment ") == len(EXPERIMENTS) == 3
-    # bbc-topics, rt-sentiment's cascade, rt-sentiment's learning curve
-    for path, cells in zip(EXPERIMENTS, (6, 2, 36), strict=True):
+    assert result.stdout.count(": ok (experiment ") == len(EXPERIMENTS) == 5
+    # bbc-topics, rt-sentiment's cascade, learning curve, teacher with soft targets, teacher
+    for path, cells in zip(EXPERIMENTS, (6, 2, 36, 6, 16), strict=True):
         dry = finetune("experiment", path, "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert f": {cells} cells on " in dry.stdout

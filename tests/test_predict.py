@@ -58,7 +58,7 @@ def _kill_after(recipe_path: Path, run_dir: Path, source: Path, out: Path, chunk
     a process of its own (`in_warm_process`)."""
     from finetune.deploy import predict as module
 
-    real, written = module._append, []
+    real, written = module.append_jsonl, []
 
     def append_then_die(path, rows):
         real(path, rows)
@@ -66,7 +66,7 @@ def _kill_after(recipe_path: Path, run_dir: Path, source: Path, out: Path, chunk
         if path == out and written.count(out) == chunks:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    module._append = append_then_die
+    module.append_jsonl = append_then_die
     module.predict(load_recipe(recipe_path), run_dir, source, out, chunk=8)
 
 

@@ -10,6 +10,7 @@ evaluated.
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -265,10 +266,27 @@ def run_server(
     config = uvicorn.Config(
         build_app(served), host=host, port=port, log_level="warning", access_log=False
     )
-    server = uvicorn.Server(config)
+    server = _server_class(uvicorn)(config)
     if ready is not None:
         _announce_when_started(server, ready)
     server.run()
+    # uvicorn raises the signal it stopped on again once shut down, but asyncio's runner can
+    # take a late Ctrl-C for a cancellation and return: Ctrl-C ends the command all the same.
+    if server.stopped_by == signal.SIGINT:
+        raise KeyboardInterrupt
+
+
+def _server_class(uvicorn: Any) -> type:
+    class Server(uvicorn.Server):
+        """uvicorn's server, remembering the signal that stopped it."""
+
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.stopped_by = sig
+            super().handle_exit(sig, frame)
+
+    return Server
 
 
 def _announce_when_started(server: Any, ready: Callable[[], None]) -> None:

@@ -181,11 +181,12 @@ def _trainer_pair(recipe_path: Path, tiny_model_dir: Path, out: Path):
     from finetune.train.dataset import encode_split
     from finetune.train.loss import SupervisedSFTTrainer
     from finetune.train.model import lora_config
+    from finetune.train.objective import Splits
 
     recipe = load_recipe(recipe_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     split = encode_split(recipe, "train", prompt_format(tokenizer, recipe.task), tokenizer)
-    args = sft_config(recipe, out, has_eval=False, examples=split.examples)
+    args = sft_config(recipe, out, Splits(None, split, None, []))
     trainers = []
     for cls in (SFTTrainer, SupervisedSFTTrainer):
         model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)

@@ -78,14 +78,15 @@ def read_answers(path: Path) -> dict[str, dict]:
     return {a["id"]: a for a in read_jsonl(path, torn_tail_ok=True)}
 
 
+def _for_text(answer: dict | None, row: dict) -> bool:
+    """Whether `answer` answers this row's text (not a text that had its id before)."""
+    return answer is not None and answer["text_sha"] == text_digest(row["text"])
+
+
 def answered(answer: dict | None, row: dict) -> bool:
     """Whether `answer` is a paid-for answer to this row's text: a failed request is asked
     again, and so is a row whose text changed under its id."""
-    return (
-        answer is not None
-        and "failed" not in answer
-        and answer["text_sha"] == text_digest(row["text"])
-    )
+    return _for_text(answer, row) and "failed" not in answer
 
 
 @dataclass
@@ -140,7 +141,7 @@ def select(recipe: Recipe, rows: list[dict], answers: dict[str, dict]) -> Select
     selection = Selection([])
     for row in rows:
         answer = answers.get(row["id"])
-        if answer is None or answer["text_sha"] != text_digest(row["text"]):
+        if not _for_text(answer, row):
             selection.missing.append(row["id"])
         elif reason := _refused(recipe, answer):
             selection.dropped[reason] += 1
@@ -218,33 +219,35 @@ def teacher_split(recipe: Recipe, prepared: Path, human_train: list[dict]) -> li
     return [*human_train, *selection.kept]
 
 
-def teacher_quality(recipe: Recipe, golds: list[Any], preds: list[Any]) -> dict | None:
-    """The teacher's primary metric against human answers (None when none is known)."""
-    if not golds:
+def teacher_quality(recipe: Recipe, scored: list[tuple[dict, Any]]) -> dict | None:
+    """The teacher's primary metric against the human answers: `scored` pairs each row (its
+    human answer under the task's target) with the teacher's answer; None when it is empty."""
+    if not scored:
         return None
     metric = (recipe.eval.metrics or M.DEFAULT_METRICS[recipe.task.type])[0]
-    labels = list(recipe.task.labels) or None
-    value = M.compute(recipe.task.type, metric, golds, preds, labels=labels)
-    return {"metric": metric, "value": value, "rows": len(golds)}
+    golds = task_type(recipe.task).golds([row for row, _ in scored])
+    preds = [answer for _, answer in scored]
+    value = M.compute(
+        recipe.task.type, metric, golds, preds, labels=list(recipe.task.labels) or None
+    )
+    return {"metric": metric, "value": value, "rows": len(scored)}
 
 
-def _human_pairs(recipe: Recipe, rows: list[dict], answers: dict[str, dict]) -> tuple[list, list]:
-    """(human answers, teacher answers) of the answered rows whose human answer is known; a
-    failed or invalid answer counts as wrong."""
-    kind = task_type(recipe.task)
-    known = [r for r in rows if kind.target in r and r["id"] in answers]
-    return kind.golds(known), [answers[r["id"]].get("answer", kind.empty()) for r in known]
-
-
-def teacher_card(recipe: Recipe, prepared: Path, human_train: list[dict]) -> dict[str, Any]:
-    """What the teacher did: rows asked, labelled, kept and dropped by reason, the labels it
-    gave, its time and cost, and its quality where the human answers are known."""
-    teacher, todo = recipe.data.teacher, asked(recipe, prepared, human_train)
+def teacher_card(recipe: Recipe, todo: Asked) -> dict[str, Any]:
+    """What the teacher did with the rows it was asked (`asked`): how many it labelled, kept
+    and dropped by reason, the labels it gave, its time and cost, and its quality where the
+    human answers are known, over every answered row (a failed or invalid one counts as wrong)
+    and over the rows kept."""
+    teacher, kind = recipe.data.teacher, task_type(recipe.task)
     selection = select(recipe, todo.rows, todo.answers)
-    mine = [todo.answers[r["id"]] for r in todo.rows if r["id"] in todo.answers]
-    target = task_type(recipe.task).target
-    kept_pairs = [(r["teacher"]["human"], r) for r in selection.kept if "human" in r["teacher"]]
-    kind = task_type(recipe.task)
+    target = kind.target
+    answered_rows = [r for r in todo.rows if r["id"] in todo.answers]
+    every = [(r, todo.answers[r["id"]].get("answer", kind.empty())) for r in answered_rows]
+    kept = [
+        ({"text": r["text"], target: r["teacher"]["human"]}, r[target])
+        for r in selection.kept
+        if "human" in r["teacher"]
+    ]
     return {
         "teacher": teacher.system,
         "rows": teacher.rows,
@@ -258,13 +261,9 @@ def teacher_card(recipe: Recipe, prepared: Path, human_train: list[dict]) -> dic
         "labels": dict(collections.Counter(str(r[target]) for r in selection.kept))
         if recipe.task.labels
         else None,
-        "cost": unit_cost(recipe, mine),
-        "quality": teacher_quality(recipe, *_human_pairs(recipe, todo.rows, todo.answers)),
-        "quality_kept": teacher_quality(
-            recipe,
-            kind.golds([{"text": r["text"], target: h} for h, r in kept_pairs]),
-            [r[target] for _, r in kept_pairs],
-        ),
+        "cost": unit_cost(recipe, [todo.answers[r["id"]] for r in answered_rows]),
+        "quality": teacher_quality(recipe, [(r, a) for r, a in every if target in r]),
+        "quality_kept": teacher_quality(recipe, kept),
     }
 
 
@@ -298,12 +297,8 @@ def unit_cost(recipe: Recipe, answers: list[dict]) -> dict[str, Any]:
     seconds = sum(a.get("seconds", 0.0) for a in answers)
     tokens_in = sum(a.get("input_tokens", 0) for a in answers)
     tokens_out = sum(a.get("output_tokens", 0) for a in answers)
-    if name in prices.per_million_input_tokens or name in prices.per_million_output_tokens:
-        usd = (
-            tokens_in * prices.per_million_input_tokens.get(name, 0.0)
-            + tokens_out * prices.per_million_output_tokens.get(name, 0.0)
-        ) / 1e6
-        basis = "token prices"
+    if (tokens := prices.token_prices(name)) is not None:
+        usd, basis = (tokens_in * tokens[0] + tokens_out * tokens[1]) / 1e6, "token prices"
     else:
         usd, basis = seconds * prices.machine_per_hour / 3600, "machine time"
     return {

@@ -292,9 +292,8 @@ def cost_per_1k(
 ) -> dict[str, Any]:
     """API token prices where the price table names the system, else machine time at throughput."""
     prices = recipe.eval.prices
-    if name in prices.per_million_input_tokens or name in prices.per_million_output_tokens:
-        p_in = prices.per_million_input_tokens.get(name, 0.0)
-        p_out = prices.per_million_output_tokens.get(name, 0.0)
+    if (tokens := prices.token_prices(name)) is not None:
+        p_in, p_out = tokens
         usd = 1000 * (outcome.input_tokens * p_in + outcome.output_tokens * p_out) / 1e6
         return {"usd": usd, "basis": f"API tokens at ${p_in:g}/M input, ${p_out:g}/M output"}
     if not throughput:

@@ -562,6 +562,16 @@ class PriceConfig(Section):
         synonyms=("volume", "request_volume"),
     )
 
+    def token_prices(self, name: str) -> tuple[float, float] | None:
+        """(input, output) USD per million tokens of the system `name`, where the price table
+        names it (a hosted model); None: it is priced by the machine's time."""
+        if name in self.per_million_input_tokens or name in self.per_million_output_tokens:
+            return (
+                self.per_million_input_tokens.get(name, 0.0),
+                self.per_million_output_tokens.get(name, 0.0),
+            )
+        return None
+
 
 class TimingConfig(Section):
     rounds: PositiveInt = _field(

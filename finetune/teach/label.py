@@ -51,7 +51,8 @@ def teach(recipe: Recipe, *, console: Any = None, chunk: int = CHUNK) -> Taught:
     if pending:
         cut_torn_tail(todo.path)
         _label(recipe, todo.path, pending, human, console, chunk)
-    card = teacher_card(recipe, prepared, human)
+        todo = asked(recipe, prepared, human)  # with the answers just written
+    card = teacher_card(recipe, todo)
     card_path = todo.path.with_suffix(".card.md")
     write_atomic(card_path, card_markdown(card))
     write_json(todo.path.with_suffix(".card.json"), card)

@@ -28,13 +28,7 @@ class CausalLMObjective:
         from finetune.train.model import load_base_for_training, lora_config
 
         has_eval = splits.validation is not None
-        args = sft_config(
-            recipe,
-            output_dir,
-            has_eval=has_eval,
-            eval_on_start=fresh_start,
-            examples=len(splits.train.dataset),  # the rows a pass iterates
-        )
+        args = sft_config(recipe, output_dir, splits, eval_on_start=fresh_start)
         try:
             trainer = SupervisedSFTTrainer(
                 model=load_base_for_training(
@@ -56,16 +50,14 @@ class CausalLMObjective:
 
 
 def sft_config(
-    recipe: Recipe, output_dir: Path, *, has_eval: bool, examples: int, eval_on_start: bool = True
+    recipe: Recipe, output_dir: Path, splits: Splits, *, eval_on_start: bool = True
 ) -> Any:
     """TRL's SFTConfig for the recipe. Every TRL default that differs on CPU is set explicitly."""
     from trl import SFTConfig
 
     t = recipe.train
     return SFTConfig(
-        **common_arguments(
-            recipe, output_dir, has_eval=has_eval, eval_on_start=eval_on_start, examples=examples
-        ),
+        **common_arguments(recipe, output_dir, splits, eval_on_start=eval_on_start),
         # Examples arrive cut to model.max_length (`encode`); TRL refuses a max_length it
         # would not enforce, which is the case for padding-free batches without packing.
         max_length=None if t.padding_free and not t.packing else recipe.model.max_length,

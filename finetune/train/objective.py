@@ -98,11 +98,13 @@ def epochs_for(recipe: Recipe, examples: int) -> float:
 
 
 def common_arguments(
-    recipe: Recipe, output_dir: Path, *, has_eval: bool, eval_on_start: bool, examples: int
+    recipe: Recipe, output_dir: Path, splits: Splits, *, eval_on_start: bool
 ) -> dict[str, Any]:
     """The training arguments every head's Trainer takes (transformers' `TrainingArguments`)
-    for `examples` training rows."""
+    for these splits: validation when there is a split for it, passes counted in the rows a
+    pass iterates."""
     t = recipe.train
+    has_eval, examples = splits.validation is not None, len(splits.train.dataset)
     return dict(
         output_dir=str(output_dir),
         seed=recipe.seed,
@@ -160,13 +162,7 @@ def seeded_trainer(
     from finetune.train.sampler import SeededTrainer
 
     has_eval = splits.validation is not None
-    args = common_arguments(
-        recipe,
-        output_dir,
-        has_eval=has_eval,
-        eval_on_start=fresh_start,
-        examples=len(splits.train.dataset),  # the rows a pass iterates
-    )
+    args = common_arguments(recipe, output_dir, splits, eval_on_start=fresh_start)
     soft = SOFT_LABELS in splits.train.dataset.column_names  # a teacher's soft targets
     trainer = (SoftLabelTrainer if soft else SeededTrainer)(
         model=model,

@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from finetune.data import PreparedData, load_split, prepare
-from finetune.data.teacher import teacher_card
+from finetune.data.teacher import asked, teacher_card
 from finetune.errors import FinetuneError
 from finetune.files import write_json
 from finetune.hardware import has_cuda, peak_memory_bytes, weight_dtype
@@ -394,4 +394,6 @@ def _teacher_card(recipe: Recipe, prepared: PreparedData) -> dict | None:
     """What the teacher that labelled the training rows did, for the run's provenance."""
     if recipe.data.teacher is None:
         return None
-    return teacher_card(recipe, prepared.path, load_split(recipe, "train", human=True))
+    return teacher_card(
+        recipe, asked(recipe, prepared.path, load_split(recipe, "train", human=True))
+    )

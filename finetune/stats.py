@@ -8,6 +8,7 @@
 - `non_inferiority`: whether A keeps B's quality, a one-sided paired bootstrap bound above
   -margin.
 - `mcnemar_exact`: exact McNemar test on per-item correctness, in integer arithmetic.
+- `sign_test`: the same exact binomial test on a judge's wins and losses.
 
 A statistic is `statistic(idx) -> float`: the metric on the items at `idx` (with repeats);
 `finetune.tasks.metrics.indexed_metric` builds one for any registered metric.
@@ -129,6 +130,12 @@ def _binomial_two_sided_half(b: int, c: int) -> float:
         tail += term
     # int / int is correctly rounded in Python, however large 2**n is: no overflow.
     return min(1.0, 2 * tail / 2**n)
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test of wins against losses (ties left out): the probability, were
+    each decisive item a fair coin, of a split at least this uneven."""
+    return _binomial_two_sided_half(wins, losses)
 
 
 def mcnemar_exact(

@@ -22,7 +22,7 @@ FLOORS = [
     {"runs", "tracking"},
     {"train"},
     {"systems"},
-    {"teach"},
+    {"teach", "judge"},
     {"evaluate"},
     {"report"},
     {"experiment"},

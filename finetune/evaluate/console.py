@@ -76,3 +76,31 @@ def say_timing(console: Any, rounds: timing.Rounds) -> None:
             f"{speed['median']:.1f} items/s [{speed['low']:.1f}-{speed['high']:.1f}]{note}"
         )
     say(console, "\n".join(lines))
+
+
+def say_judge(console: Any, results: dict[str, Any]) -> None:
+    """The judge's win rate against each baseline, its sanity figure and consistency."""
+    j = results.get("judge")
+    if not j:
+        return
+    lines = [f"judge {j['judge']}:"]
+    for p in j["pairs"]:
+        rate = (
+            "-"
+            if p["win_rate"] is None
+            else f"{p['win_rate']:.3f} [{p['low']:.3f}, {p['high']:.3f}]"
+        )
+        lines.append(
+            f"  specialist vs {p['baseline']}: win rate {rate} ({p['wins']} wins, {p['ties']} "
+            f"ties, {p['losses']} losses, {p['unparsable']} unparsable)"
+        )
+    s = j["sanity"]
+    if s and s["pairs"]:
+        verdict = "passed" if s["passed"] else f"FAILED: below {s['threshold']:.0%}"
+        lines.append(
+            f"  sanity: preferred the reference in {s['preferred']} of {s['pairs']} pairs "
+            f"({s['rate']:.0%}, {verdict})"
+        )
+    if j["consistency"] is not None:
+        lines.append(f"  position consistency {j['consistency']:.0%}")
+    say(console, "\n".join(lines))

@@ -30,7 +30,14 @@ from finetune.data import load_split, prepare
 from finetune.errors import FinetuneError
 from finetune.evaluate import memory, reuse, timing
 from finetune.evaluate.cascade_results import add_cascades, check_first_scores
-from finetune.evaluate.console import say, say_cascades, say_floor, say_outcome, say_timing
+from finetune.evaluate.console import (
+    say,
+    say_cascades,
+    say_floor,
+    say_judge,
+    say_outcome,
+    say_timing,
+)
 from finetune.evaluate.results import Outcome, predictions_jsonl, summarize
 from finetune.evaluate.teacher import student_vs_teacher
 from finetune.files import write_atomic, write_json
@@ -38,6 +45,7 @@ from finetune.hardware import (
     peak_memory_bytes,
     reset_peak_memory,
 )
+from finetune.judge import check_judge, judge_answers
 from finetune.progress import progress as progress_for
 from finetune.recipe import Recipe, load_recipe, recipe_to_dict
 from finetune.runs import data_fingerprint, is_complete
@@ -57,6 +65,9 @@ RESULTS_FILE = "results.json"
 
 
 PREDICTIONS_FILE = "predictions.jsonl"
+
+
+JUDGMENTS_FILE = "judgments.jsonl"  # the judge's verdicts, item by item and pair by pair
 
 
 RECIPE_FILE = "recipe.yaml"
@@ -87,6 +98,7 @@ def evaluate(
     shots_from = load_split(recipe, "train", human=True)
     context = Context(run_dir, items, shots_from)
     check_all(recipe, run_dir)
+    check_judge(recipe, run_dir)
     store = reuse.Store.of(recipe)
     val = _validation_context(recipe, run_dir, shots_from)
     val_golds = task_type(recipe.task).golds(val.items) if val else []
@@ -102,8 +114,10 @@ def evaluate(
     results = summarize(recipe, run_dir, items, outcomes, golds, rounds, train)
     routed = add_cascades(recipe, results, outcomes, validation, golds, val_golds, rounds)
     results["teacher"] = student_vs_teacher(recipe, run_dir, outcomes, golds)
+    results["judge"], judged = _judged(recipe, run_dir, items, outcomes, console)
     say_floor(console, results)
     say_cascades(console, results)
+    say_judge(console, results)
     out = run_dir / EVAL_DIR
     # The systems as this evaluation named them: what predict and serve --fallback look up.
     write_atomic(out / RECIPE_FILE, yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
@@ -111,7 +125,20 @@ def evaluate(
         out / PREDICTIONS_FILE,
         predictions_jsonl(recipe, items, outcomes, golds, {r.config.name: r.items for r in routed}),
     )
+    if judged is not None:
+        write_atomic(out / JUDGMENTS_FILE, "".join(json.dumps(r) + "\n" for r in judged))
     return write_json(out / RESULTS_FILE, results)  # last: its presence marks a finished eval
+
+
+def _judged(
+    recipe: Recipe, run_dir: Path, items: list[dict], outcomes: list[Outcome], console: Any
+) -> tuple[dict[str, Any] | None, list[dict] | None]:
+    """The judge's section of the results and its verdicts item by item; (None, None)
+    without `eval.judge`."""
+    if recipe.eval.judge is None:
+        return None, None
+    answers = {o.system.name: [str(p) for p in o.predictions] for o in outcomes}
+    return judge_answers(recipe, run_dir, items, answers, console)
 
 
 def _validation_context(recipe: Recipe, run_dir: Path, train: list[dict]) -> Context | None:

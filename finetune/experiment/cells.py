@@ -18,7 +18,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from finetune.errors import did_you_mean
 from finetune.experiment.schema import Experiment
+from finetune.judge import judged_against
 from finetune.recipe import Problem, Recipe, RecipeError, load_recipe, recipe_to_dict
 from finetune.recipe.load import _Layers, describe
 from finetune.runs import PARTIAL_SUFFIX, is_complete
@@ -61,6 +63,7 @@ def load_experiment(path: str | Path) -> tuple[Experiment, list[Cell]]:
     if problems:
         raise RecipeError(problems)
     cells, problems = _resolve(path, experiment)
+    problems += _judge_problems(path, experiment, cells)
     if problems:
         raise RecipeError(problems)
     return experiment, cells
@@ -244,6 +247,31 @@ def _labels_problems(where: str, experiment: Experiment, varied: set[str]) -> li
             )
         )
     return problems
+
+
+def _judge_problems(path: Path, experiment: Experiment, cells: list[Cell]) -> list[Problem]:
+    """`judge_against` names a general system every cell's judge compares its specialist with."""
+    name = experiment.judge_against
+    if name is None:
+        return []
+    for cell in cells:
+        if cell.recipe.eval.judge is None:
+            return [
+                Problem(
+                    str(path), "judge_against", "needs eval.judge in the cells' recipe; add one"
+                )
+            ]
+        judged = judged_against(cell.recipe)
+        if name not in judged:
+            return [
+                Problem(
+                    str(path),
+                    "judge_against",
+                    f"{name!r} is not judged against the specialist (the judge compares it with "
+                    f"{', '.join(judged)}).{did_you_mean(name, judged)}",
+                )
+            ]
+    return []
 
 
 def _resolve(path: Path, experiment: Experiment) -> tuple[list[Cell], list[Problem]]:

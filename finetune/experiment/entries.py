@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.experiment.cells import Cell, source
+from finetune.experiment.judged import judged_view
 from finetune.experiment.schema import Experiment
 from finetune.report.decision import Candidate
 from finetune.systems import registry
@@ -67,8 +68,10 @@ def entries(experiment: Experiment, cells: list[Cell]) -> tuple[str, list[Entry]
         if not results_path.is_file():
             continue
         results = json.loads(results_path.read_text())
-        metric = results["metrics"][0]
         correct = _correct(cell.run_dir() / "eval" / "predictions.jsonl")
+        if experiment.judge_against is not None:
+            results, correct = judged_view(results, cell.run_dir(), experiment.judge_against)
+        metric = results["metrics"][0]
         size = json.loads((cell.run_dir() / "train_summary.json").read_text())["train_examples"]
         seed = cell.recipe.seed
         at = f" @ {size}" + (f", seed {seed}" if seeded else "")

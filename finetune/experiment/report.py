@@ -103,7 +103,7 @@ def document(
     blocks += [
         Heading("Crossover"),
         _crossover_table(found, crossings),
-        Bullets(_crossover_lines(crossings)),
+        Bullets(_crossover_lines(crossings, experiment.judge_against is not None)),
     ]
     if taught(found):
         blocks += [Heading("Students and their teacher", 3), Paragraph(TEACHER_TEXT)]
@@ -156,8 +156,21 @@ def _setup(experiment: Experiment, cells: list[Cell], found: list[Entry], metric
         f"{evaluated} of {len(cells)} cells evaluated, each an ordinary run of "
         f"`{experiment.recipe}` with the cell's values set, scored on the same test items as "
         f"every general system ({', '.join(general) or 'none'}). Primary metric: "
-        f"{F.metric_label(metric)}, with bootstrap intervals over the items; crossovers are "
-        "exact McNemar tests on the items only one of the two systems got right."
+        f"{F.metric_label(metric)}, with bootstrap intervals over the items; {_tests(experiment)}."
+    )
+
+
+def _tests(experiment: Experiment) -> str:
+    """How crossovers are tested: on the primary metric, or on the judge's verdicts."""
+    if experiment.judge_against is None:
+        return (
+            "crossovers are exact McNemar tests on the items only one of the two systems got right"
+        )
+    return (
+        f"the metric is each specialist's win rate against {experiment.judge_against} as the "
+        "cells' judge (eval.judge) called it, ties as half, so that system sits at 0.5; "
+        "crossovers are exact sign tests on the judge's wins against its losses (the items "
+        "'only one gets right' below), ties and unjudged items left out"
     )
 
 
@@ -176,9 +189,12 @@ def _crossings(found: list[Entry]) -> list[tuple[str, str, Crossover]]:
     return out
 
 
-def _crossover_lines(crossings: list[tuple[str, str, Crossover]]) -> list[str]:
+def _crossover_lines(
+    crossings: list[tuple[str, str, Crossover]], judged: bool = False
+) -> list[str]:
+    test = "exact sign test on the judge's verdicts" if judged else "exact McNemar"
     return [
-        f"{kind} is {c.describe(general)} (exact McNemar per size, items only one gets right: "
+        f"{kind} is {c.describe(general)} ({test} per size, items only one gets right: "
         f"{'; '.join(p.describe() for p in c.points)})."
         for kind, general, c in crossings
     ] or ["No general system to cross."]

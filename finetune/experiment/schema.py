@@ -101,6 +101,11 @@ class Experiment(Section):
         help="Cascades built in every cell (`eval.cascades` entries): the cell's specialist, or another of its systems, answering first and a general system of `general` taking the items it is least sure of; they replace the base recipe's cascades. Each joins the leaderboard, the Pareto fronts and the recommendation, with a curve against training size. Empty: the recipe's own.",
         synonyms=("cascade", "routing"),
     )
+    judge_against: str | None = _field(
+        None,
+        help="QA: make the learning curve's metric the judge's win rate (`eval.judge`, ties as half) of each cell's specialist against this general system, by name, instead of the primary metric. The general system sits at 0.5; crossovers become exact sign tests on the judge's decisive items. Every cell's recipe needs `eval.judge`, judging this system.",
+        synonyms=("judge", "judged_against", "opponent"),
+    )
     constraints: ConstraintsConfig = _field(
         ConstraintsConfig(),
         help="What a system must meet to be recommended for deployment.",

@@ -31,6 +31,7 @@ def consistency_problems(recipe: Recipe) -> Problems:
         *_train_problems(recipe),
         *_eval_problems(recipe),
         *_teacher_problems(recipe),
+        *_judge_problems(recipe),
     ]
 
 
@@ -45,7 +46,7 @@ def _task_problems(recipe: Recipe) -> Problems:
         )
     if len(set(task.labels)) != len(task.labels):
         problems.append(("task.labels", f"labels must be distinct; found {task.labels!r}"))
-    return problems + _template_problems(task.template)
+    return problems + _template_problems("task.template", task.template, TEMPLATE_FIELDS)
 
 
 def _data_problems(recipe: Recipe) -> Problems:
@@ -302,27 +303,76 @@ def _model_reference_problems(recipe: Recipe) -> Problems:
     ]
 
 
-def _template_problems(template: str) -> list[tuple[str, str]]:
+TEMPLATE_FIELDS = {"instruction": False, "input": True}  # placeholder -> required
+
+
+def _template_problems(key: str, template: str, fields: dict[str, bool]) -> Problems:
+    """A `str.format` template with only the placeholders `fields` names, each required one
+    present."""
     try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+        found = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        return [
-            (
-                "task.template",
-                f"is not a valid template ({exc}); write literal braces as {{{{ and }}}}",
-            )
-        ]
-    unknown = sorted(fields - {"instruction", "input"})
+        return [(key, f"is not a valid template ({exc}); write literal braces as {{{{ and }}}}")]
+    names = ", ".join(f"{{{n}}}" for n in fields)
+    unknown = sorted(found - set(fields))
     if unknown:
+        return [(key, f"unknown placeholder(s) {unknown}; use {names}")]
+    missing = [f"{{{n}}}" for n, required in fields.items() if required and n not in found]
+    if missing:
+        return [(key, f"must contain {' and '.join(missing)}, where the text it names goes")]
+    return []
+
+
+def _judge_problems(recipe: Recipe) -> Problems:
+    """A judge compares free-text answers (QA), with a prompt whose placeholders it fills,
+    against baselines the recipe evaluates; it is a general system used as it comes."""
+    judge = recipe.eval.judge
+    if judge is None:
+        return []
+    if recipe.task.type != "qa":
         return [
             (
-                "task.template",
-                f"unknown placeholder(s) {unknown}; use {{instruction}} and {{input}}",
+                "eval.judge",
+                f"a judge compares free-text answers, which only qa gives; task.type is "
+                f"{recipe.task.type!r} (remove eval.judge)",
             )
         ]
-    if "input" not in fields:
-        return [("task.template", "must contain {input}, where each example's text goes")]
-    return []
+    answers = {"question": True, "answer_a": True, "answer_b": True}
+    problems = _template_problems("eval.judge.prompt", judge.prompt, {**answers, "reference": True})
+    problems += _template_problems(
+        "eval.judge.prompt_without_reference", judge.prompt_without_reference, answers
+    )
+    names = [b.name for b in recipe.eval.baselines]
+    for i, name in enumerate(judge.against):
+        if name not in names:
+            problems.append(
+                (
+                    f"eval.judge.against.{i}",
+                    f"{name!r} is not one of eval.baselines ({', '.join(names) or 'none'})."
+                    f"{did_you_mean(name, names)}",
+                )
+            )
+    if not names:
+        problems.append(("eval.judge", "has no baseline to judge the specialist against"))
+    return problems + _judge_system_problems(judge.system)
+
+
+def _judge_system_problems(system: BaselineConfig) -> Problems:
+    problems = [("eval.judge.system", message) for _, message in _baseline_problems(0, system)]
+    if system.run is not None:
+        problems.append(
+            (
+                "eval.judge.system.run",
+                "a judge is a general model; name a model, engine or endpoint",
+            )
+        )
+    if system.shots:
+        problems.append(("eval.judge.system.shots", "a judge is shown no examples; remove shots"))
+    if system.model != "base" and (problem := reference_problem(system.model)):
+        problems.append(("eval.judge.system.model", problem))
+    if system.engine is not None and (problem := gguf_problem(system.engine.model)):
+        problems.append(("eval.judge.system.engine.model", problem))
+    return problems
 
 
 def recipe_warnings(recipe: Recipe) -> list[tuple[str, str]]:

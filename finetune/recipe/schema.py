@@ -674,6 +674,82 @@ class CascadeConfig(Section):
     )
 
 
+JUDGE_PROMPT = (
+    "Please act as an impartial judge. Compare the two assistants' answers to the question "
+    "below, using the reference answer as the correct one: the better answer agrees with the "
+    "reference and answers the question; length and order do not matter.\n\n"
+    "[Question]\n{question}\n\n[Reference answer]\n{reference}\n\n"
+    "[Assistant A's answer]\n{answer_a}\n\n[Assistant B's answer]\n{answer_b}\n\n"
+    "Reply with your verdict first, exactly one of [[A]] (A is better), [[B]] (B is better) "
+    "or [[C]] (a tie), then one sentence saying why."
+)
+
+
+JUDGE_PROMPT_WITHOUT_REFERENCE = (
+    "Please act as an impartial judge. Compare the two assistants' answers to the question "
+    "below: the better answer is correct and answers the question; length and order do not "
+    "matter.\n\n"
+    "[Question]\n{question}\n\n"
+    "[Assistant A's answer]\n{answer_a}\n\n[Assistant B's answer]\n{answer_b}\n\n"
+    "Reply with your verdict first, exactly one of [[A]] (A is better), [[B]] (B is better) "
+    "or [[C]] (a tie), then one sentence saying why."
+)
+
+
+class JudgeConfig(Section):
+    """A model that compares two systems' answers to each test item (QA)."""
+
+    system: BaselineConfig = _field(
+        help="The judge, written as an `eval.baselines` entry is: an engine (`engine:`), an endpoint (`endpoint:`, with its cache, retries, concurrency and `max_usd` spend cap; token prices in `eval.prices` under this name) or a local model (`model:`). It is not evaluated as a system; give it no `shots` and no `run`.",
+        synonyms=("model", "judge", "baseline"),
+    )
+    against: list[str] = _field(
+        [],
+        help="The baselines, by name, the specialist is judged against, a pair each (empty: every baseline in `eval.baselines`).",
+        synonyms=("pairs", "baselines", "opponents"),
+    )
+    reference: Literal["auto", "never"] = _field(
+        "auto",
+        help="`auto`: the judge reads each item's reference answer (`prompt`), as MT-Bench's reference-guided judge does, for items that have one; `never`: it reads the question and the two answers only (`prompt_without_reference`).",
+        synonyms=("reference_guided", "references"),
+    )
+    prompt: str = _field(
+        JUDGE_PROMPT,
+        help="The judge's prompt when it reads the reference answer. Placeholders: `{question}`, `{reference}`, `{answer_a}`, `{answer_b}`. The reply must hold exactly one verdict, `[[A]]`, `[[B]]` or `[[C]]` (a tie); any other reply is counted unparsable, never guessed.",
+        synonyms=("template", "prompt_template"),
+    )
+    prompt_without_reference: str = _field(
+        JUDGE_PROMPT_WITHOUT_REFERENCE,
+        help="The judge's prompt without a reference answer (`reference: never`, and the sanity check, where one answer is the reference). Placeholders: `{question}`, `{answer_a}`, `{answer_b}`.",
+        synonyms=("template_without_reference",),
+    )
+    max_new_tokens: PositiveInt = _field(
+        48,
+        help="The longest reply the judge may write. The default prompt asks for the verdict first, so a short reply holds it; raise it for a prompt that asks for reasons first.",
+        synonyms=("max_tokens",),
+    )
+    max_length: PositiveInt = _field(
+        2048,
+        help="A local judge's token limit for prompt and reply (`model:` judges; an engine's is its `engine.context`). A longer prompt has its question cut from the start, and is counted as truncated.",
+        synonyms=("context",),
+    )
+    sanity: list[Literal["other_reference", "first_sentence"]] = _field(
+        ["other_reference", "first_sentence"],
+        help="The judge's sanity check, before its verdicts are trusted: on the test items it compares the reference answer with a corrupted one, in both orders and without the reference in the prompt. `other_reference`: another item's reference answer; `first_sentence`: the reference cut to its first sentence (items whose reference is one sentence are skipped). Empty: no check.",
+        synonyms=("sanity_check", "corruptions"),
+    )
+    min_sanity: Fraction = _field(
+        0.9,
+        help="The share of sanity pairs in which the judge must prefer the reference in both orders; below it the report warns that the judge's verdicts are not to be trusted.",
+        synonyms=("sanity_threshold", "threshold"),
+    )
+    length_controlled: bool = _field(
+        False,
+        help="Also give a length-controlled win rate: a logistic regression of each item's outcome on the answers' length difference (tanh of the word difference over its standard deviation), read at equal length, after AlpacaEval's length-controlled win rate without its per-instruction term.",
+        synonyms=("length_control", "lc"),
+    )
+
+
 class EvalConfig(Section):
     metrics: list[str] = _field(
         [],
@@ -742,6 +818,11 @@ class EvalConfig(Section):
         [],
         help="Classification: systems made of two evaluated ones, the first answering and its least confident items going to the fallback. Both also score the validation items, where each cascade's threshold is chosen; its test figures come from the stored answers with no new inference: quality with intervals and paired tests, cost (the first's plus the escalated share of the fallback's) and latency (the per-item mixture). It joins the headline, the Pareto fronts and the verdict.",
         synonyms=("cascade", "routing", "escalation"),
+    )
+    judge: JudgeConfig | None = _field(
+        None,
+        help="QA: a judge model that compares the specialist's answer with each baseline's on every test item, in both orders (a disagreement is a tie), after a sanity check on corrupted reference answers. The report gives win rates with intervals, a sign test, position consistency and length bias, and its verdict rests on the judge's win rate (null: no judge).",
+        synonyms=("llm_judge", "judging", "grader"),
     )
     constraints: EvalConstraintsConfig = _field(
         EvalConstraintsConfig(),

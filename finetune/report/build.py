@@ -15,6 +15,8 @@ from finetune.report import tables
 from finetune.report.cascade_plots import cascade_figures
 from finetune.report.document import report_document
 from finetune.report.html import render_html
+from finetune.report.judge import judge_figures
+from finetune.report.judge import table as judge_table
 from finetune.report.markdown import render_markdown
 from finetune.report.plots import Figure, make_figures
 from finetune.report.results import (
@@ -50,6 +52,7 @@ def write_report(run_dir: str | Path, *, console: Console | None = None) -> Repo
     training, history = load_training(run_dir)
     figures = make_figures(results, run_dir, history, run_dir / FIGURES_DIR)
     figures += cascade_figures(results, run_dir / FIGURES_DIR)
+    figures += judge_figures(results, run_dir / FIGURES_DIR)
     blocks = report_document(results, run_dir, training, figures)
     paths = ReportPaths(
         markdown=write_atomic(run_dir / "report.md", render_markdown(blocks, run_dir)),
@@ -93,6 +96,9 @@ def headline_numbers(results: dict[str, Any]) -> dict[str, Any]:
         for figure, ratio in c["timing"].items():
             values[f"vs {name}/{figure}_ratio"] = ratio["ratio"]
             values[f"vs {name}/{figure}_clear"] = ratio["clear"]
+    for p in (results.get("judge") or {}).get("pairs", []):
+        name = p["baseline"].replace("/", "_")
+        values |= {f"judge vs {name}/{k}": p[k] for k in ("win_rate", "low", "high", "sign_test_p")}
     values["timing/rounds"] = results["timing"]["rounds"]
     values["timing/disturbed_rounds"] = len(results["timing"]["disturbed"])
     values["bottom_line"] = verdict(results)[-1]
@@ -123,6 +129,7 @@ def _track(results: dict[str, Any], run_dir: Path, figures: list[Figure]) -> Non
             *([tables.cascades(results)] if cascades(results) else []),
             *([tables.calibration(results)] if results.get("calibration") else []),
             *([tables.teacher(results)] if results.get("teacher") else []),
+            *([judge_table(results)] if results.get("judge") else []),
         ):
             tracker.log_table(f"report/{table.key}", table.columns, table.rows)
         for figure in figures:

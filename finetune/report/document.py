@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.report import format as fmt
+from finetune.report import judge as J
 from finetune.report import tables
 from finetune.report.decision import constraints_text
 from finetune.report.plots import Figure
@@ -228,8 +229,7 @@ def report_document(
             tables.timing_ratios(results),
         ]
     blocks += _cascade_blocks(results, by_key)
-    if results.get("teacher"):
-        blocks += [Heading("Student and teacher"), Paragraph(TEACHER_TEXT), tables.teacher(results)]
+    blocks += _general_model_blocks(results, by_key)
     per_class = tables.per_class(results)
     if per_class:
         blocks.append(Heading("Per-class precision, recall and F1"))
@@ -250,6 +250,18 @@ def report_document(
         ),
         Paragraph(f"Trace any number to items: `{PREDICTIONS_FILE.as_posix()}`."),
     ]
+    return blocks
+
+
+def _general_model_blocks(results: dict[str, Any], by_key: dict[str, Figure]) -> list[Block]:
+    """The general model's other roles: the teacher that labelled the training rows, the judge
+    that compared the answers."""
+    blocks: list[Block] = []
+    if results.get("teacher"):
+        blocks += [Heading("Student and teacher"), Paragraph(TEACHER_TEXT), tables.teacher(results)]
+    if results.get("judge"):
+        blocks += [Heading("Judge"), Paragraph(J.section_text(results)), J.table(results)]
+        blocks += [by_key["judge"]] if "judge" in by_key else []
     return blocks
 
 

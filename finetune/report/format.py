@@ -12,6 +12,7 @@ METRIC_LABELS = {
     "exact_match": "exact match",
     "token_f1": "token F1",
     "rouge_l": "ROUGE-L",
+    "judge_win_rate": "judge win rate",
 }
 
 

@@ -97,3 +97,53 @@ def fallback_cost_share(results: dict[str, Any], cascade: dict[str, Any]) -> flo
     fallback = next(s for s in results["systems"] if s["name"] == cascade["cascade"]["fallback"])
     mine, theirs = cost(cascade), cost(fallback)
     return mine / theirs if mine is not None and theirs else None
+
+
+def judged_pairs(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The judge's figures for each baseline it judged the specialist against, by name, where
+    it could judge at least one item ({} without a judge)."""
+    judge = results.get("judge") or {}
+    return {p["baseline"]: p for p in judge.get("pairs", []) if p["win_rate"] is not None}
+
+
+def quality_comparisons(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The specialist against each baseline on quality: by the judge's win rate where it judged
+    the pair (the difference is win rate minus loss rate, 2w - 1, significant when the win
+    rate's interval leaves out 0.5), else by the primary metric's paired comparison."""
+    pairs = judged_pairs(results)
+    out = []
+    for c in results["comparisons"]:
+        p = pairs.get(c["baseline"])
+        if p is None:
+            out.append(c)
+            continue
+        w, low, high = p["win_rate"], p["low"], p["high"]
+        out.append(
+            {
+                **c,
+                "metric": JUDGE_METRIC,
+                "specialist": w,
+                "baseline_value": 1 - w,
+                "difference": 2 * w - 1,
+                "low": 2 * low - 1,
+                "high": 2 * high - 1,
+                "significant": low > 0.5 or high < 0.5,
+                "mcnemar": None,
+                "judge": p,
+            }
+        )
+    return out
+
+
+def quality_value(results: dict[str, Any], system: dict[str, Any]) -> float:
+    """What orders systems on quality: with a judge, the win rate against the specialist (0.5
+    for the specialist itself) of each system it judged; else the primary metric."""
+    pairs = judged_pairs(results)
+    if pairs and system["role"] == "specialist":
+        return 0.5
+    if system["name"] in pairs:
+        return 1 - pairs[system["name"]]["win_rate"]
+    return system["metrics"][primary_metric(results)]["value"]
+
+
+JUDGE_METRIC = "judge_win_rate"

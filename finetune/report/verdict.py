@@ -24,6 +24,7 @@ from typing import Any
 
 from finetune.recipe.schema import ConstraintsConfig
 from finetune.report import format as fmt
+from finetune.report import judge as J
 from finetune.report.decision import (
     Candidate,
     Recommendation,
@@ -41,6 +42,8 @@ from finetune.report.results import (
     fallback_cost_share,
     latency,
     primary_metric,
+    quality_comparisons,
+    quality_value,
     specialist,
 )
 
@@ -50,12 +53,14 @@ System = dict[str, Any]
 def verdict(results: dict[str, Any]) -> list[str]:
     """Quality against each baseline, then latency, memory, size, cost, and the bottom line."""
     floor = [floor_sentence(results["floor"])] if results.get("floor") else []
+    judged = [J.lead_sentence(results)] if results.get("judge") else []
     routed = cascades(results)
     named = {s["name"] for s in routed}
     return [
+        *judged,
         *floor,
         # A cascade's own sentence pairs it with both of its systems.
-        *(quality_sentence(c) for c in results["comparisons"] if c["baseline"] not in named),
+        *(quality_sentence(c) for c in quality_comparisons(results) if c["baseline"] not in named),
         *(cascade_sentence(results, s) for s in routed),
         *([teacher_sentence(results)] if results.get("teacher") else []),
         _latency_sentence(results),
@@ -93,6 +98,8 @@ def floor_sentence(floor: dict[str, Any]) -> str:
 
 
 def quality_sentence(c: dict[str, Any]) -> str:
+    if c.get("judge"):
+        return J.pair_sentence(c)
     metric, mc = fmt.metric_label(c["metric"]), c.get("mcnemar")
     if _outcome(c) == "tie":
         p = f", p = {fmt.p_value(mc['p_value'])}" if mc else ""
@@ -325,7 +332,7 @@ def bottom_line(results: dict[str, Any]) -> str:
     """The system to deploy, why, and the runner-up with what it costs or loses, among the
     systems that meet `eval.constraints` (those that do not are named with the limit they
     break). Never the specialist when it is not above the majority-class floor."""
-    comparisons, label = results["comparisons"], fmt.metric_label(primary_metric(results))
+    comparisons, label = quality_comparisons(results), quality_label(results)
     if not comparisons:
         return "Bottom line: no baselines were evaluated, so there is nothing to compare against."
     floor = results.get("floor")
@@ -335,7 +342,7 @@ def bottom_line(results: dict[str, Any]) -> str:
             f"on {label} than always answering '{floor['label']}'; {_record(comparisons, label)}."
         )
     limits = constraints(results)
-    candidates = [_candidate(s, primary_metric(results)) for s in results["systems"]]
+    candidates = [_candidate(results, s) for s in results["systems"]]
     choice = _choose(results, candidates, limits)
     ruled_out = _ruled_out(results, candidates, choice, limits, label)
     if choice.best is None:
@@ -361,11 +368,18 @@ def _cascade_gist(results: dict[str, Any], name: str) -> str:
     return f"{fmt.metric_label(metric)} {fmt.with_ci(system['metrics'][metric])}{price}; "
 
 
-def _candidate(system: System, metric: str) -> Candidate:
+def quality_label(results: dict[str, Any]) -> str:
+    """What the bottom line weighs quality by: the judge's win rate, or the primary metric."""
+    if results.get("judge") and any(c.get("judge") for c in quality_comparisons(results)):
+        return "judge win rate"
+    return fmt.metric_label(primary_metric(results))
+
+
+def _candidate(results: dict[str, Any], system: System) -> Candidate:
     peak = system["peak_memory_bytes"]
     return Candidate(
         system["name"],
-        system["metrics"][metric]["value"],
+        quality_value(results, system),
         p50_ms=latency(system),
         usd_per_1k=cost(system),
         memory_gb=None if peak is None else peak / 1e9,
@@ -386,7 +400,7 @@ def _rank(results: dict[str, Any]) -> Callable[[Candidate], tuple]:
     """Baselines significantly better than the specialist (best first), the quality ties
     that win the tie-break (cheapest first), the specialist, the ties it wins, the baselines
     it beats."""
-    by_name = {c["baseline"]: c for c in results["comparisons"]}
+    by_name = {c["baseline"]: c for c in quality_comparisons(results)}
 
     def key(c: Candidate) -> tuple:
         comparison = by_name.get(c.name)
@@ -415,7 +429,7 @@ def _why(results: dict[str, Any], choice: Recommendation, label: str) -> str:
     the specialist, against the runner-up."""
     best, other = choice.best, choice.runner_up
     special = specialist(results)["name"]
-    by_name = {c["baseline"]: c for c in results["comparisons"]}
+    by_name = {c["baseline"]: c for c in quality_comparisons(results)}
     if other is None:
         return "it is the only system that meets the constraints"
     if special in choice.excluded:
@@ -440,7 +454,10 @@ def _why(results: dict[str, Any], choice: Recommendation, label: str) -> str:
 
 
 def _versus(c: dict[str, Any], specialist_first: bool) -> str:
-    """`0.950 vs 0.910, p = 0.0025` (McNemar), or the difference and its interval."""
+    """`0.950 vs 0.910, p = 0.0025` (McNemar), or the difference and its interval; with a
+    judge, its win rate."""
+    if c.get("judge"):
+        return J.versus(c, specialist_first)
     values = [fmt.score(c["specialist"]), fmt.score(c["baseline_value"])]
     sign = 1 if specialist_first else -1
     d, low, high = (sign * c[k] for k in ("difference", "low", "high"))
@@ -540,7 +557,7 @@ def _called(results: dict[str, Any], c: Candidate) -> str:
 def cautions(results: dict[str, Any]) -> list[str]:
     """What may have disturbed the timings, system by system, naming the figures it touches."""
     info = results["timing"]
-    notes = []
+    notes = J.cautions(results)
     if info["stopped_early"]:
         notes.append(
             f"Timing stopped after {info['rounds']} of {info['rounds_requested']} rounds "

@@ -28,7 +28,8 @@ from finetune.models.heads import (
 )
 from finetune.recipe import Recipe
 from finetune.report import format as F
-from finetune.report.results import load_results, primary_metric
+from finetune.report.judge import lead_sentence
+from finetune.report.results import load_results, primary_metric, quality_comparisons
 from finetune.report.verdict import bottom_line, quality_sentence, teacher_sentence
 from finetune.tasks.types import task_type
 
@@ -176,7 +177,9 @@ def _comparison(results: dict | None) -> str:
         rows.append(
             f"| {s['name']} | {s['model']} | {m['value']:.3f} [{m['low']:.3f}, {m['high']:.3f}] |"
         )
-    sentences = [quality_sentence(c) for c in results["comparisons"]]
+    # With a judge, quality is its call: what it did first, then its win rates.
+    judged = [lead_sentence(results)] if results.get("judge") else []
+    sentences = judged + [quality_sentence(c) for c in quality_comparisons(results)]
     return "\n\n".join(
         [
             f"## Evaluation\n\nOn {results['test_items']} held-out test items, every system scored on the same items:",

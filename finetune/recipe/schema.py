@@ -724,8 +724,8 @@ class JudgeConfig(Section):
         synonyms=("template_without_reference",),
     )
     max_new_tokens: PositiveInt = _field(
-        48,
-        help="The longest reply the judge may write. The default prompt asks for the verdict first, so a short reply holds it; raise it for a prompt that asks for reasons first.",
+        16,
+        help="The longest reply the judge may write. The default prompts ask for the verdict first, and a verdict is written before any reason that follows it, so 16 tokens hold it and what comes after changes nothing (on Qwen2.5-1.5B, 48 tokens took 6.2 s a prompt on 2 cores); raise it for a prompt that asks for reasons first.",
         synonyms=("max_tokens",),
     )
     max_length: PositiveInt = _field(

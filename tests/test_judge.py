@@ -387,3 +387,24 @@ def test_the_shipped_api_judge_stops_before_any_request_when_its_key_is_unset(
     assert recipe.eval.judge.system.endpoint.max_usd == 2.0
     assert recipe.eval.prices.token_prices("gpt-4o judge") == (2.5, 10.0)
     assert [b.name for b in recipe.eval.baselines] == ["base zero-shot", "qwen2.5-0.5b zero-shot"]
+
+
+def test_the_length_controlled_win_rate_equals_a_hand_fitted_regression():
+    """sigmoid(intercept) of a logistic regression of the outcome (ties half) on tanh(length
+    difference / its spread), an L2 penalty of 1/2 on the slope only, fitted here by Newton's
+    method; and a specialist that wins only by being longer is marked down."""
+    from finetune.judge.scores import at_equal_length
+
+    scores = np.array([1, 1, 1, 1, 0.5, 0, 0, 1, 0.5, 0])
+    delta = np.array([30, 25, 40, 12, 0, -10, -20, 35, 5, -15], dtype=float)
+    x = np.tanh(delta / delta.std())
+    theta = np.zeros(2)
+    design = np.column_stack([np.ones_like(x), x])
+    for _ in range(50):
+        p = 1 / (1 + np.exp(-design @ theta))
+        gradient = design.T @ (p - scores) + np.array([0.0, theta[1]])
+        hessian = design.T @ (design * (p * (1 - p))[:, None]) + np.diag([0.0, 1.0])
+        theta -= np.linalg.solve(hessian, gradient)
+    expected = 1 / (1 + np.exp(-theta[0]))
+    assert at_equal_length(scores, x) == pytest.approx(expected, abs=1e-4)
+    assert expected < scores.mean()  # its wins came with longer answers

@@ -45,15 +45,17 @@ def judge_answers(
         entry, item_rows = _pair_entry(recipe, name, games, answers, got)
         entries.append(entry)
         rows += item_rows
+    kept = [got.by_key.get(key, {}) for key in {g.key for g in every}]
     section = {
         "judge": recipe.eval.judge.system.name,
         "reference_guided": _reference_guided(recipe, references),
         "pairs": entries,
         "sanity": sanity_entry(recipe, sanity, got.reply),
         "consistency": _overall_consistency(entries),
-        "games": len({g.key for g in every}),
-        "failed": sum("failed" in got.by_key.get(g.key, {}) for g in every),
-        "truncated": sum(bool(got.by_key.get(g.key, {}).get("truncated")) for g in every),
+        "games": len(kept),  # prompts: a pair of equal answers is one prompt in both orders
+        "asked": got.asked,  # of them, sent to the judge by this evaluation
+        "failed": sum("failed" in entry for entry in kept),
+        "truncated": sum(bool(entry.get("truncated")) for entry in kept),
         "cost": judging_cost(recipe, every, got),
         "replies": str(got.path),
     }

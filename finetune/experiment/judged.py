@@ -26,14 +26,36 @@ def judged_view(
     per-item outcomes as right/wrong flags by system name)."""
     pair = next(p for p in results["judge"]["pairs"] if p["baseline"] == against)
     win = {"value": pair["win_rate"], "low": pair["low"], "high": pair["high"]}
+    # A specialist the judge could not judge on any item has no place on the curve.
+    judged = pair["win_rate"] is not None
     systems = []
     for system in results["systems"]:
-        if system["role"] == "specialist" or system["name"] == against:
+        if (system["role"] == "specialist" and judged) or system["name"] == against:
             rate = win if system["role"] == "specialist" else EVEN
             systems.append({**system, "metrics": {JUDGE_METRIC: rate}})
     view = {**results, "metrics": [JUDGE_METRIC], "systems": systems}
-    specialist = next(s["name"] for s in systems if s["role"] == "specialist")
+    specialist = next(s["name"] for s in results["systems"] if s["role"] == "specialist")
     return view, _flags(run_dir / "eval" / "judgments.jsonl", against, specialist)
+
+
+def unjudged_cells(cells: list[Any], against: str | None) -> list[str]:
+    """A note naming the evaluated cells whose judge gave no verdict on any item against
+    `against`: their specialists are left off the curve."""
+    if against is None:
+        return []
+    unjudged = []
+    for cell in cells:
+        path = cell.run_dir() / "eval" / "results.json"
+        if path.is_file():
+            pairs = json.loads(path.read_text())["judge"]["pairs"]
+            if all(p["win_rate"] is None for p in pairs if p["baseline"] == against):
+                unjudged.append(str(cell.index))
+    if not unjudged:
+        return []
+    return [
+        f"The judge gave no parsable verdict against {against} in cells {', '.join(unjudged)} "
+        "(see each cell's eval/judgments.jsonl): their specialists are not on the curve."
+    ]
 
 
 def _flags(path: Path, against: str, specialist: str) -> dict[str, dict[str, bool]]:

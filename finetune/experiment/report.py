@@ -26,6 +26,7 @@ from finetune.experiment.entries import (
     per_size,
 )
 from finetune.experiment.figures import curve_figure, pareto_figure, shown
+from finetune.experiment.judged import unjudged_cells
 from finetune.experiment.labelling import (
     cost_table,
     decide,
@@ -94,7 +95,7 @@ def document(
         Verdict(
             [*findings, *teacher_findings(found)] or ["No curve to cross."],
             advice,
-            tuple(missing_cells(cells)),
+            tuple(missing_cells(cells) + unjudged_cells(cells, experiment.judge_against)),
         ),
     ]
     if "learning_curve" in by_key:

@@ -1,5 +1,7 @@
 """The real `finetune` command line, run as a subprocess the way a user runs it."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import REPO, finetune_process
@@ -22,9 +24,17 @@ def test_shipped_experiments_validate_and_list_their_cells():
     result = finetune("validate", *EXPERIMENTS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(": ok (experiment ") == len(EXPERIMENTS) == 6
-    # bbc-topics, the FAQ's judged curve, rt-sentiment's cascade, learning curve, teacher with
-    # soft targets, teacher
-    for path, cells in zip(EXPERIMENTS, (6, 4, 2, 36, 6, 16), strict=True):
+    cells_of = {
+        "bbc-topics-models-ranks": 6,
+        "construction-faq-judged-curve": 4,
+        "rt-sentiment-cascade": 2,
+        "rt-sentiment-learning-curve": 36,
+        "rt-sentiment-teacher-soft": 6,
+        "rt-sentiment-teacher": 16,
+    }
+    assert sorted(Path(p).stem for p in EXPERIMENTS) == sorted(cells_of)
+    for path in EXPERIMENTS:
+        cells = cells_of[Path(path).stem]
         dry = finetune("experiment", path, "--dry-run")
         assert dry.returncode == 0, dry.stderr
         assert f": {cells} cells on " in dry.stdout
